@@ -1,0 +1,1 @@
+"""Galaxy compiler: model -> plan -> per-device bundles."""

@@ -1,0 +1,87 @@
+"""The cluster: devices and the links between them. Plain data, JSON round-trip.
+
+Units are in the field names. The TOML reader lives in `cluster_file.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+FORMAT_VERSION = 1
+
+# Measured on the reference machines: gloo copies plus TCP cost about 5 ns of CPU per byte
+# moved, on slow and fast devices alike (DESIGN.md). Used when a device gives no figure.
+DEFAULT_COMM_CPU_S_PER_BYTE = 5e-9
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    mem_bytes: int
+    flops_per_s: float  # sustained fp32 GEMM rate
+    host: str = ""  # where the device lives on the user's network (informational)
+    cpu_share: float = 1.0  # fraction of one core the emulator gives this device
+    comm_cpu_s_per_byte: float = DEFAULT_COMM_CPU_S_PER_BYTE
+    profile: str = ""  # path of a galaxy-profile JSON, if the rates came from one
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_bytes_per_s: float
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    devices: tuple[Device, ...]
+    default_link: Link
+    # Per-pair overrides, keyed by the two device names in sorted order.
+    link_overrides: tuple[tuple[str, str, Link], ...] = field(default_factory=tuple)
+
+    def device(self, name: str) -> Device:
+        for dev in self.devices:
+            if dev.name == name:
+                return dev
+        raise KeyError(name)
+
+    def link(self, a: str, b: str) -> Link:
+        lo, hi = sorted((a, b))
+        for x, y, link in self.link_overrides:
+            if (x, y) == (lo, hi):
+                return link
+        return self.default_link
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.devices)
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "devices": [asdict(d) for d in self.devices],
+            "default_link": asdict(self.default_link),
+            "link_overrides": [{"between": [a, b], **asdict(link)} for a, b, link in self.link_overrides],
+        }
+
+    @staticmethod
+    def from_json(data: dict) -> "Cluster":
+        return Cluster(
+            name=data["name"],
+            devices=tuple(Device(**d) for d in data["devices"]),
+            default_link=Link(**data["default_link"]),
+            link_overrides=tuple(
+                (o["between"][0], o["between"][1],
+                 Link(o["bandwidth_bytes_per_s"], o["latency_s"]))
+                for o in data["link_overrides"]
+            ),
+        )
+
+    def __str__(self) -> str:
+        rows = [f"cluster {self.name}: {len(self.devices)} devices"]
+        for d in self.devices:
+            rows.append(f"  {d.name:<14} {d.flops_per_s / 1e9:8.1f} GFLOP/s  {d.mem_bytes / 2**30:7.2f} GiB")
+        bw = self.default_link.bandwidth_bytes_per_s * 8 / 1e6
+        rows.append(f"  links: {bw:.0f} Mbit/s, {self.default_link.latency_s * 1e3:.2f} ms"
+                    f" (+{len(self.link_overrides)} overrides)")
+        return "\n".join(rows)

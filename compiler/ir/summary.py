@@ -1,0 +1,41 @@
+"""ModelSummary: the numbers about a recognised Transformer that cost and planning need.
+
+It is what the planner side sees of the model (no torch, no fx): shapes, counts and byte
+sizes. `passes/recognise.py` derives it from the captured graph.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    batch: int
+    seq_len: int
+    hidden: int
+    n_layers: int
+    heads: int
+    kv_heads: int  # == heads without GQA
+    head_dim: int
+    intermediate: int  # MLP columns
+    gated_mlp: bool  # gate and up projections (Llama) or one up projection (BERT, GPT-2)
+    attention_bias: bool
+    mlp_bias: bool
+    dtype_bytes: int  # bytes per weight/activation element (4 for fp32)
+    prologue_param_bytes: int  # embeddings etc.: replicated on every rank
+    prologue_flops: float  # run on every rank over the whole sequence
+    epilogue_param_bytes: int  # final norm, pooler, LM head: on rank 0 only
+    epilogue_flops: float
+    connective_param_bytes_per_layer: int  # norms and output biases: replicated
+
+    @property
+    def heads_per_kv_group(self) -> int:
+        return self.heads // self.kv_heads
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "ModelSummary":
+        return ModelSummary(**data)

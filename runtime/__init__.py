@@ -1,0 +1,1 @@
+"""Galaxy runtime: shipped inside every bundle; depends only on torch and safetensors."""
