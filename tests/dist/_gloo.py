@@ -1,0 +1,78 @@
+"""Spawn a small world of real gloo processes on loopback and collect what each returns.
+
+Shared by the runtime's distributed tests. `run_world(n, fn, *args)` starts n spawned
+processes, joins them with galaxy.runtime.rendezvous.connect on a free loopback port, calls
+`fn(rank, world_size, *args)` (a module-level function, so it pickles) and returns the
+per-rank results. A rank that raises or a world that overruns `timeout_s` fails the test
+with the rank's traceback; stragglers are killed.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import traceback
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world_size, port, fn, args, connect_timeout_s, results):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from galaxy.runtime import rendezvous
+
+    try:
+        if connect_timeout_s is not None:
+            rendezvous.connect(rank, world_size, "127.0.0.1", port, connect_timeout_s)
+        value = fn(rank, world_size, *args)
+        results.put((rank, "ok", value))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        results.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        rendezvous.close()
+
+
+def run_world(world_size: int, fn, *args, timeout_s: float = 60.0,
+              connect_timeout_s: float | None = 20.0, allow_errors: bool = False) -> list:
+    """Per-rank return values of fn; with allow_errors, a rank's error text is its value."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, connect_timeout_s,
+                                               results), daemon=True)
+             for r in range(world_size)]
+    for proc in procs:
+        proc.start()
+    collected: dict[int, tuple[str, object]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(collected) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(world_size)) - set(collected))
+                raise AssertionError(f"ranks {missing} did not finish within {timeout_s} s; "
+                                     f"others: {collected}")
+            try:
+                rank, status, value = results.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            collected[rank] = (status, value)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+    errors = {r: v for r, (s, v) in collected.items() if s == "error"}
+    if errors and not allow_errors:
+        raise AssertionError("\n".join(f"rank {r} failed:\n{v}" for r, v in sorted(errors.items())))
+    return [collected[r][1] for r in range(world_size)]
