@@ -14,7 +14,8 @@ Each ring function has a slow, obviously correct twin (`*_naive`) that tests com
 """
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import Mapping, Sequence
 
 import torch
 
@@ -144,6 +145,42 @@ def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: R
     for src, transfer in recvs.items():
         out.narrow(dim, starts[src], sizes[src]).copy_(transfer.wait())
     return out
+
+
+def broadcast_tensors(tensors: Mapping[str, torch.Tensor] | None, ring: Ring,
+                      src: int = 0) -> dict[str, torch.Tensor]:
+    """Named tensors of ring position `src` on every rank (direct sends from it).
+
+    First a JSON header {name: [shape, dtype]} (its length, then its bytes), then each
+    tensor's bytes; any dtype travels as raw bytes. Other ranks pass None.
+    """
+    root = ring.rank_at(src)
+    what = f"broadcast of the inputs from {ring.describe(root)}"
+    if ring.rank == root:
+        if tensors is None:
+            raise ValueError("broadcast_tensors: the source rank must pass its tensors")
+        tensors = {name: value.contiguous() for name, value in tensors.items()}
+        header = json.dumps({name: [list(value.shape), str(value.dtype).removeprefix("torch.")]
+                             for name, value in tensors.items()}).encode()
+        blobs = [torch.tensor([len(header)], dtype=torch.int64),
+                 torch.frombuffer(bytearray(header), dtype=torch.uint8)]
+        blobs += [value.reshape(-1).view(torch.uint8) for value in tensors.values()]
+        for peer in ring.ranks:
+            if peer != root:
+                for tag, blob in enumerate(blobs):
+                    if blob.numel():
+                        send(blob, peer, ring, what, tag)
+        return dict(tensors)
+    length = recv(torch.zeros(1, dtype=torch.int64), root, ring, what, 0)
+    header = recv(torch.empty(int(length.item()), dtype=torch.uint8), root, ring, what, 1)
+    result = {}
+    for tag, (name, (shape, dtype_name)) in enumerate(json.loads(bytes(header.tolist())).items(), 2):
+        value = torch.empty(shape, dtype=getattr(torch, dtype_name))
+        raw = value.reshape(-1).view(torch.uint8)
+        if raw.numel():
+            recv(raw, root, ring, what, tag)
+        result[name] = value
+    return result
 
 
 # --- slow, obviously correct twins (tests only) -----------------------------------------------

@@ -43,3 +43,11 @@ class CollectiveError(GalaxyRuntimeError):
 
 class CollectiveTimeout(CollectiveError):
     """A transfer with `peer_rank` did not complete within the timeout."""
+
+
+class TensorFileError(GalaxyRuntimeError):
+    """A safetensors file (input, output or weights) cannot be read or written."""
+
+
+class UsageError(GalaxyRuntimeError):
+    """The command line or environment contradicts the bundle (e.g. RANK is another rank)."""

@@ -1,0 +1,220 @@
+"""What a generated rank module runs: `sys.exit(run_rank(RANK, forward))`.
+
+    python rank_<k>.py --master HOST:PORT [--input IN] [--output OUT] [--timeout S]
+                       [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
+
+(or torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of --master).
+Steps: verify this rank's files against manifest.json, load plan and weights, join the
+gloo group, broadcast rank 0's inputs, then run `forward(inputs, weights, ctx)` under
+torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0 writes the
+outputs and reports latencies. Runtime errors end the process with one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from . import bundle, rendezvous
+from .collectives import broadcast_tensors
+from .errors import GalaxyRuntimeError, UsageError
+from .p2p import barrier
+from .ring import Ring
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[dict, dict, "RankContext"], "Mapping[str, torch.Tensor] | None"]
+
+EXIT_RUNTIME_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What `forward` knows about the world besides its inputs and weights."""
+
+    rank: int
+    world_size: int
+    device_names: tuple[str, ...]  # device name of each rank
+    timeout_s: float  # every wait on a peer gives up after this long
+    stage_ranks: tuple[tuple[int, ...], ...]  # plan["plan"]["stages"][i]["ranks"]
+    plan: dict  # the whole plan.json
+    bundle_dir: Path
+
+    def ring(self, stage_index: int = 0) -> Ring:
+        """The ranks of pipeline stage `stage_index`, in ring order, seen from this rank."""
+        return Ring(self.stage_ranks[stage_index], self.rank, self.timeout_s, self.device_names)
+
+    @property
+    def stage_index(self) -> int:
+        """The pipeline stage this rank belongs to."""
+        return next(i for i, ranks in enumerate(self.stage_ranks) if self.rank in ranks)
+
+    def world(self) -> Ring:
+        """All ranks, in rank order (for barriers and broadcasts)."""
+        return Ring(tuple(range(self.world_size)), self.rank, self.timeout_s, self.device_names)
+
+
+def run_rank(rank: int, forward: Forward, argv: list[str] | None = None) -> int:
+    """Run this rank of the bundle that holds `forward`'s module; returns the exit code."""
+    args = _parse_args(rank, argv)
+    _setup_logging(rank, args.log_level)
+    try:
+        return _run(rank, forward, args)
+    except GalaxyRuntimeError as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"galaxy rank {rank}: error: {message}\n")
+        return EXIT_RUNTIME_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write(f"galaxy rank {rank}: interrupted\n")
+        return EXIT_INTERRUPTED
+    finally:
+        rendezvous.close()
+
+
+def _run(rank: int, forward: Forward, args: argparse.Namespace) -> int:
+    bundle_dir = find_bundle_dir(forward)
+    bundle.verify_manifest(bundle_dir, bundle.rank_files(bundle_dir, rank))
+    plan = bundle.load_plan(bundle_dir)
+    devices = tuple(plan["plan"]["devices"])
+    world_size = len(devices)
+    host, port = _master(rank, world_size, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
+    log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
+    ctx = RankContext(rank, world_size, devices, args.timeout,
+                      tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir)
+    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
+    inputs = None
+    if rank == 0:
+        inputs = bundle.load_tensors(args.input or bundle_dir / bundle.EXAMPLE_INPUTS)
+    inputs = broadcast_tensors(inputs, ctx.world())
+    latencies, outputs = _timed_runs(forward, inputs, weights, ctx, args.warmup, args.repeat)
+    if rank == 0:
+        _report(outputs, latencies, args)
+    barrier(ctx.world(), "the final barrier")
+    log.info("rank %d (%s): done", rank, devices[rank])
+    return 0
+
+
+def _timed_runs(forward, inputs, weights, ctx, warmup: int, repeat: int):
+    latencies, outputs = [], None
+    for run in range(warmup + repeat):
+        barrier(ctx.world(), f"the barrier before run {run}")
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outputs = forward(inputs, weights, ctx)
+        elapsed = time.perf_counter() - start
+        if run >= warmup:
+            latencies.append(elapsed)
+        log.debug("rank %d: run %d took %.4f s", ctx.rank, run, elapsed)
+    return latencies, outputs
+
+
+def _report(outputs, latencies: list[float], args: argparse.Namespace) -> None:
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise GalaxyRuntimeError(f"forward returned {type(outputs).__name__} on rank 0, expected "
+                                 "a dict of output tensors by name")
+    if latencies:
+        log.info("latency over %d runs: median %.2f ms, min %.2f ms, max %.2f ms", len(latencies),
+                 1e3 * statistics.median(latencies), 1e3 * min(latencies), 1e3 * max(latencies))
+    if args.output:
+        bundle.save_tensors(args.output, outputs)
+        log.info("wrote outputs %s to %s", sorted(outputs), args.output)
+    if args.timings_json:
+        median = statistics.median(latencies) if latencies else None
+        Path(args.timings_json).write_text(json.dumps({"latencies_s": latencies, "median_s": median}))
+
+
+def find_bundle_dir(forward: Forward) -> Path:
+    """The folder of the module that defines `forward` (the bundle root)."""
+    code = getattr(forward, "__code__", None)
+    if code is not None and Path(code.co_filename).is_file():
+        return Path(code.co_filename).resolve().parent
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file:
+        return Path(main_file).resolve().parent
+    raise UsageError("cannot tell which bundle this forward belongs to; run the rank module "
+                     "from the bundle folder (python BUNDLE/rank_<k>.py ...)")
+
+
+def _master(rank: int, world_size: int, args: argparse.Namespace) -> tuple[str, int]:
+    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if env_rank is not None and env_rank.strip() != str(rank):
+        raise UsageError(f"environment RANK={env_rank} but this module is rank_{rank}.py; "
+                         f"run rank_{env_rank}.py on this device instead")
+    if env_world is not None and env_world.strip() != str(world_size):
+        raise UsageError(f"environment WORLD_SIZE={env_world} but the bundle's plan has "
+                         f"{world_size} ranks")
+    address = args.master
+    if address is None and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+        address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if address is None:
+        raise UsageError("give --master HOST:PORT (the address of rank 0's device and a free port), "
+                         "or set MASTER_ADDR and MASTER_PORT")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--master {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"rank_{rank}.py",
+                                     description=f"Run rank {rank} of a Galaxy bundle.")
+    parser.add_argument("--master", metavar="HOST:PORT",
+                        help="rank 0's address and a free port (default: MASTER_ADDR/MASTER_PORT)")
+    parser.add_argument("--input", metavar="IN.safetensors",
+                        help="input tensors by name (rank 0; default: inputs/example.safetensors)")
+    parser.add_argument("--output", metavar="OUT.safetensors",
+                        help="write the output tensors by name (rank 0)")
+    parser.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
+                        help="give up on a peer after S seconds (default: 120)")
+    parser.add_argument("--connect-timeout", type=_positive_float, metavar="S",
+                        help="rendezvous timeout (default: --timeout)")
+    parser.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+                        help="timed forward runs (default: 1)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=0, metavar="N",
+                        help="untimed forward runs first (default: 0)")
+    parser.add_argument("--timings-json", metavar="PATH",
+                        help="rank 0 writes {latencies_s, median_s} here")
+    parser.add_argument("--threads", type=_non_negative_int, metavar="N",
+                        help="torch.set_num_threads(N)")
+    parser.add_argument("--log-level", default=os.environ.get("GALAXY_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def _setup_logging(rank: int, level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value

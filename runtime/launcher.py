@@ -1,0 +1,325 @@
+"""galaxy-run: start every rank of a bundle, supervise them, report latency and accuracy.
+
+    galaxy-run BUNDLE --local [--input IN] [--output OUT] [--repeat N] [--warmup N]
+                              [--timeout S] [--threads N] [--overall-timeout S]
+
+`--local` runs each rank as `python BUNDLE/rank_<k>.py --master 127.0.0.1:<free port>` on
+this machine. `run_ranks` is the mechanism both modes share: an emulator (runtime/emulate.py,
+`--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
+its network namespace and cgroup, and per-rank environment (GLOO_SOCKET_IFNAME).
+
+Exit codes: 0 success; 2 a rank or the launcher failed (one line on stderr names the rank);
+3 outputs differ from the bundle's reference beyond tolerance; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from . import bundle
+from .errors import GalaxyRuntimeError, UsageError
+
+log = logging.getLogger(__name__)
+
+# (atol, rtol) for comparing with reference/outputs.safetensors, by the plan's wire dtype.
+# fp16 on the wire measured a max error of 2e-3 on BERT-large, bf16 about 4x that (DESIGN.md).
+TOLERANCE_BY_WIRE_DTYPE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2),
+                           "bfloat16": (4e-2, 4e-2)}
+EXIT_OK, EXIT_FAILED, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 2, 3, 130
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                  "MASTER_PORT", "GROUP_RANK")
+
+WrapCommand = Callable[[int, list[str]], list[str]]  # (rank, argv) -> argv to execute
+OnLine = Callable[[int, str], None]  # (rank, one line of the rank's output)
+
+
+class LaunchError(GalaxyRuntimeError):
+    """A rank failed or overran; `rank` names it (None when no single rank is to blame)."""
+
+    def __init__(self, message: str, rank: int | None = None):
+        super().__init__(message)
+        self.rank = rank
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, torch.Tensor]
+    latencies_s: list[float]
+    max_abs_error: dict[str, float] | None  # vs the reference, when it was compared
+    within_tolerance: bool | None = None
+    tolerance: tuple[float, float] | None = None  # (atol, rtol) used for the comparison
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.latencies_s)
+
+
+def run_local(bundle_dir: str | Path, *, input_path: str | Path | None = None,
+              output_path: str | Path | None = None, repeat: int = 1, warmup: int = 0,
+              timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
+              threads: int | None = None, overall_timeout_s: float | None = None,
+              on_line: OnLine | None = None) -> RunResult:
+    """Run every rank of the bundle on this machine over loopback."""
+    return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=free_port(),
+                     input_path=input_path, output_path=output_path, repeat=repeat,
+                     warmup=warmup, timeout_s=timeout_s, env=env, threads=threads,
+                     overall_timeout_s=overall_timeout_s, on_line=on_line)
+
+
+def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
+              wrap_command: WrapCommand | None = None,
+              rank_env: Callable[[int], Mapping[str, str]] | None = None,
+              input_path: str | Path | None = None, output_path: str | Path | None = None,
+              repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
+              env: Mapping[str, str] | None = None, threads: int | None = None,
+              overall_timeout_s: float | None = None, on_line: OnLine | None = None) -> RunResult:
+    """Start one process per rank, wait for all, kill all if one fails; collect the results.
+
+    The overall timeout defaults to timeout_s * (2 + warmup + repeat).
+    """
+    bundle_dir = Path(bundle_dir).resolve()
+    plan = bundle.load_plan(bundle_dir)
+    devices = list(plan["plan"]["devices"])
+    for rank in range(len(devices)):
+        if not (bundle_dir / bundle.rank_module(rank)).is_file():
+            raise UsageError(f"{bundle_dir} lacks {bundle.rank_module(rank)}; is it a Galaxy bundle?")
+    overall = overall_timeout_s or timeout_s * (2 + warmup + repeat)
+    with tempfile.TemporaryDirectory(prefix="galaxy-run-") as scratch:
+        outputs_file = Path(output_path) if output_path else Path(scratch) / "outputs.safetensors"
+        timings_file = Path(scratch) / "timings.json"
+        common = ["--master", f"{master_addr}:{master_port}", "--timeout", f"{timeout_s:g}",
+                  "--repeat", str(repeat), "--warmup", str(warmup)]
+        if threads:
+            common += ["--threads", str(threads)]
+        commands = []
+        for rank in range(len(devices)):
+            argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *common]
+            if rank == 0:
+                argv += ["--output", str(outputs_file), "--timings-json", str(timings_file)]
+                if input_path:
+                    argv += ["--input", str(Path(input_path).resolve())]
+            commands.append(wrap_command(rank, argv) if wrap_command else argv)
+        envs = [_child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
+        _supervise(commands, envs, devices, overall, on_line or _log_line(devices))
+        outputs = bundle.load_tensors(outputs_file)
+        latencies = json.loads(timings_file.read_text())["latencies_s"]
+    result = RunResult(outputs, latencies, None)
+    reference = bundle_dir / bundle.REFERENCE_OUTPUTS
+    if input_path is None and reference.is_file():
+        wire = plan["plan"].get("wire_dtype", "float32")
+        compare_with_reference(result, bundle.load_tensors(reference),
+                               TOLERANCE_BY_WIRE_DTYPE.get(wire, TOLERANCE_BY_WIRE_DTYPE["float32"]))
+    return result
+
+
+def compare_with_reference(result: RunResult, reference: Mapping[str, torch.Tensor],
+                           tolerance: tuple[float, float]) -> None:
+    """Fill result.max_abs_error / within_tolerance (torch.allclose with atol, rtol)."""
+    atol, rtol = tolerance
+    errors, within = {}, True
+    for name, expected in sorted(reference.items()):
+        actual = result.outputs.get(name)
+        if actual is None or actual.shape != expected.shape:
+            errors[name], within = float("inf"), False
+            continue
+        errors[name] = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+        within = within and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol)
+    result.max_abs_error, result.within_tolerance, result.tolerance = errors, within, tolerance
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- supervision -------------------------------------------------------------------------------
+
+def _child_env(overrides: Mapping[str, str] | None, per_rank: Mapping[str, str]) -> dict[str, str]:
+    child = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS}
+    child.update(overrides or {})
+    child.update(per_rank)
+    child["PYTHONUNBUFFERED"] = "1"
+    return child
+
+
+def _log_line(devices: list[str]) -> OnLine:
+    def emit(rank: int, line: str) -> None:
+        log.info("[rank %d %s] %s", rank, devices[rank], line)
+    return emit
+
+
+def _supervise(commands: list[list[str]], envs: list[dict], devices: list[str],
+               overall_timeout_s: float, on_line: OnLine) -> None:
+    procs: list[subprocess.Popen] = []
+    tails = [collections.deque(maxlen=30) for _ in commands]
+    readers = []
+    try:
+        for rank, (command, child_env) in enumerate(zip(commands, envs)):
+            proc = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                    errors="replace", start_new_session=True)
+            procs.append(proc)
+            reader = threading.Thread(target=_pump, args=(proc, rank, tails[rank], on_line),
+                                      daemon=True)
+            reader.start()
+            readers.append(reader)
+        failed = _wait_all(procs, overall_timeout_s, devices)
+        if failed is not None:
+            _kill_all(procs)
+            rank, code = failed
+            for reader in readers:
+                reader.join(timeout=2)
+            raise LaunchError(f"rank {rank} ({devices[rank]}) failed with exit code {code}: "
+                              f"{_cause(tails[rank])}", rank)
+    finally:
+        _kill_all(procs)
+        for reader in readers:
+            reader.join(timeout=2)
+
+
+def _wait_all(procs, overall_timeout_s: float, devices: list[str]) -> tuple[int, int] | None:
+    """None when all exit 0; else (rank, exit code) of the first rank seen failing."""
+    deadline = time.monotonic() + overall_timeout_s
+    while True:
+        codes = [proc.poll() for proc in procs]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0):
+                return rank, code
+        if all(code == 0 for code in codes):
+            return None
+        if time.monotonic() > deadline:
+            running = [f"rank {r} ({devices[r]})" for r, code in enumerate(codes) if code is None]
+            _kill_all(procs)
+            raise LaunchError(f"{', '.join(running)} still running after the overall timeout of "
+                              f"{overall_timeout_s:g} s; killed every rank (raise --overall-timeout "
+                              "if the model is just slow)")
+        time.sleep(0.05)
+
+
+def _pump(proc: subprocess.Popen, rank: int, tail: collections.deque, on_line: OnLine) -> None:
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        on_line(rank, line)
+
+
+def _cause(tail: collections.deque) -> str:
+    """The rank's own one-line error if it printed one, else its last output line."""
+    lines = [line for line in tail if line.strip()]
+    errors = [line for line in lines if line.startswith("galaxy rank") or "Error" in line]
+    return (errors or lines or ["(no output)"])[-1].strip()
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    alive = [proc for proc in procs if proc.poll() is None]
+    for proc in alive:
+        _signal_group(proc, signal.SIGTERM)
+    end = time.monotonic() + 3
+    for proc in alive:
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:  # the rank is its own session leader (start_new_session), so its group id is its pid
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def _run_emulated(bundle_dir: Path, **options) -> RunResult:
+    """Extension point: runtime/emulate.py defines run_emulated(bundle_dir, **options)."""
+    if importlib.util.find_spec(f"{__package__}.emulate") is None:
+        raise UsageError("--emulate is not available yet (the network-namespace emulator, "
+                         "runtime/emulate.py, is not part of this runtime); use --local")
+    from . import emulate
+
+    return emulate.run_emulated(bundle_dir, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(message)s")
+    options = dict(input_path=args.input, output_path=args.output, repeat=args.repeat,
+                   warmup=args.warmup, timeout_s=args.timeout, threads=args.threads,
+                   overall_timeout_s=args.overall_timeout)
+    try:
+        if args.emulate:
+            result = _run_emulated(Path(args.bundle), **options)
+        else:
+            result = run_local(args.bundle, **options)
+    except GalaxyRuntimeError as exc:
+        sys.stderr.write(f"galaxy-run: error: {' '.join(str(exc).split())}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("galaxy-run: interrupted; stopped every rank\n")
+        return EXIT_INTERRUPTED
+    print(_summary(result, args.output))
+    return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
+
+
+def _summary(result: RunResult, output: str | None) -> str:
+    lat = result.latencies_s
+    rows = [f"latency: median {1e3 * result.median_s:.2f} ms over {len(lat)} run(s) "
+            f"(min {1e3 * min(lat):.2f} ms, max {1e3 * max(lat):.2f} ms)"]
+    if output:
+        rows.append(f"outputs {sorted(result.outputs)} written to {output}")
+    if result.max_abs_error is not None:
+        atol, rtol = result.tolerance
+        verdict = "within" if result.within_tolerance else "NOT within"
+        rows.append(f"vs reference ({verdict} atol={atol:g}, rtol={rtol:g}):")
+        rows += [f"  {name}: max abs error {err:.3g}" for name, err in result.max_abs_error.items()]
+    return "\n".join(rows)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="galaxy-run", description="Run a Galaxy bundle.")
+    parser.add_argument("bundle", help="bundle folder made by galaxy-compile")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--local", action="store_true", help="every rank on this machine (loopback)")
+    mode.add_argument("--emulate", action="store_true",
+                      help="every rank in its own emulated device (network namespace, cgroup)")
+    parser.add_argument("--input", metavar="IN.safetensors",
+                        help="input tensors by name (default: the bundle's example inputs)")
+    parser.add_argument("--output", metavar="OUT.safetensors", help="write output tensors by name")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="timed runs (default 1)")
+    parser.add_argument("--warmup", type=int, default=0, metavar="N", help="untimed runs first")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                        help="a rank gives up on a peer after S seconds (default 120)")
+    parser.add_argument("--overall-timeout", type=float, metavar="S",
+                        help="kill every rank after S seconds (default: timeout x (2 + runs))")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads per rank")
+    parser.add_argument("--quiet", action="store_true", help="do not stream the ranks' logs")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0:
+        parser.error("--repeat must be >= 1, --warmup >= 0 and --timeout > 0")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
