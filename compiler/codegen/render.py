@@ -1,0 +1,47 @@
+"""Render a RankProgram into the Python source of rank_<k>.py (Jinja), checked by ast.parse."""
+from __future__ import annotations
+
+import ast
+from importlib import resources
+
+import jinja2
+
+from galaxy.compiler.ir.program import RankProgram
+from galaxy.runtime.splits import offsets
+
+_WIRE_DTYPES = {"float32": None, "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
+
+
+def _summarise(names) -> str:
+    names = list(names)
+    if len(names) <= 8:
+        return ", ".join(names)
+    return f"{', '.join(names[:4])}, ... {', '.join(names[-2:])} ({len(names)} nodes)"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("galaxy.templates"))),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["summarise"] = _summarise
+    return env
+
+
+def render_rank(program: RankProgram) -> str:
+    start = offsets(program.tokens_per_rank)[program.rank]
+    wire_dtype = _WIRE_DTYPES[program.wire_dtype]
+    source = _environment().get_template("rank_module.py.jinja").render(
+        p=program,
+        my_tokens=range(start, start + program.tokens_per_rank[program.rank]),
+        wire_dtype=wire_dtype,
+        wire_arg=", wire_dtype=WIRE_DTYPE" if wire_dtype else "",
+        after_attention_outputs=program.after_attention_outputs,
+        mlp_input=program.mlp_input,
+    )
+    try:
+        ast.parse(source)
+    except SyntaxError as exc:  # a template bug, never the user's fault
+        raise RuntimeError(f"generated rank_{program.rank}.py does not parse: {exc}") from exc
+    return source

@@ -1,0 +1,86 @@
+"""RankProgram: everything the rank-module template prints for one device. Plain data.
+
+Lowering precomputes it (which heads, columns and tokens this rank owns, the verbatim code
+of every region, the weight names); the template only lays it out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FunctionCode:
+    """A generated function: its signature pieces and body lines (already indented 0)."""
+
+    name: str
+    params: tuple[str, ...]
+    body: tuple[str, ...]
+    returns: tuple[str, ...]
+    doc: str
+    sources: tuple[str, ...] = ()  # fx nodes it came from
+
+
+@dataclass(frozen=True)
+class AttentionCode:
+    heads: int  # this rank's query heads
+    kv_heads: int
+    head_dim: int
+    first_head: int
+    total_heads: int
+    split_sizes: tuple[int, int, int]  # columns of q, k, v in the fused local weight
+    has_bias: bool
+    q_transform: str | None  # name of a FunctionCode, or None
+    k_transform: str | None
+    v_transform: str | None
+    mask: str | None  # static value name
+    is_causal: bool
+    scale: float | None
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MLPCode:
+    columns: int
+    first_column: int
+    total_columns: int
+    projection_names: tuple[str, ...]  # names bound to each projection's output
+    has_bias: bool
+    activation: tuple[str, ...]  # body lines
+    activation_output: str
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RankProgram:
+    rank: int
+    world_size: int
+    device: str
+    source: str  # the model file
+    cluster: str
+    plan_id: str
+    predicted_latency_s: float
+    batch: int
+    seq_len: int
+    hidden: int
+    n_layers: int
+    tokens_per_rank: tuple[int, ...]
+    heads_per_rank: tuple[int, ...]
+    kv_heads_per_rank: tuple[int, ...]
+    columns_per_rank: tuple[int, ...]
+    tiles: int
+    wire_dtype: str
+    attention: AttentionCode
+    mlp: MLPCode
+    transforms: tuple[FunctionCode, ...]  # per-head transforms (q, k, v)
+    prologue: FunctionCode
+    after_attention: FunctionCode
+    after_mlp: FunctionCode | None  # None for a one-layer model
+    epilogue: FunctionCode | None  # rank 0 only
+    layer_entries: tuple[str, ...]  # prologue values that enter layer 0, in layer-parameter order
+    layer_entry_roles: tuple[str, ...]  # their names inside the layer loop (x, residual, ...)
+    after_attention_outputs: tuple[str, ...]  # names the layer loop binds to its results
+    mlp_input: str  # the name among them that the MLP reads
+    epilogue_entries: tuple[str, ...]  # names gathered to rank 0 for the epilogue
+    output_names: tuple[str, ...]
+    weight_file: str
+    notes: tuple[str, ...] = field(default_factory=tuple)

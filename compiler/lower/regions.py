@@ -1,0 +1,78 @@
+"""Turn the verbatim regions of a TransformerGraph into generated functions.
+
+Layer functions are written once, from layer 0, with weights named relative to the layer
+(`w["post_attention_layernorm.weight"]`), then every other layer is checked to produce the
+same code; identical layers share one function called in a loop.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from galaxy.compiler.errors import UntraceableModelError
+from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
+from galaxy.compiler.ir.program import FunctionCode
+from galaxy.compiler.codegen.emit import emit_nodes
+
+
+def relative_weight_name(fqn: str) -> str:
+    """'model.layers.3.input_layernorm.weight' -> 'input_layernorm.weight' (key inside a layer)."""
+    parts = fqn.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[i + 1:])
+    return fqn
+
+
+class LayerNamer:
+    """Names used inside the generated layer loop for the values of one layer."""
+
+    def __init__(self, graph: TransformerGraph, layer: Layer, fqns: dict[str, str]):
+        self.graph, self.layer, self.fqns = graph, layer, fqns
+        att, mlp = layer.attention, layer.mlp
+        self.attn_out = att.out.output
+        self.mlp_out = mlp.down.output
+        inside = set(layer.after_attention.nodes) | set(layer.after_mlp.nodes if layer.after_mlp else ())
+        inside |= {self.attn_out, self.mlp_out}
+        external = [att.input]
+        for region in (layer.after_attention, layer.after_mlp):
+            for name in region.inputs if region else ():
+                if name not in inside and name not in fqns and name not in external:
+                    external.append(name)
+        if mlp.input not in inside and mlp.input not in external:
+            raise UntraceableModelError(f"layer {layer.index}: the MLP does not follow the attention "
+                                        "(parallel attention/MLP blocks are not supported yet)")
+        self.entries = tuple(external)
+        self.roles = {name: self._fresh("x" if i == 0 else "residual") for i, name in enumerate(external)}
+        self.roles[self.attn_out] = "attn_out"
+        self.roles[self.mlp_out] = "mlp_out"
+        for name in layer.after_attention.outputs:
+            self.roles.setdefault(name, self._fresh("hidden" if name == mlp.input else "residual"))
+
+    def _fresh(self, base: str) -> str:
+        taken = set(getattr(self, "roles", {}).values())
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def weight(self, placeholder: str) -> str:
+        return f'w["{relative_weight_name(self.fqns[placeholder])}"]'
+
+
+def region_function(name: str, region: Region, nodes: dict[str, fx.Node], params: dict[str, str],
+                    weight_ref, doc: str, prelude: tuple[str, ...] = (),
+                    variables: dict[str, str] | None = None) -> FunctionCode:
+    """A function computing `region`; `params` maps external node -> parameter name."""
+    names = dict(params)
+    for ext in region.inputs:
+        if ext not in names:
+            names[ext] = weight_ref(ext)
+    body = emit_nodes([nodes[n] for n in region.nodes], names, variables)
+    returns = tuple(names[o] for o in region.outputs)
+    return FunctionCode(name, tuple(dict.fromkeys(params.values())), (*prelude, *body), returns, doc,
+                        tuple(n for n in region.nodes))
+
+
+def same_shape_names(region: Region, reference: Region) -> dict[str, str]:
+    """Rename the nodes of `region` to those of `reference`, position by position."""
+    return dict(zip(region.nodes, reference.nodes)) if len(region.nodes) == len(reference.nodes) else {}

@@ -1,0 +1,248 @@
+"""Lowering: TransformerGraph + Plan -> one RankProgram (code pieces + weights) per rank."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from galaxy.compiler.capture.trace import CapturedModel
+from galaxy.compiler.errors import PlanFileError, UntraceableModelError
+from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
+from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram
+from galaxy.compiler.lower.regions import (LayerNamer, check_layers_match, region_function,
+                                           relative_weight_name, same_shape_names)
+from galaxy.compiler.lower.weights import attention_weights, mlp_weights, owned
+from galaxy.compiler.codegen.emit import emit_nodes
+from galaxy.runtime.splits import offsets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoweredRank:
+    program: RankProgram
+    weights: dict[str, torch.Tensor]
+
+
+def plan_id(plan: Plan) -> str:
+    return hashlib.sha256(plan.dumps().encode()).hexdigest()[:8]
+
+
+def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: str) -> list[LoweredRank]:
+    if len(plan.stages) != 1:
+        raise PlanFileError("this version generates single-stage (pure HMP) plans only; "
+                            f"the plan has {len(plan.stages)} pipeline stages")
+    nodes = {n.name: n for n in captured.graph_module.graph.nodes}
+    layer_code = _LayerCode(graph, captured, nodes)
+    check_layers_match(graph, nodes, captured.fqns, layer_code.functions)
+    return [_lower_rank(rank, graph, captured, plan, layer_code, source) for rank in range(plan.world_size)]
+
+
+class _LayerCode:
+    """The verbatim functions every layer shares, written from layer 0."""
+
+    def __init__(self, graph: TransformerGraph, captured: CapturedModel, nodes: dict[str, fx.Node]):
+        self.graph, self.captured, self.nodes = graph, captured, nodes
+        self.first = graph.layers[0]
+        self.namer = LayerNamer(graph, self.first, captured.fqns)
+
+    def static_ref(self, name: str) -> str:
+        if name in self.captured.fqns:
+            return f'w["{relative_weight_name(self.captured.fqns[name])}"]'
+        if name in self.graph.prologue.outputs:
+            return f'static["{name}"]'
+        raise UntraceableModelError("a layer reads a value that is neither a weight nor a prologue "
+                                    "output", str(self.nodes[name].target), name)
+
+    def functions(self, layer: Layer) -> list[FunctionCode]:
+        """The layer's verbatim functions, written with layer 0's variable names."""
+        namer = LayerNamer(self.graph, layer, self.captured.fqns)
+        first = self.first
+        fns = [self._transform(kind, getattr(layer.attention, f"{kind}_transform"),
+                               getattr(first.attention, f"{kind}_transform")) for kind in "qkv"]
+        fns.append(self._connective("after_attention", layer.after_attention, first.after_attention,
+                                    namer, namer.attn_out, "attention.out.bias", layer.attention.out.bias))
+        if layer.after_mlp is not None and first.after_mlp is not None:
+            fn = self._connective("after_mlp", layer.after_mlp, first.after_mlp, namer,
+                                  namer.mlp_out, "mlp.down.bias", layer.mlp.down.bias)
+            fns.append(self._in_next_layer_order(fn, layer))
+        fns.append(self.activation(layer))
+        return [f for f in fns if f is not None]
+
+    def _transform(self, kind: str, region: Region, reference: Region) -> FunctionCode | None:
+        if not region.nodes:
+            return None
+        params = {region.inputs[0]: kind}
+        for name in region.inputs[1:]:
+            params[name] = self.static_ref(name)
+        fn = region_function(f"{kind}_transform", region, self.nodes, params, self.static_ref,
+                             f"Per-head transform of {kind} copied from the graph (e.g. rotary embedding).",
+                             variables=same_shape_names(region, reference))
+        return FunctionCode(fn.name, (kind, "static"), fn.body, fn.returns, fn.doc, fn.sources)
+
+    def _connective(self, name: str, region: Region, reference: Region, namer: LayerNamer,
+                    tp_output: str, bias_key: str, bias: str | None) -> FunctionCode:
+        params = {n: namer.roles[n] for n in region.inputs if n in namer.roles}
+        prelude = ()
+        if bias:
+            # The projection's bias must be added once, so it waits until the reduce-scatter.
+            prelude = (f'{namer.roles[tp_output]} = {namer.roles[tp_output]} + w["{bias_key}"]',)
+        fn = region_function(name, region, self.nodes, params, self._layer_ref,
+                             "Connective block on this rank's tokens, copied from the graph.", prelude,
+                             variables=same_shape_names(region, reference))
+        return FunctionCode(fn.name, (*fn.params, "w"), fn.body, fn.returns, fn.doc, fn.sources)
+
+    def _in_next_layer_order(self, fn: FunctionCode, layer: Layer) -> FunctionCode:
+        """Return the values the next layer reads, in its parameter order."""
+        entries = LayerNamer(self.graph, self.graph.layers[layer.index + 1], self.captured.fqns).entries
+        by_node = dict(zip(layer.after_mlp.outputs, fn.returns))
+        missing = [e for e in entries if e not in by_node]
+        if missing:
+            raise UntraceableModelError(f"layer {layer.index + 1} reads values from before layer "
+                                        f"{layer.index}'s last block; skip connections across layers "
+                                        "are not supported", "", missing[0])
+        return FunctionCode(fn.name, fn.params, fn.body, tuple(by_node[e] for e in entries), fn.doc, fn.sources)
+
+    def _layer_ref(self, name: str) -> str:
+        if name in self.captured.fqns:
+            return f'w["{relative_weight_name(self.captured.fqns[name])}"]'
+        raise UntraceableModelError("a connective block reads a value from outside its layer",
+                                    str(self.nodes[name].target), name)
+
+    def activation(self, layer: Layer) -> FunctionCode:
+        first = self.first.mlp
+        mlp = layer.mlp
+        names = {p.output: q.output for p, q in zip(mlp.projections, first.projections)}
+        for ext in mlp.activation.inputs:
+            if ext not in names:
+                names[ext] = self.static_ref(ext)
+        body = emit_nodes([self.nodes[n] for n in mlp.activation.nodes], names,
+                          same_shape_names(mlp.activation, first.activation))
+        return FunctionCode("mlp_activation", tuple(p.output for p in first.projections), tuple(body),
+                            (names[mlp.down.input],), "MLP activation copied from the graph.")
+
+
+def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, plan: Plan,
+                code: _LayerCode, source: str) -> LoweredRank:
+    stage = plan.stages[0]
+    i = stage.ranks.index(rank)
+    att, mlp = code.first.attention, code.first.mlp
+    heads = _range(stage.heads_per_rank, i)
+    kv_heads = _range(stage.kv_heads_per_rank, i)
+    columns = _range(stage.columns_per_rank, i)
+    tensors = captured.tensors
+
+    weights: dict[str, torch.Tensor] = {}
+    for layer in graph.layers:
+        prefix = f"layers.{layer.index}."
+        shard = {**attention_weights(layer.attention, tensors, heads, kv_heads),
+                 **mlp_weights(layer.mlp, tensors, columns)}
+        for region in (layer.after_attention, layer.after_mlp, layer.attention.q_transform,
+                       layer.attention.k_transform, layer.attention.v_transform, layer.mlp.activation):
+            for name in region.inputs if region else ():
+                if name in captured.fqns:
+                    key = relative_weight_name(captured.fqns[name])
+                    if key in shard and not torch.equal(shard[key], tensors[name]):
+                        raise UntraceableModelError(f"two weights of layer {layer.index} are both "
+                                                    f"called {key!r} inside the layer")
+                    shard[key] = tensors[name]
+        weights.update({prefix + k: v for k, v in shard.items()})
+
+    fns = {f.name: f for f in code.functions(code.first)}
+    prologue, prologue_weights = _prologue(graph, captured, code.nodes)
+    weights.update(prologue_weights)
+    epilogue = None
+    if rank == 0:
+        epilogue, epilogue_weights = _epilogue(graph, captured, code)
+        weights.update(epilogue_weights)
+
+    d = att.head_dim
+    attention = AttentionCode(
+        heads=len(heads), kv_heads=len(kv_heads), head_dim=d, first_head=heads.start,
+        total_heads=att.heads, split_sizes=(len(heads) * d, len(kv_heads) * d, len(kv_heads) * d),
+        has_bias=any(p.bias for p in (att.q, att.k, att.v)),
+        q_transform="q_transform" if "q_transform" in fns else None,
+        k_transform="k_transform" if "k_transform" in fns else None,
+        v_transform="v_transform" if "v_transform" in fns else None,
+        mask=att.mask, is_causal=att.is_causal, scale=att.scale,
+        sources=(att.q.output, att.k.output, att.v.output, att.sdpa, att.out.output))
+    activation = fns["mlp_activation"]
+    mlp_code = MLPCode(
+        columns=len(columns), first_column=columns.start, total_columns=mlp.intermediate,
+        projection_names=activation.params, has_bias=any(p.bias for p in mlp.projections),
+        activation=activation.body, activation_output=activation.returns[0],
+        sources=(*(p.output for p in mlp.projections), mlp.down.output))
+    namer = code.namer
+    last = graph.layers[-1]
+    last_namer = LayerNamer(graph, last, captured.fqns)
+    epilogue_entries = tuple(last_namer.roles[n] for n in graph.epilogue.inputs if n in last_namer.roles)
+    program = RankProgram(
+        rank=rank, world_size=plan.world_size, device=plan.devices[rank], source=source,
+        cluster=plan.cluster, plan_id=plan_id(plan), predicted_latency_s=plan.predicted_latency_s,
+        batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
+        tokens_per_rank=stage.tokens_per_rank, heads_per_rank=stage.heads_per_rank,
+        kv_heads_per_rank=stage.kv_heads_per_rank, columns_per_rank=stage.columns_per_rank,
+        tiles=stage.tiles, wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
+        transforms=tuple(fns[k] for k in ("q_transform", "k_transform", "v_transform") if k in fns),
+        prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
+        epilogue=epilogue, layer_entries=namer.entries,
+        layer_entry_roles=tuple(namer.roles[n] for n in namer.entries),
+        after_attention_outputs=tuple(namer.roles[o] for o in code.first.after_attention.outputs),
+        mlp_input=namer.roles[code.first.mlp.input],
+        epilogue_entries=epilogue_entries, output_names=graph.output_names,
+        weight_file=f"weights/rank_{rank}.safetensors",
+    )
+    return LoweredRank(program, owned(weights))
+
+
+def _range(sizes: tuple[int, ...], index: int) -> range:
+    start = offsets(sizes)[index]
+    return range(start, start + sizes[index])
+
+
+def _prologue(graph: TransformerGraph, captured: CapturedModel,
+              nodes: dict[str, fx.Node]) -> tuple[FunctionCode, dict[str, torch.Tensor]]:
+    names = {n: f'inputs["{n}"]' for n in graph.input_names}
+    weights = {}
+    for name in graph.prologue.inputs:
+        if name in captured.fqns:
+            names[name] = f'weights["{captured.fqns[name]}"]'
+            weights[captured.fqns[name]] = captured.tensors[name]
+    body = emit_nodes([nodes[n] for n in graph.prologue.nodes], names)
+    result = "{" + ", ".join(f'"{n}": {names[n]}' for n in graph.prologue.outputs) + "}"
+    fn = FunctionCode("prologue", ("inputs", "weights"), tuple(body), (result,),
+                      "Embeddings, masks and position tables: every rank computes them for the "
+                      "whole sequence (cheap, and it saves a broadcast).", graph.prologue.nodes)
+    return fn, weights
+
+
+def _epilogue(graph: TransformerGraph, captured: CapturedModel,
+              code: _LayerCode) -> tuple[FunctionCode, dict[str, torch.Tensor]]:
+    last = graph.layers[-1]
+    namer = LayerNamer(graph, last, captured.fqns)
+    names, weights, prelude = {}, {}, []
+    for name in graph.epilogue.inputs:
+        if name in namer.roles:
+            names[name] = namer.roles[name]
+        elif name in captured.fqns:
+            names[name] = f'weights["{captured.fqns[name]}"]'
+            weights[captured.fqns[name]] = captured.tensors[name]
+        elif name in graph.prologue.outputs:
+            names[name] = f'static["{name}"]'
+        else:
+            raise UntraceableModelError("the head reads a value it cannot get", "", name)
+    if last.mlp.down.bias:
+        key = captured.fqns[last.mlp.down.bias]
+        weights[key] = captured.tensors[last.mlp.down.bias]
+        prelude.append(f'mlp_out = mlp_out + weights["{key}"]')
+    params = tuple(dict.fromkeys(v for v in names.values() if not v.startswith(("weights[", "static["))))
+    body = emit_nodes([code.nodes[n] for n in graph.epilogue.nodes], names)
+    result = "{" + ", ".join(f'"{o}": {names[n]}' for o, n in zip(graph.output_names, graph.output_nodes)) + "}"
+    fn = FunctionCode("epilogue", (*params, "static", "weights"), (*prelude, *body), (result,),
+                      "The last connective block and the head, on rank 0 over the whole sequence.",
+                      graph.epilogue.nodes)
+    return fn, weights

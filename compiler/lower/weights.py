@@ -1,0 +1,66 @@
+"""Slice weights for one rank: its heads, its MLP columns, and the replicated rest.
+
+Every projection is normalised to aten.linear's [out, in] layout (GPT-2's Conv1D stores
+[in, out]); q, k and v of the rank's heads are fused into one weight so the rank runs one
+GEMM, and so are the MLP's up and gate projections.
+"""
+from __future__ import annotations
+
+import torch
+
+from galaxy.compiler.ir.graph import AttentionBlock, MLPBlock, Projection
+
+
+def _rows(proj: Projection, tensors: dict[str, torch.Tensor], start: int, stop: int):
+    """Output rows [start, stop) of a projection as ([rows, in] weight, bias or None)."""
+    weight = tensors[proj.weight]
+    weight = weight.t() if proj.weight_is_in_out else weight
+    lo, hi = proj.column_offset + start, proj.column_offset + stop
+    bias = tensors[proj.bias][lo:hi] if proj.bias else None
+    return weight[lo:hi], bias
+
+
+def _input_columns(proj: Projection, tensors: dict[str, torch.Tensor], start: int, stop: int):
+    weight = tensors[proj.weight]
+    weight = weight.t() if proj.weight_is_in_out else weight
+    return weight[:, start:stop]
+
+
+def _fuse(parts) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weights = torch.cat([w for w, _ in parts])
+    biases = [b for _, b in parts]
+    if all(b is None for b in biases):
+        return weights, None
+    filled = [b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype) for (w, _), b in zip(parts, biases)]
+    return weights, torch.cat(filled)
+
+
+def attention_weights(att: AttentionBlock, tensors, heads: range, kv_heads: range) -> dict[str, torch.Tensor]:
+    d = att.head_dim
+    parts = [_rows(att.q, tensors, heads.start * d, heads.stop * d),
+             _rows(att.k, tensors, kv_heads.start * d, kv_heads.stop * d),
+             _rows(att.v, tensors, kv_heads.start * d, kv_heads.stop * d)]
+    qkv_weight, qkv_bias = _fuse(parts)
+    out = {"attention.qkv.weight": qkv_weight,
+           "attention.out.weight": _input_columns(att.out, tensors, heads.start * d, heads.stop * d)}
+    if qkv_bias is not None:
+        out["attention.qkv.bias"] = qkv_bias
+    if att.out.bias:
+        out["attention.out.bias"] = tensors[att.out.bias]
+    return out
+
+
+def mlp_weights(mlp: MLPBlock, tensors, columns: range) -> dict[str, torch.Tensor]:
+    in_weight, in_bias = _fuse([_rows(p, tensors, columns.start, columns.stop) for p in mlp.projections])
+    out = {"mlp.in.weight": in_weight,
+           "mlp.down.weight": _input_columns(mlp.down, tensors, columns.start, columns.stop)}
+    if in_bias is not None:
+        out["mlp.in.bias"] = in_bias
+    if mlp.down.bias:
+        out["mlp.down.bias"] = tensors[mlp.down.bias]
+    return out
+
+
+def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous copies that share no storage (safetensors refuses shared tensors)."""
+    return {k: v.detach().contiguous().clone() for k, v in tensors.items()}

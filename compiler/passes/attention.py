@@ -1,0 +1,144 @@
+"""Recognise attention blocks around each scaled_dot_product_attention.
+
+    x -> q/k/v projections -> view [B,S,H,D] -> transpose(1,2) -> per-head transform (RoPE...)
+      -> [GQA repeat: unsqueeze, expand, reshape] -> sdpa -> merge heads -> out projection
+
+The split-heads and merge-heads reshapes and the GQA repeat are re-emitted by the attention
+template for the rank's own heads; the per-head transforms are kept verbatim as Regions.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from galaxy.compiler.errors import UntraceableModelError
+from galaxy.compiler.ir.graph import AttentionBlock, Projection, Region
+from galaxy.compiler.passes.patterns import LAYOUT_OPS, SDPA, VIEW_OPS, aten, shape
+
+_TRANSPOSES = {aten.transpose.int, aten.permute.default}
+
+
+def recognise_attention(sdpa: fx.Node, layer: int, projections: dict[str, Projection],
+                        dynamic: set[str]) -> AttentionBlock:
+    q_arg, k_arg, v_arg = sdpa.args[:3]
+    mask = _arg(sdpa, 3, "attn_mask")
+    if _arg(sdpa, 4, "dropout_p", 0.0) not in (0, 0.0):
+        raise UntraceableModelError("attention dropout is on; put the model in eval mode", "sdpa", sdpa.name)
+    q, q_transform, _ = _heads_path(q_arg, projections, dynamic, sdpa)
+    k, k_transform, k_repeat = _heads_path(k_arg, projections, dynamic, sdpa)
+    v, v_transform, v_repeat = _heads_path(v_arg, projections, dynamic, sdpa)
+    if q.input != k.input or q.input != v.input:
+        raise UntraceableModelError("q, k and v read different inputs (cross-attention is not supported)",
+                                    "sdpa", sdpa.name)
+    out = _out_projection(sdpa, projections)
+    batch, heads, seq, head_dim = shape(sdpa)
+    kv_heads = shape(k_arg)[1] // k_repeat
+    if k_repeat != v_repeat:
+        raise UntraceableModelError("k and v are repeated differently", "sdpa", sdpa.name)
+    return AttentionBlock(
+        layer=layer, input=q.input, q=q, k=k, v=v,
+        q_transform=q_transform, k_transform=k_transform, v_transform=v_transform,
+        sdpa=sdpa.name, mask=mask.name if isinstance(mask, fx.Node) else None,
+        is_causal=bool(_arg(sdpa, 5, "is_causal", False)), scale=_arg(sdpa, 6, "scale"),
+        heads=heads, kv_heads=kv_heads, head_dim=head_dim, out=out,
+    )
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[str],
+                sdpa: fx.Node) -> tuple[Projection, Region, int]:
+    """Walk back from an sdpa operand to its projection. Returns (projection, transform, repeat)."""
+    end, repeat = _strip_gqa_repeat(arg)
+    split = _find_split_heads(end, dynamic)
+    if split is None:
+        raise UntraceableModelError("could not find the split-heads view/transpose of an sdpa operand",
+                                    str(arg.target), arg.name)
+    view = split.args[0]
+    proj = projections.get(view.args[0].name)
+    if proj is None:
+        raise UntraceableModelError("an sdpa operand does not come from a linear projection",
+                                    str(view.args[0].target), view.args[0].name)
+    nodes = _between(split, end, dynamic)
+    inputs = _external_inputs(nodes, exclude={split.name})
+    transform = Region(tuple(n.name for n in nodes), (split.name, *inputs), (end.name,) if nodes else ())
+    return proj, transform, repeat
+
+
+def _strip_gqa_repeat(node: fx.Node) -> tuple[fx.Node, int]:
+    """reshape(expand(unsqueeze(x, 2), [B, KV, R, S, D]), [B, KV*R, S, D]) -> (x, R)."""
+    if node.target in VIEW_OPS and node.args[0].target == aten.expand.default:
+        expand = node.args[0]
+        unsq = expand.args[0]
+        if unsq.target == aten.unsqueeze.default and unsq.args[1] == 2 and len(shape(expand)) == 5:
+            return unsq.args[0], shape(expand)[2]
+    return node, 1
+
+
+def _find_split_heads(end: fx.Node, dynamic: set[str]) -> fx.Node | None:
+    """Backward search over dynamic inputs for transpose(view(proj, [B,S,H,D]), 1, 2)."""
+    stack, seen = [end], set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if _is_split_heads(node):
+            return node
+        stack.extend(a for a in node.all_input_nodes if a.name in dynamic)
+    return None
+
+
+def _is_split_heads(node: fx.Node) -> bool:
+    if node.target not in _TRANSPOSES:
+        return False
+    dims = node.args[1:] if node.target == aten.transpose.int else tuple(node.args[1])
+    swaps_1_2 = sorted(dims) == [1, 2] if len(dims) == 2 else list(dims) == [0, 2, 1, 3]
+    view = node.args[0]
+    return (swaps_1_2 and view.target in VIEW_OPS and len(shape(view) or ()) == 4
+            and len(shape(view.args[0]) or ()) == 3)
+
+
+def _between(start: fx.Node, end: fx.Node, dynamic: set[str]) -> list[fx.Node]:
+    """Dynamic nodes on paths from start (exclusive) to end (inclusive), in graph order."""
+    if start is end:
+        return []
+    ancestors, stack = set(), [end]
+    while stack:
+        node = stack.pop()
+        if node.name in ancestors or node is start:
+            continue
+        ancestors.add(node.name)
+        stack.extend(a for a in node.all_input_nodes if a.name in dynamic)
+    return [n for n in start.graph.nodes if n.name in ancestors]
+
+
+def _external_inputs(nodes: list[fx.Node], exclude: set[str]) -> list[str]:
+    inside = {n.name for n in nodes} | exclude
+    found: list[str] = []
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg.name not in inside and arg.name not in found:
+                found.append(arg.name)
+    return found
+
+
+def _out_projection(sdpa: fx.Node, projections: dict[str, Projection]) -> Projection:
+    """Follow the merge-heads layout ops from sdpa to the projection that consumes them."""
+    by_input = {p.input: p for p in projections.values()}
+    node = sdpa
+    for _ in range(8):
+        users = list(node.users)
+        if len(users) != 1 or users[0].target not in LAYOUT_OPS:
+            break
+        node = users[0]
+        if node.name in by_input:
+            return by_input[node.name]
+    raise UntraceableModelError("attention output does not reach an output projection through "
+                                "reshape/transpose only", str(node.target), node.name)
+
+
+__all__ = ["recognise_attention", "SDPA"]
