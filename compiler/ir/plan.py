@@ -50,6 +50,7 @@ class BlockTime:
     comm_s: float = 0.0  # link time of the block's collective
     hidden_s: float = 0.0  # part of comm_s hidden behind compute by tiling
     per_layer: bool = True  # counted once per layer of the stage, else once per forward
+    comm_cpu_s_per_rank: tuple[float, ...] = ()  # part of compute_s_per_rank spent moving bytes
 
 
 @dataclass(frozen=True)

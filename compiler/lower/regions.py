@@ -76,3 +76,16 @@ def region_function(name: str, region: Region, nodes: dict[str, fx.Node], params
 def same_shape_names(region: Region, reference: Region) -> dict[str, str]:
     """Rename the nodes of `region` to those of `reference`, position by position."""
     return dict(zip(region.nodes, reference.nodes)) if len(region.nodes) == len(reference.nodes) else {}
+
+
+def check_layers_match(graph: TransformerGraph, nodes: dict[str, fx.Node], fqns: dict[str, str],
+                       build) -> None:
+    """Every layer must generate the same code as layer 0 once its nodes carry layer 0's names."""
+    def code(layer):
+        return [(f.name, f.params, f.body, f.returns) for f in build(layer)]
+    reference = code(graph.layers[0])
+    for layer in graph.layers[1:-1]:
+        if code(layer) != reference:
+            raise UntraceableModelError(
+                f"layer {layer.index} differs in structure from layer 0; Galaxy generates one "
+                "function for all layers and cannot shard layers of different shapes yet")

@@ -1,0 +1,58 @@
+"""Alpha-beta cost of the ring collectives, the gather to rank 0, and communication CPU.
+
+A ring of n ranks moves an uneven AllGather or ReduceScatter in n - 1 steps. At every step each
+rank passes one chunk to its successor, and the step ends when the slowest transfer ends, so
+each step costs the largest chunk over the worst ring link:
+
+    step(c)     = max over ring links (i, j) of  alpha[i][j] + beta[i][j] * c
+    ring(t)     = t * (n - 1) * step(m b / t)      all t tiles, one after the other
+    m = max tokens of a rank, b = token_wire_bytes, t = tiles (1 = untiled)
+
+Tiling adds (t - 1)(n - 1) alphas. Moving bytes costs CPU on every rank (gloo copies, TCP): per
+ring collective a rank sends and receives every chunk but its own once,
+
+    cpu[r] = kappa[r] * 2 (S - x[r]) b         kappa = comm_cpu_s_per_byte, S tokens, x[r] own tokens
+
+(exact in total over ranks; per rank the mean of what it sends and receives). Gathering the
+final hidden states to rank 0 sends each other rank's tokens straight to it, one after another:
+
+    gather = sum over r != 0 of alpha[r][0] + beta[r][0] x[r] b,   plus kappa[0] (S - x[0]) b CPU.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from galaxy.compiler.cost.table import CostTable
+
+
+def ring_links(ring: Sequence[int]) -> list[tuple[int, int]]:
+    """(sender, receiver) device pairs of a ring, wrap-around included; none for one rank."""
+    n = len(ring)
+    if n < 2:
+        return []
+    return [(ring[j], ring[(j + 1) % n]) for j in range(n)]
+
+
+def ring_step_s(table: "CostTable", ring: Sequence[int], chunk_bytes: float) -> float:
+    return max((table.alpha_s[a][b] + table.beta_s_per_byte[a][b] * chunk_bytes
+                for a, b in ring_links(ring)), default=0.0)
+
+
+def ring_collective_s(table: "CostTable", ring: Sequence[int], max_tokens: int, tiles: int = 1) -> float:
+    """Link time of one ring AllGather or ReduceScatter, all tiles included."""
+    chunk = max_tokens * table.token_wire_bytes / tiles
+    return tiles * (len(ring) - 1) * ring_step_s(table, ring, chunk) if len(ring) > 1 else 0.0
+
+
+def collective_cpu_s(table: "CostTable", device: int, own_tokens: int, ring_size: int) -> float:
+    """CPU seconds `device` spends moving the bytes of one ring collective."""
+    if ring_size < 2:
+        return 0.0
+    return table.comm_cpu_s_per_byte[device] * 2 * (table.tokens - own_tokens) * table.token_wire_bytes
+
+
+def gather_link_s(table: "CostTable", dst: int, senders: Sequence[tuple[int, int]]) -> float:
+    """Link time to send each (device, tokens) in `senders` to `dst`, one after another."""
+    return sum(table.alpha_s[d][dst] + table.beta_s_per_byte[d][dst] * x * table.token_wire_bytes
+               for d, x in senders if d != dst)

@@ -1,0 +1,148 @@
+"""CostTable: the numbers the planner sees. No torch, no graph; random tables are valid too.
+
+Times are seconds for one layer over the whole batch x sequence, per unit of split work and per
+device (aligned with `devices`). Links are dense matrices `alpha_s[i][j]` (per-message latency)
+and `beta_s_per_byte[i][j]` (1 / bandwidth), zero on the diagonal. Bytes are per layer held
+(weights) or one layer at a time (activations); see `cost/memory.py` for the formulas and
+`cost/flops.py` for the FLOP counts behind the times.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from galaxy.compiler.cost.flops import layer_flops
+from galaxy.compiler.cost.memory import layer_bytes
+from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.summary import ModelSummary
+
+MAX_COLUMN_UNIT = 64  # columns per ILP variable unit, at most
+MIN_COLUMN_UNITS = 32  # but keep at least this many units (when the intermediate allows)
+WIRE_DTYPES = {4: "float32", 2: "float16", 1: "int8"}
+
+
+@dataclass(frozen=True)
+class CostTable:
+    model: str
+    cluster: str
+    devices: tuple[str, ...]
+    # model totals
+    n_layers: int
+    kv_groups: int  # KV heads; each group is heads_per_group query heads
+    heads_per_group: int
+    columns: int  # MLP intermediate size
+    column_unit: int  # the ILP splits columns in multiples of this (it divides `columns`)
+    tokens: int  # sequence length
+    token_wire_bytes: int  # batch * hidden * wire dtype bytes: one token of the hidden stream
+    wire_dtype: str
+    # per device, seconds per layer
+    flops_per_s: tuple[float, ...]
+    attention_s_per_group: tuple[float, ...]  # all attention work of one KV group
+    attention_in_s_per_group: tuple[float, ...]  # its QKV projections (hide the AllGather)
+    attention_out_s_per_group: tuple[float, ...]  # its output projection (hide the ReduceScatter)
+    mlp_s_per_column: tuple[float, ...]
+    mlp_in_s_per_column: tuple[float, ...]
+    mlp_out_s_per_column: tuple[float, ...]
+    connective_s_per_token: tuple[float, ...]  # both connective blocks of a layer
+    prologue_s: tuple[float, ...]  # whole sequence, once per forward
+    epilogue_s: tuple[float, ...]
+    comm_cpu_s_per_byte: tuple[float, ...]
+    mem_bytes: tuple[int, ...]
+    # links
+    alpha_s: tuple[tuple[float, ...], ...]
+    beta_s_per_byte: tuple[tuple[float, ...], ...]
+    # bytes
+    weight_bytes_per_group: int
+    weight_bytes_per_column: int
+    connective_bytes_per_layer: int
+    act_bytes_per_group: int
+    act_bytes_per_column: int
+    act_bytes_per_token: int
+    buffer_bytes: int
+    prologue_bytes: int
+    epilogue_bytes: int
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def heads(self) -> int:
+        return self.kv_groups * self.heads_per_group
+
+    @property
+    def column_units(self) -> int:
+        return self.columns // self.column_unit
+
+    def index(self, name: str) -> int:
+        return self.devices.index(name)
+
+    def speed_order(self) -> tuple[int, ...]:
+        """Device indices fastest first (flops_per_s, then cluster order): the tie-break order."""
+        return tuple(sorted(range(self.n_devices), key=lambda d: (-self.flops_per_s[d], d)))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        rows = [f"cost table {self.model} on {self.cluster}: {self.n_layers} layers, "
+                f"{self.kv_groups} KV groups x {self.heads_per_group} heads, {self.column_units} column "
+                f"units of {self.column_unit}, {self.tokens} tokens of {self.token_wire_bytes} B",
+                f"  {'device':<14}{'att ms/grp':>11}{'mlp ms/unit':>12}{'con us/tok':>11}{'mem GiB':>9}"]
+        for d, name in enumerate(self.devices):
+            rows.append(f"  {name:<14}{self.attention_s_per_group[d] * 1e3:>11.3f}"
+                        f"{self.mlp_s_per_column[d] * self.column_unit * 1e3:>12.3f}"
+                        f"{self.connective_s_per_token[d] * 1e6:>11.2f}{self.mem_bytes[d] / 2**30:>9.2f}")
+        return "\n".join(rows)
+
+
+def choose_column_unit(columns: int) -> int:
+    """Largest divisor of `columns` <= MAX_COLUMN_UNIT that leaves >= MIN_COLUMN_UNITS units."""
+    best = 1
+    for unit in range(1, MAX_COLUMN_UNIT + 1):
+        if columns % unit == 0 and columns // unit >= MIN_COLUMN_UNITS:
+            best = unit
+    return best
+
+
+def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: int = 4,
+                     column_unit: int | None = None) -> CostTable:
+    if summary.heads % summary.kv_heads:
+        raise ValueError(f"{summary.heads} heads are not whole groups of {summary.kv_heads} KV heads")
+    unit = column_unit or choose_column_unit(summary.intermediate)
+    if summary.intermediate % unit:
+        raise ValueError(f"column unit {unit} does not divide intermediate {summary.intermediate}")
+    fl = layer_flops(summary)
+    by = layer_bytes(summary)
+    devs = cluster.devices
+
+    def per_device(flops: float) -> tuple[float, ...]:
+        return tuple(flops / d.flops_per_s for d in devs)
+
+    links = [[cluster.link(a.name, b.name) if a.name != b.name else None for b in devs] for a in devs]
+    return CostTable(
+        model=summary.name, cluster=cluster.name, devices=cluster.names,
+        n_layers=summary.n_layers, kv_groups=summary.kv_heads, heads_per_group=summary.heads_per_kv_group,
+        columns=summary.intermediate, column_unit=unit, tokens=summary.seq_len,
+        token_wire_bytes=summary.batch * summary.hidden * wire_dtype_bytes,
+        wire_dtype=WIRE_DTYPES.get(wire_dtype_bytes, f"{wire_dtype_bytes}-byte"),
+        flops_per_s=tuple(d.flops_per_s for d in devs),
+        attention_s_per_group=per_device(fl.attention_per_group),
+        attention_in_s_per_group=per_device(fl.attention_in_per_group),
+        attention_out_s_per_group=per_device(fl.attention_out_per_group),
+        mlp_s_per_column=per_device(fl.mlp_per_column),
+        mlp_in_s_per_column=per_device(fl.mlp_in_per_column),
+        mlp_out_s_per_column=per_device(fl.mlp_out_per_column),
+        connective_s_per_token=per_device(fl.connective_per_token),
+        prologue_s=per_device(summary.prologue_flops),
+        epilogue_s=per_device(summary.epilogue_flops),
+        comm_cpu_s_per_byte=tuple(d.comm_cpu_s_per_byte for d in devs),
+        mem_bytes=tuple(d.mem_bytes for d in devs),
+        alpha_s=tuple(tuple(0.0 if lk is None else lk.latency_s for lk in row) for row in links),
+        beta_s_per_byte=tuple(tuple(0.0 if lk is None else 1.0 / lk.bandwidth_bytes_per_s for lk in row)
+                              for row in links),
+        weight_bytes_per_group=by.weight_per_group, weight_bytes_per_column=by.weight_per_column,
+        connective_bytes_per_layer=by.connective_per_layer,
+        act_bytes_per_group=by.act_per_group, act_bytes_per_column=by.act_per_column,
+        act_bytes_per_token=by.act_per_token, buffer_bytes=by.buffers,
+        prologue_bytes=by.prologue, epilogue_bytes=by.epilogue,
+    )

@@ -1,0 +1,59 @@
+"""Turn a split (who gets how many groups, columns, tokens) into a Plan with predicted times.
+
+Every planner (ILP, baselines, brute force) builds its plans here, so they share one rank order:
+the head device (rank 0: input, epilogue, output) first, then the others fastest first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
+
+from galaxy.compiler.cost.latency import predict
+from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.ir.plan import Plan, StageSplit
+
+
+@dataclass(frozen=True)
+class Split:
+    """A single-stage choice by device index: used devices, head, KV groups, columns, tokens."""
+
+    used: tuple[int, ...]
+    head: int
+    groups: Mapping[int, int]
+    columns: Mapping[int, int]
+    tokens: Mapping[int, int]
+    tiles: int = 1
+
+
+def ring_order(table: CostTable, used: Iterable[int], head: int) -> tuple[int, ...]:
+    """Head first, then the other used devices fastest first (ties: cluster order)."""
+    speed = table.speed_order()
+    return (head, *sorted((d for d in used if d != head), key=speed.index))
+
+
+def stage_split(table: CostTable, ring: tuple[int, ...], ranks: tuple[int, ...], split: Split,
+                first_layer: int, end_layer: int) -> StageSplit:
+    g = table.heads_per_group
+    return StageSplit(
+        ranks=ranks, first_layer=first_layer, end_layer=end_layer,
+        heads_per_rank=tuple(split.groups.get(d, 0) * g for d in ring),
+        kv_heads_per_rank=tuple(split.groups.get(d, 0) for d in ring),
+        columns_per_rank=tuple(split.columns.get(d, 0) for d in ring),
+        tokens_per_rank=tuple(split.tokens.get(d, 0) for d in ring),
+        tiles=split.tiles)
+
+
+def hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",
+             notes: tuple[str, ...] = ()) -> Plan:
+    """A single-stage (plain HMP) plan over `split.used`, ranks in `ring_order`."""
+    ring = ring_order(table, split.used, split.head)
+    stage = stage_split(table, ring, tuple(range(len(ring))), split, 0, table.n_layers)
+    plan = Plan(model=table.model, cluster=table.cluster, devices=tuple(table.devices[d] for d in ring),
+                stages=(stage,), solver=solver, objective=objective, wire_dtype=table.wire_dtype,
+                notes=notes)
+    return with_prediction(plan, table)
+
+
+def with_prediction(plan: Plan, table: CostTable) -> Plan:
+    latency, blocks = predict(plan, table)
+    return replace(plan, predicted_latency_s=latency, predicted_blocks=blocks)
