@@ -8,6 +8,9 @@ Steps: verify this rank's files against manifest.json, load plan and weights, jo
 gloo group, broadcast rank 0's inputs, then run `forward(inputs, weights, ctx)` under
 torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0 writes the
 outputs and reports latencies. Runtime errors end the process with one line on stderr.
+
+Exit codes: 0 success; 2 this rank's own problem (bundle, command line, rendezvous); 4 a
+peer failed or timed out (the message names it: look there first); 1 a bug (traceback).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch
 
 from . import bundle, rendezvous
 from .collectives import broadcast_tensors
-from .errors import GalaxyRuntimeError, UsageError
+from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
 from .ring import Ring
 
@@ -34,7 +37,8 @@ log = logging.getLogger(__name__)
 
 Forward = Callable[[dict, dict, "RankContext"], "Mapping[str, torch.Tensor] | None"]
 
-EXIT_RUNTIME_ERROR = 2
+EXIT_RUNTIME_ERROR = 2  # this rank's own problem: bundle, command line, rendezvous
+EXIT_PEER_FAILED = 4  # a transfer with a peer failed or timed out: look at that peer first
 EXIT_INTERRUPTED = 130
 
 
@@ -73,7 +77,7 @@ def run_rank(rank: int, forward: Forward, argv: list[str] | None = None) -> int:
     except GalaxyRuntimeError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"galaxy rank {rank}: error: {message}\n")
-        return EXIT_RUNTIME_ERROR
+        return EXIT_PEER_FAILED if isinstance(exc, CollectiveError) else EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
         sys.stderr.write(f"galaxy rank {rank}: interrupted\n")
         return EXIT_INTERRUPTED

@@ -34,6 +34,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import bundle
+from .entry import EXIT_PEER_FAILED
 from .errors import GalaxyRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 TOLERANCE_BY_WIRE_DTYPE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2),
                            "bfloat16": (4e-2, 4e-2)}
 EXIT_OK, EXIT_FAILED, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 2, 3, 130
+_BLAME_GRACE_S = 2.0  # after a first failure, how long to wait for the rank that caused it
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                   "MASTER_PORT", "GROUP_RANK")
 
@@ -197,13 +199,17 @@ def _supervise(commands: list[list[str]], envs: list[dict], devices: list[str],
 
 
 def _wait_all(procs, overall_timeout_s: float, devices: list[str]) -> tuple[int, int] | None:
-    """None when all exit 0; else (rank, exit code) of the first rank seen failing."""
+    """None when all exit 0; else (rank, exit code) of the rank to blame.
+
+    A rank that lost a peer exits with EXIT_PEER_FAILED, often before the peer that crashed
+    has finished printing its traceback; so after a first failure we wait briefly for a
+    failure of another kind and blame that one.
+    """
     deadline = time.monotonic() + overall_timeout_s
     while True:
         codes = [proc.poll() for proc in procs]
-        for rank, code in enumerate(codes):
-            if code not in (None, 0):
-                return rank, code
+        if any(code not in (None, 0) for code in codes):
+            return _blame(procs, codes)
         if all(code == 0 for code in codes):
             return None
         if time.monotonic() > deadline:
@@ -213,6 +219,17 @@ def _wait_all(procs, overall_timeout_s: float, devices: list[str]) -> tuple[int,
                               f"{overall_timeout_s:g} s; killed every rank (raise --overall-timeout "
                               "if the model is just slow)")
         time.sleep(0.05)
+
+
+def _blame(procs, codes: list[int | None]) -> tuple[int, int]:
+    failures = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+    grace_end = time.monotonic() + _BLAME_GRACE_S
+    while all(code == EXIT_PEER_FAILED for _, code in failures) and time.monotonic() < grace_end:
+        time.sleep(0.05)
+        failures += [(rank, proc.poll()) for rank, proc in enumerate(procs)
+                     if rank not in dict(failures) and proc.poll() not in (None, 0)]
+    own = [(rank, code) for rank, code in failures if code != EXIT_PEER_FAILED]
+    return (own or failures)[0]
 
 
 def _pump(proc: subprocess.Popen, rank: int, tail: collections.deque, on_line: OnLine) -> None:
