@@ -29,8 +29,7 @@ class CapturedModel:
     graph_module: fx.GraphModule
     tensors: dict[str, torch.Tensor]  # placeholder name -> parameter/buffer/constant value
     fqns: dict[str, str]  # placeholder name -> state-dict name
-    user_inputs: tuple[str, ...]  # placeholder names of the model inputs, in call order
-    input_names: tuple[str, ...]  # keyword names of those inputs
+    user_inputs: tuple[str, ...]  # placeholder names of the model inputs (= their keyword names)
     output_names: tuple[str, ...]  # names of the flattened outputs (e.g. last_hidden_state)
     example_inputs: dict[str, torch.Tensor]
     reference_outputs: dict[str, torch.Tensor]  # eager single-process outputs
@@ -78,31 +77,22 @@ def capture(model: LoadedModel, method: str = "export") -> CapturedModel:
 
     gm = exported.graph_module
     state = {**exported.state_dict, **exported.constants}
-    tensors, fqns, user_inputs, input_names = {}, {}, [], []
+    tensors, fqns, user_inputs = {}, {}, []
     for spec in exported.graph_signature.input_specs:
         if spec.kind == InputKind.USER_INPUT:
             user_inputs.append(spec.arg.name)
             continue
         tensors[spec.arg.name] = state[spec.target].detach()
         fqns[spec.arg.name] = spec.target
-    # Export keeps keyword inputs in the order they were given.
-    input_names = [k for k in kwargs if k in _user_input_kwargs(exported)]
-    if len(input_names) != len(user_inputs):
-        input_names = list(kwargs)[: len(user_inputs)]
     flat_out = list(gm.graph.output_node().args[0])
     if len(flat_out) != len(names):
         raise UntraceableModelError(f"export produced {len(flat_out)} outputs, eager run {len(names)}")
     log.info("captured %s: %d nodes, %d weights", model.name, len(gm.graph.nodes), len(tensors))
-    return CapturedModel(model.name, gm, tensors, fqns, tuple(user_inputs), tuple(input_names),
-                         names, kwargs, reference)
-
-
-def _user_input_kwargs(exported) -> set[str]:
-    spec = exported.call_spec.in_spec
-    try:  # in_spec is ((), {kwargs}) as a pytree spec
-        return set(spec.children_specs[1].context)
-    except (AttributeError, IndexError):
-        return set()
+    missing = [name for name in user_inputs if name not in kwargs]
+    if missing:  # export names user-input placeholders after the keyword arguments
+        raise UntraceableModelError(f"captured inputs {missing} do not match example_inputs() keys "
+                                    f"{list(kwargs)}")
+    return CapturedModel(model.name, gm, tensors, fqns, tuple(user_inputs), names, kwargs, reference)
 
 
 def _symbolic_trace(module: torch.nn.Module, input_names: tuple[str, ...]) -> fx.GraphModule:

@@ -1,0 +1,79 @@
+"""The compiler, one line per phase: MODEL + cluster -> plan -> bundle of per-device modules."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from galaxy.compiler.capture.load import load_model
+from galaxy.compiler.capture.trace import capture
+from galaxy.compiler.codegen.bundle import write_bundle
+from galaxy.compiler.codegen.render import render_rank
+from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.cluster_file import default_cluster_path, load_cluster
+from galaxy.compiler.ir.graph import TransformerGraph
+from galaxy.compiler.ir.plan import Plan, validate_plan
+from galaxy.compiler.ir.summary import ModelSummary
+from galaxy.compiler.lower.shard import lower
+from galaxy.compiler.passes.recognise import recognise
+from galaxy.compiler.passes.summarise import summarise
+from galaxy.compiler.planner import make_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    cluster: str | None = None  # TOML path; None = the bundled default
+    out_dir: str | None = "bundle"
+    plan_only: bool = False
+    plan: str | None = None  # use this plan.json instead of planning
+    objective: str = "latency"
+    solver: str = "ilp"  # ilp | even | proportional | single
+    size: str | None = None  # model.py size knob
+    seq_len: int | None = None
+    capture: str = "export"  # export | symbolic
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    plan: Plan
+    summary: ModelSummary
+    cluster: Cluster
+    graph: TransformerGraph
+    bundle_dir: Path | None
+
+
+def compile_model(source: str, options: CompileOptions = CompileOptions()) -> CompileResult:
+    cluster = load_cluster(options.cluster or default_cluster_path())
+    log.info("[1/6] loading %s", source)
+    loaded = load_model(source, options.size, options.seq_len)
+    log.info("[2/6] capturing the graph of %s", loaded)
+    captured = capture(loaded, options.capture)
+    log.info("[3/6] recognising Transformer blocks")
+    graph = recognise(captured)
+    summary = summarise(graph, captured)
+    log.info("[4/6] planning for %s", cluster.name)
+    plan = _plan(summary, cluster, options)
+    if options.plan_only or options.out_dir is None:
+        return CompileResult(plan, summary, cluster, graph, None)
+    log.info("[5/6] lowering and generating %d rank modules", plan.world_size)
+    lowered = lower(graph, captured, plan, source)
+    sources = {r.program.rank: render_rank(r.program) for r in lowered}
+    log.info("[6/6] writing the bundle to %s", options.out_dir)
+    document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
+                "cluster": cluster.to_json(), "input_names": list(graph.input_names),
+                "output_names": list(graph.output_names), "source": str(source)}
+    bundle = write_bundle(options.out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
+                          captured.example_inputs, captured.reference_outputs)
+    return CompileResult(plan, summary, cluster, graph, bundle)
+
+
+def _plan(summary: ModelSummary, cluster: Cluster, options: CompileOptions) -> Plan:
+    if options.plan:
+        plan = Plan.load(options.plan)
+    else:
+        plan = make_plan(summary, cluster, objective=options.objective, solver=options.solver)
+    validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
+                  summary.n_layers)
+    return plan

@@ -1,0 +1,1 @@
+"""pytest puts this folder on sys.path, so tests import `helpers` (and `dist/_gloo`) directly."""
