@@ -8,13 +8,16 @@ each step costs the largest chunk over the worst ring link:
     ring(t)     = t * (n - 1) * step(m b / t)      all t tiles, one after the other
     m = max tokens of a rank, b = token_wire_bytes, t = tiles (1 = untiled)
 
-Tiling adds (t - 1)(n - 1) alphas. Moving bytes costs CPU on every rank (gloo copies, TCP): per
-ring collective a rank sends and receives every chunk but its own once,
+Tiling adds (t - 1)(n - 1) alphas. Moving bytes costs CPU on every rank (gloo copies, TCP). In
+one ring collective rank r sends every chunk but its successor's and receives every chunk but
+its own (AllGather; mirrored in ReduceScatter), 2 S b - (x[r] + x[r+1]) b in all: 2 (n-1) S b over
+the ring. Each rank is charged the mean,
 
-    cpu[r] = kappa[r] * 2 (S - x[r]) b         kappa = comm_cpu_s_per_byte, S tokens, x[r] own tokens
+    cpu[r] = kappa[r] * 2 (n - 1) / n * S b    kappa = comm_cpu_s_per_byte, S tokens
 
-(exact in total over ranks; per rank the mean of what it sends and receives). Gathering the
-final hidden states to rank 0 sends each other rank's tokens straight to it, one after another:
+exact for n = 2 and for even token splits, and free of the ring neighbours (so linear in the
+ILP): the token split then pays in link time (largest chunk), not in CPU. Gathering the final
+hidden states to rank 0 sends each other rank's tokens straight to it, one after another:
 
     gather = sum over r != 0 of alpha[r][0] + beta[r][0] x[r] b,   plus kappa[0] (S - x[0]) b CPU.
 """
@@ -45,11 +48,12 @@ def ring_collective_s(table: "CostTable", ring: Sequence[int], max_tokens: int, 
     return tiles * (len(ring) - 1) * ring_step_s(table, ring, chunk) if len(ring) > 1 else 0.0
 
 
-def collective_cpu_s(table: "CostTable", device: int, own_tokens: int, ring_size: int) -> float:
-    """CPU seconds `device` spends moving the bytes of one ring collective."""
+def collective_cpu_s(table: "CostTable", device: int, ring_size: int) -> float:
+    """CPU seconds `device` spends moving the bytes of one ring collective of `ring_size` ranks."""
     if ring_size < 2:
         return 0.0
-    return table.comm_cpu_s_per_byte[device] * 2 * (table.tokens - own_tokens) * table.token_wire_bytes
+    moved = 2 * (ring_size - 1) / ring_size * table.tokens * table.token_wire_bytes
+    return table.comm_cpu_s_per_byte[device] * moved
 
 
 def gather_link_s(table: "CostTable", dst: int, senders: Sequence[tuple[int, int]]) -> float:

@@ -12,7 +12,7 @@ Legend (one stage, ring of n ranks r in ring order; d(r) is the device of rank r
 Per layer of a stage (each block waits for its slowest rank; a rank's CPU also does its
 communication work, so that CPU time adds to its compute):
 
-    cpu[r]   = 2 collectives x kappa[d] 2 (S - x[r]) b                    (0 when n = 1)
+    cpu[r]   = 2 collectives x kappa[d] 2 (n - 1)/n S b                   (0 when n = 1)
     att      = max_r (G[r] a[d] + cpu[r]) + exposed(t, min_r G[r] a_in[d]) + exposed(t, min_r G[r] a_out[d])
     con      = max_r  x[r] k_con[d]
     mlp      = max_r (C[r] c[d] + cpu[r]) + exposed(t, min_r C[r] c_in[d]) + exposed(t, min_r C[r] c_out[d])
@@ -67,7 +67,7 @@ def total_latency_s(plan: Plan, blocks: Sequence[BlockTime]) -> float:
 def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
     n, x, t = len(ring), stage.tokens_per_rank, stage.tiles
     ring_s = ring_collective_s(table, ring, max(x), t)
-    cpu = tuple(2 * collective_cpu_s(table, d, x[j], n) for j, d in enumerate(ring))
+    cpu = tuple(2 * collective_cpu_s(table, d, n) for d in ring)
 
     def tp_block(name: str, work: Sequence[int], per: tuple[float, ...], per_in: tuple[float, ...],
                  per_out: tuple[float, ...]) -> BlockTime:

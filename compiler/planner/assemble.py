@@ -43,15 +43,19 @@ def stage_split(table: CostTable, ring: tuple[int, ...], ranks: tuple[int, ...],
         tiles=split.tiles)
 
 
-def hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",
-             notes: tuple[str, ...] = ()) -> Plan:
-    """A single-stage (plain HMP) plan over `split.used`, ranks in `ring_order`."""
+def build_hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",
+                   notes: tuple[str, ...] = ()) -> Plan:
+    """A single-stage (plain HMP) plan over `split.used`, ranks in `ring_order`, not yet predicted."""
     ring = ring_order(table, split.used, split.head)
     stage = stage_split(table, ring, tuple(range(len(ring))), split, 0, table.n_layers)
-    plan = Plan(model=table.model, cluster=table.cluster, devices=tuple(table.devices[d] for d in ring),
-                stages=(stage,), solver=solver, objective=objective, wire_dtype=table.wire_dtype,
-                notes=notes)
-    return with_prediction(plan, table)
+    return Plan(model=table.model, cluster=table.cluster, devices=tuple(table.devices[d] for d in ring),
+                stages=(stage,), solver=solver, objective=objective, wire_dtype=table.wire_dtype, notes=notes)
+
+
+def hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",
+             notes: tuple[str, ...] = ()) -> Plan:
+    """`build_hmp_plan` with predicted latency and block times filled in."""
+    return with_prediction(build_hmp_plan(table, split, solver, objective, notes), table)
 
 
 def with_prediction(plan: Plan, table: CostTable) -> Plan:

@@ -23,9 +23,9 @@ Rows (one add_* function per family):
     mem[d]             L (G w_g + U C w_c + conn u) + G a_g + U C a_c + X a_t + (buffers + prologue) u
                        + epilogue z <= mem[d]                              (cost/memory.py)
     prologue[d]        T_pro >= P[d] u[d]
-    attention[d]       T_att >= a[d] G[d] + 4 kappa[d] b (S u[d] - X[d])    (2 collectives' CPU)
+    attention[d]       T_att >= a[d] G[d] + 4 kappa[d] (k - 1)/k S b u[d]   (2 collectives' CPU)
     connective[d]      T_con >= k_con[d] X[d]
-    mlp[d]             T_mlp >= U c[d] C[d] + 4 kappa[d] b (S u[d] - X[d])
+    mlp[d]             T_mlp >= U c[d] C[d] + 4 kappa[d] (k - 1)/k S b u[d]
     chunk[d]           m >= X[d]
     ring_*[l,a,b]      w[l] >= [link a->b is in the ring]: the ring is the head, then the other used
                        devices fastest first, so a->b (a before b) is in it iff both are used
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 import pulp
 
+from galaxy.compiler.cost.collectives import collective_cpu_s
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import SolverError
 from galaxy.compiler.ir.plan import Plan
@@ -154,10 +155,10 @@ def add_memory(prob: pulp.LpProblem, table: CostTable, v: SplitVars,
         prob += (memory_expr(table, v, d) <= table.mem_bytes[d] / MIB + extra, f"mem[{name}]")
 
 
-def add_block_max(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:
+def add_block_max(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars, k: int) -> None:
     U = table.column_unit
     for d, name in enumerate(table.devices):
-        cpu = table.comm_cpu_s_per_byte[d] * 4 * table.token_wire_bytes * (table.tokens * v.u[d] - v.X[d])
+        cpu = 2 * collective_cpu_s(table, d, k) * v.u[d]
         prob += (tv.pro >= table.prologue_s[d] * v.u[d], f"prologue[{name}]")
         prob += (tv.att >= table.attention_s_per_group[d] * v.G[d] + cpu, f"attention[{name}]")
         prob += (tv.con >= table.connective_s_per_token[d] * v.X[d], f"connective[{name}]")
@@ -283,7 +284,7 @@ def build_problem(table: CostTable, k: int, tile_choices: tuple[int, ...]):
     prob += (pulp.lpSum(tv.s.values()) == 1, "total_tiles")
     add_usage(prob, table, v)
     add_memory(prob, table, v)
-    add_block_max(prob, table, v, tv)
+    add_block_max(prob, table, v, tv, k)
     if k > 1 and len(link_classes(table)) > 1:
         add_ring_links(prob, table, v, tv)
     add_ring_time(prob, table, tv, k)

@@ -28,7 +28,13 @@ def make_solver(backend: str, time_limit_s: float) -> pulp.LpSolver:
 
 
 def solution_status(prob: pulp.LpProblem) -> str:
-    """optimal | feasible (time limit) | infeasible | no solution (time limit) | unbounded."""
+    """optimal | feasible (time limit) | infeasible | no solution (time limit) | unbounded.
+
+    CBC's presolve can prove infeasibility without a solution status (sol_status 0), so the
+    problem status decides infeasibility; the solution status decides the rest.
+    """
+    if prob.status == pulp.LpStatusInfeasible:
+        return "infeasible"
     return {
         pulp.LpSolutionOptimal: "optimal",
         pulp.LpSolutionIntegerFeasible: "feasible (time limit)",
