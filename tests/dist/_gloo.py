@@ -1,7 +1,6 @@
-"""Spawn a small world of real gloo processes on loopback and collect what each returns.
+"""Start a small world of real gloo processes on loopback and collect what each returns.
 
-Shared by the runtime's distributed tests. `run_world(n, fn, *args)` starts n spawned
-processes, joins them with galaxy.runtime.rendezvous.connect on a free loopback port, calls
+Shared by the runtime's distributed tests. `run_world(n, fn, *args)` starts n processes, joins them with galaxy.runtime.rendezvous.connect on a free loopback port, calls
 `fn(rank, world_size, *args)` (a module-level function, so it pickles) and returns the
 per-rank results. A rank that raises or a world that overruns `timeout_s` fails the test
 with the rank's traceback; stragglers are killed.
@@ -41,10 +40,22 @@ def _worker(rank, world_size, port, fn, args, connect_timeout_s, results):
         rendezvous.close()
 
 
+_PRELOAD = ["torch", "torch.distributed", "galaxy.runtime.collectives", "galaxy.runtime.overlap",
+            "galaxy.runtime.rendezvous"]
+
+
+def _context():
+    """forkserver with torch preloaded: each rank forks from a process that imported torch but
+    never ran an op (fork-safe), instead of paying a fresh torch import per rank."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
 def run_world(world_size: int, fn, *args, timeout_s: float = 60.0,
               connect_timeout_s: float | None = 20.0, allow_errors: bool = False) -> list:
     """Per-rank return values of fn; with allow_errors, a rank's error text is its value."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, connect_timeout_s,
@@ -62,8 +73,12 @@ def run_world(world_size: int, fn, *args, timeout_s: float = 60.0,
                 raise AssertionError(f"ranks {missing} did not finish within {timeout_s} s; "
                                      f"others: {collected}")
             try:
-                rank, status, value = results.get(timeout=min(remaining, 1.0))
+                rank, status, value = results.get(timeout=min(remaining, 0.5))
             except queue.Empty:
+                for rank, proc in enumerate(procs):  # died without reporting (e.g. os._exit)
+                    if rank not in collected and proc.exitcode is not None:
+                        collected[rank] = ("error", f"exited with code {proc.exitcode} "
+                                                    "without a result")
                 continue
             collected[rank] = (status, value)
     finally:
