@@ -1,0 +1,117 @@
+"""Tiled overlap (all_gather_linear, linear_reduce_scatter) on real gloo processes.
+
+Each is compared with the one-process computation and with its un-tiled composition of a
+ring collective and F.linear, for tiles 1, 2, 3 (tiles larger than a chunk leave some
+empty), uneven splits with ranks holding 0 tokens and ring orders other than rank order.
+Tolerances, stated once:
+"""
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+try:  # tests/dist may or may not be a package
+    from ._gloo import run_world
+except ImportError:
+    from _gloo import run_world
+from galaxy.runtime.collectives import all_gather, reduce_scatter
+from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter
+from galaxy.runtime.ring import Ring
+from galaxy.runtime.splits import offsets
+
+pytestmark = pytest.mark.dist
+
+FP32 = dict(rtol=1e-5, atol=1e-5)  # GEMMs on row slices and ring sums reorder fp32 adds
+FP16_WIRE = dict(rtol=1e-2, atol=1e-2)  # activations or running sums rounded to fp16 (2^-11)
+
+SPLITS = {1: [[5]], 2: [[3, 2], [0, 4]], 3: [[2, 0, 3], [4, 1, 1]], 4: [[3, 0, 2, 1], [0, 5, 0, 1]]}
+RING_ORDERS = {1: [(0,)], 2: [(1, 0)], 3: [(0, 1, 2), (2, 0, 1)], 4: [(3, 1, 0, 2)]}
+TILES = [1, 2, 3]
+OPS = ["all_gather_linear", "linear_reduce_scatter", "wire_float16"]
+IN_FEATURES, OUT_FEATURES = 3, 5
+
+
+def cases(world: int):
+    """(name, ring order, tokens per ring position, tiles, shape with T for tokens, token dim)."""
+    for order in RING_ORDERS[world]:
+        for split in SPLITS[world]:
+            for tiles in TILES:
+                yield (f"ring{order} split{split} tiles{tiles} bsh", order, split, tiles,
+                       (2, "T", IN_FEATURES), 1)
+    yield (f"split{SPLITS[world][0]} tiles2 th", RING_ORDERS[world][0], SPLITS[world][0], 2,
+           ("T", IN_FEATURES), 0)
+
+
+def make(shape, tokens: int, seed: int, count: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    size = [tokens if s == "T" else s for s in shape]
+    return [torch.randn(size, generator=gen) for _ in range(count)]
+
+
+def check(failures: dict, op: str, case: str, fn) -> None:
+    try:
+        fn()
+    except Exception as exc:  # recorded and asserted in the parent, per operation
+        failures[op].append(f"{case}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+
+def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
+    failures = {op: [] for op in OPS}
+    for seed, (case, order, split, tiles, shape, dim) in enumerate(cases(world)):
+        ring = Ring(order, rank, timeout_s=10)
+        me, starts = ring.index, offsets(split)
+        gen = torch.Generator().manual_seed(seed)
+        weight = torch.randn(OUT_FEATURES, IN_FEATURES, generator=gen)
+        bias = None if seed % 2 else torch.randn(OUT_FEATURES, generator=gen)
+        (full,) = make(shape, sum(split), seed, 1)
+        local = full.narrow(dim, starts[me], split[me])
+
+        got = all_gather_linear(local, weight, bias, split, ring, tiles, dim)
+        plain = F.linear(all_gather(local, split, ring, dim), weight, bias)
+        check(failures, "all_gather_linear", case,
+              lambda: assert_close(got, F.linear(full, weight, bias), **FP32))
+        check(failures, "all_gather_linear", case + " vs un-tiled",
+              lambda: assert_close(got, plain, **FP32))
+
+        xs = make(shape, sum(split), 1000 + seed, world)  # per ring position: its x_full
+        ws = [torch.randn(OUT_FEATURES, IN_FEATURES, generator=gen) for _ in range(world)]
+        expected = sum(F.linear(x, w) for x, w in zip(xs, ws)).narrow(dim, starts[me], split[me])
+        got = linear_reduce_scatter(xs[me], ws[me], split, ring, tiles, dim)
+        plain = reduce_scatter(F.linear(xs[me], ws[me]), split, ring, dim)
+        check(failures, "linear_reduce_scatter", case, lambda: assert_close(got, expected, **FP32))
+        check(failures, "linear_reduce_scatter", case + " vs un-tiled",
+              lambda: assert_close(got, plain, **FP32))
+
+        half = torch.float16
+        got = all_gather_linear(local, weight, bias, split, ring, tiles, dim, wire_dtype=half)
+        plain = F.linear(all_gather(local, split, ring, dim, wire_dtype=half), weight, bias)
+        check(failures, "wire_float16", case + " all_gather_linear vs un-tiled",
+              lambda: assert_close(got, plain, **FP32))
+        check(failures, "wire_float16", case + " all_gather_linear",
+              lambda: assert_close(got, F.linear(full, weight, bias), **FP16_WIRE))
+        got = linear_reduce_scatter(xs[me], ws[me], split, ring, tiles, dim, wire_dtype=half)
+        check(failures, "wire_float16", case + " linear_reduce_scatter",
+              lambda: assert_close(got, expected, **FP16_WIRE))
+    return failures
+
+
+_worlds: dict[int, list] = {}
+
+
+def world_failures(world: int) -> list[dict]:
+    if world not in _worlds:
+        _worlds[world] = run_world(world, run_all_cases, timeout_s=90)
+    return _worlds[world]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("op", OPS)
+def test_overlap_matches_single_process_and_untiled(world, op):
+    failures = [f"rank {rank}: {text}" for rank, per_op in enumerate(world_failures(world))
+                for text in per_op[op]]
+    assert not failures, "\n".join(failures)
