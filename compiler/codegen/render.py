@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from importlib import resources
 
 import jinja2
@@ -40,6 +41,7 @@ def render_rank(program: RankProgram) -> str:
         after_attention_outputs=program.after_attention_outputs,
         mlp_input=program.mlp_input,
     )
+    source = re.sub(r"\n{4,}", "\n\n\n", source)  # macros end in a newline of their own
     try:
         ast.parse(source)
     except SyntaxError as exc:  # a template bug, never the user's fault
