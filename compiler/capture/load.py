@@ -6,7 +6,7 @@ MODEL is one of three kinds:
 |---------------|-----------------------------------------|-----------------------------------------|---------------------------------|
 | model.py      | a Python file                           | `build_model(size)`                     | `example_inputs(size, seq_len)` |
 | hf-config     | a config JSON file, or a folder holding | `AutoModel` / `AutoModelForCausalLM`    | `input_ids` [1, seq_len]        |
-|               | only `config.json`                      | `.from_config`, random, seed 0          | (default 128), seed 0           |
+|               | only `config.json`                      | `.from_config`, random, seed 0          | (default 128 or the max), seed 0|
 | hf-checkpoint | a folder with `config.json` and         | as hf-config, then the safetensors      | as hf-config                    |
 |               | `*.safetensors`                         | weights                                 |                                 |
 
@@ -310,8 +310,8 @@ def _from_config(model_class: Any, config: Any, config_path: Path) -> torch.nn.M
 
 
 def _hf_inputs(config: Any, config_path: Path, seq_len: int | None, device: torch.device) -> dict[str, torch.Tensor]:
-    seq = DEFAULT_HF_SEQ_LEN if seq_len is None else seq_len
     max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seq = min(DEFAULT_HF_SEQ_LEN, max_positions or DEFAULT_HF_SEQ_LEN) if seq_len is None else seq_len
     if seq < 1 or (max_positions and seq > max_positions):
         raise ModelLoadError(f"seq_len {seq} is out of range 1..{max_positions} for {config_path}; "
                              f"choose a shorter sequence")
