@@ -170,9 +170,9 @@ class _Reader:
         if data["format_version"] != PROFILE_FORMAT_VERSION:
             self.fail(where, f"profile file {str(file)!r} has format_version {data['format_version']!r}; "
                              f"expected {PROFILE_FORMAT_VERSION}")
-        flops = self.number(data["flops_per_s"], f"{where} (flops_per_s in {file.name})", positive=True)
-        comm = self.number(data.get("comm_cpu_s_per_byte", DEFAULT_COMM_CPU_S_PER_BYTE),
-                           f"{where} (comm_cpu_s_per_byte in {file.name})")
+        flops = self.number(data["flops_per_s"], where, positive=True, context=f"{file.name}: flops_per_s ")
+        comm = self.number(data.get("comm_cpu_s_per_byte", DEFAULT_COMM_CPU_S_PER_BYTE), where,
+                           context=f"{file.name}: comm_cpu_s_per_byte ")
         return flops, comm
 
     def links(self, raw: Any, names: set[str]) -> tuple[Link, tuple[tuple[str, str, Link], ...]]:
@@ -229,11 +229,11 @@ class _Reader:
             self.fail(where, f"expected a non-empty string, got {value!r}")
         return value
 
-    def number(self, value: Any, where: str, positive: bool = False) -> float:
+    def number(self, value: Any, where: str, positive: bool = False, context: str = "") -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.fail(where, f"expected a number, got {value!r}")
+            self.fail(where, f"{context}expected a number, got {value!r}")
         if value < 0 or (positive and value == 0):
-            self.fail(where, f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
+            self.fail(where, f"{context}must be {'> 0' if positive else '>= 0'}, got {value!r}")
         return float(value)
 
     def quantity(self, value: Any, where: str, units: dict[str, float], example: str, positive: bool) -> float:
