@@ -4,7 +4,9 @@ gloo's all_gather_into_tensor / reduce_scatter_tensor only split evenly; rings o
 isend/irecv measured 1.3-1.8x faster than padding to them (DESIGN.md). `tokens_per_rank`
 is aligned with `ring.ranks`; any entry may be 0. A chunk of 0 tokens is never sent: both
 sides know the split, so both skip it. Every wait gives up after `ring.timeout_s` with a
-`CollectiveTimeout` naming the peer (see p2p.py). A ring of size 1 returns its input.
+`CollectiveTimeout` naming the peer (see p2p.py). A ring of size 1 returns a copy of its
+input (no communication, no wire cast). Results never alias inputs, so callers may modify
+them in place.
 
 `wire_dtype` (e.g. torch.float16) casts what travels, never the result's dtype. For
 all_gather and gather_tokens the local piece is rounded through `wire_dtype` too, so every
@@ -56,7 +58,7 @@ def all_gather(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring
     sizes = check_split(tokens_per_rank, ring)
     _expect(x_local, dim, sizes[ring.index], "all_gather", ring)
     if ring.size == 1:
-        return x_local
+        return x_local.clone()
     n, me, wire = ring.size, ring.index, wire_dtype or x_local.dtype
     starts = offsets(sizes)
     out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes)))
@@ -95,7 +97,7 @@ def reduce_scatter(x_partial: torch.Tensor, tokens_per_rank: Sequence[int], ring
     sizes = check_split(tokens_per_rank, ring)
     _expect(x_partial, dim, sum(sizes), "reduce_scatter", ring)
     if ring.size == 1:
-        return x_partial
+        return x_partial.clone()
     n, me, wire = ring.size, ring.index, wire_dtype or x_partial.dtype
     starts = offsets(sizes)
 
@@ -128,7 +130,7 @@ def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: R
     sizes = check_split(tokens_per_rank, ring)
     _expect(x_local, dim, sizes[ring.index], "gather_tokens", ring)
     if ring.size == 1:
-        return x_local
+        return x_local.clone()
     if not 0 <= dst < ring.size:
         raise ValueError(f"gather_tokens: dst {dst} is not a ring position 0..{ring.size - 1}")
     me, wire, root = ring.index, wire_dtype or x_local.dtype, ring.rank_at(dst)

@@ -78,7 +78,14 @@ def run_local(bundle_dir: str | Path, *, input_path: str | Path | None = None,
               timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
               threads: int | None = None, overall_timeout_s: float | None = None,
               on_line: OnLine | None = None) -> RunResult:
-    """Run every rank of the bundle on this machine over loopback."""
+    """Run every rank of the bundle on this machine over loopback.
+
+    `threads` defaults to the machine's cores divided among the ranks (at least 1), so the
+    ranks do not oversubscribe the CPU.
+    """
+    if threads is None:
+        world_size = len(bundle.load_plan(bundle_dir)["plan"]["devices"])
+        threads = max(1, (os.cpu_count() or 1) // world_size)
     return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=free_port(),
                      input_path=input_path, output_path=output_path, repeat=repeat,
                      warmup=warmup, timeout_s=timeout_s, env=env, threads=threads,

@@ -6,6 +6,9 @@ posts `galaxy/go` or `galaxy/abort` (with the names of the missing ranks). The o
 wait for that verdict, so every process fails with the same clear message. Only then does
 `dist.init_process_group("gloo", store=...)` run, with the same timeout.
 
+Under torchrun (TORCHELASTIC_USE_AGENT_STORE=True) the agent already serves a store at
+MASTER_ADDR:MASTER_PORT, so every rank, rank 0 included, joins it as a client.
+
 gloo picks its network interface from the environment variable GLOO_SOCKET_IFNAME (read by
 torch itself); inside network namespaces it must be set or the connection hangs. We only
 check that the interfaces it names exist.
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 _VERDICT_GRACE_S = 3.0  # how long past its own deadline a rank waits for rank 0's verdict
-_store: dist.TCPStore | None = None  # kept alive while the group lives (rank 0 serves it)
+_store: dist.Store | None = None  # kept alive while the group lives (rank 0 serves it)
 
 
 def connect(rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float,
@@ -83,12 +86,13 @@ def close() -> None:
     _store = None
 
 
-def _open_store(rank, world_size, master_addr, master_port, timeout_s, who) -> dist.TCPStore:
+def _open_store(rank, world_size, master_addr, master_port, timeout_s, who) -> dist.Store:
+    serve = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     try:
-        return dist.TCPStore(master_addr, master_port, world_size, rank == 0,
-                             timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+        store = dist.TCPStore(master_addr, master_port, world_size, serve,
+                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
     except (RuntimeError, ValueError, OSError) as exc:
-        if rank == 0:
+        if serve:
             raise RendezvousError(
                 f"rank 0 could not serve the rendezvous on port {master_port} ({_first_line(exc)}); "
                 "is the port in use by another run? pick another --master port") from exc
@@ -96,13 +100,15 @@ def _open_store(rank, world_size, master_addr, master_port, timeout_s, who) -> d
             f"{who(rank)} could not reach the master ({who(0)}) at {master_addr}:{master_port} "
             f"within {timeout_s:g} s ({_first_line(exc)}); check that rank 0 is started, the "
             "address and port are right and no firewall blocks the port", [0]) from exc
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # fresh keys after a restart
+    return dist.PrefixStore(f"galaxy/{attempt}", store)
 
 
-def _joined(store: dist.TCPStore, world_size: int) -> list[bool]:
+def _joined(store: dist.Store, world_size: int) -> list[bool]:
     return [store.check([f"galaxy/joined/{r}"]) for r in range(world_size)]
 
 
-def _wait_for_ranks(store: dist.TCPStore, world_size: int, deadline: float) -> list[int]:
+def _wait_for_ranks(store: dist.Store, world_size: int, deadline: float) -> list[int]:
     keys = [f"galaxy/joined/{r}" for r in range(world_size)]
     while not store.check(keys):
         if time.monotonic() > deadline:
@@ -134,7 +140,7 @@ def _wait_for_verdict(store, rank, world_size, deadline, who, timeout_s, master_
                               "all devices must run modules from the same bundle")
 
 
-def _missing_now(store: dist.TCPStore, world_size: int) -> list[int]:
+def _missing_now(store: dist.Store, world_size: int) -> list[int]:
     return [r for r, ok in enumerate(_joined(store, world_size)) if not ok]
 
 
