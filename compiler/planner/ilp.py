@@ -40,13 +40,15 @@ Rows (one add_* function per family):
     sym[d,e]           u[d] >= u[e] for identical devices d before e (only when all links are equal)
 Tie-break (eps, TIE_REL of the latency scale): fewer and faster devices (speed order), a faster
 head, fewer tiles. Minimisation makes every epigraph variable equal its max, so the objective
-without the tie-break is exactly `predict` of the plan read back.
+without the tie-break is exactly `predict` of the plan read back. Rows count time in
+milliseconds (TIME_UNIT_S): in seconds, CBC's absolute tolerances (1e-7) hide real differences
+between small plans and it stops early; memory rows count MiB.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulp
 
@@ -62,6 +64,10 @@ log = logging.getLogger(__name__)
 TILE_CHOICES = (1, 2, 4, 8)
 TIE_REL = 1e-7  # tie-break weight, relative to the latency scale
 MIB = float(2 ** 20)
+TIME_UNIT_S = 1e-3  # the ILP counts time in milliseconds
+TIME_FIELDS = ("attention_s_per_group", "attention_in_s_per_group", "attention_out_s_per_group",
+               "mlp_s_per_column", "mlp_in_s_per_column", "mlp_out_s_per_column", "connective_s_per_token",
+               "prologue_s", "epilogue_s", "comm_cpu_s_per_byte", "alpha_s", "beta_s_per_byte")
 BLOCKS_Q = ("attention_in", "attention_out", "mlp_in", "mlp_out")
 
 
@@ -94,9 +100,10 @@ class KResult:
 
     k: int
     status: str  # optimal | feasible (time limit) | infeasible | no solution (time limit) | skipped
-    latency_s: float | None = None
+    latency_s: float | None = None  # predict(plan)
     plan: Plan | None = None
     solve_s: float = 0.0
+    objective_s: float | None = None  # the ILP's latency expression at the solution (== latency_s)
 
 
 # --- variables -------------------------------------------------------------------------------
@@ -276,7 +283,16 @@ def tie_break_expr(table: CostTable, v: SplitVars, tv: TimeVars) -> pulp.LpAffin
     return TIE_REL * latency_scale_s(table) / (2 * n * n + len(tv.s) ** 2) * weights
 
 
+def in_time_unit(table: CostTable) -> CostTable:
+    """The table with every time in TIME_UNIT_S instead of seconds."""
+    def scale(value):
+        return tuple(scale(x) for x in value) if isinstance(value, tuple) else value / TIME_UNIT_S
+    return replace(table, **{f: scale(getattr(table, f)) for f in TIME_FIELDS})
+
+
 def build_problem(table: CostTable, k: int, tile_choices: tuple[int, ...]):
+    """The ILP for k devices; `table` in seconds, the rows and objective in TIME_UNIT_S."""
+    table = in_time_unit(table)
     prob = pulp.LpProblem(f"galaxy_k{k}", pulp.LpMinimize)
     v = add_split_vars(prob, table)
     tv = add_time_vars(prob, tile_choices)
@@ -317,10 +333,10 @@ def solve_k(table: CostTable, k: int, tile_choices: tuple[int, ...], backend: st
     if status not in ("optimal", "feasible (time limit)"):
         return KResult(k, status, solve_s=elapsed)
     plan = hmp_plan(table, read_split(table, v, tv), solver="ilp", objective=objective)
-    ilp_latency = pulp.value(latency)
+    ilp_latency = pulp.value(latency) * TIME_UNIT_S
     mismatch = abs(ilp_latency - plan.predicted_latency_s) > 1e-6 * max(plan.predicted_latency_s, 1e-12)
     if mismatch and status == "optimal":
         raise SolverError(f"ILP objective {ilp_latency!r} s differs from predict() "
                           f"{plan.predicted_latency_s!r} s for k={k}: the linearisation is out of date")
     log.info("k=%d: %s, %.4f s predicted, solved in %.2f s", k, status, plan.predicted_latency_s, elapsed)
-    return KResult(k, status, plan.predicted_latency_s, plan, elapsed)
+    return KResult(k, status, plan.predicted_latency_s, plan, elapsed, ilp_latency)

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 TIE_K_REL = 1e-6  # a plan with more devices must be faster by more than this to be chosen
 
 
-def plan_ilp(table: CostTable, objective: str = "latency", backend: str = "cbc", time_limit_s: float = 60.0,
-             tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+def solve_per_k(table: CostTable, objective: str = "latency", backend: str = "cbc", time_limit_s: float = 60.0,
+                tile_choices: tuple[int, ...] = TILE_CHOICES) -> list[KResult]:
+    """The best plan for each device count k = 1..N (within one shared time budget)."""
     deadline = time.perf_counter() + time_limit_s
     hopeless = hopeless_devices(table)
     results: list[KResult] = []
@@ -32,14 +33,29 @@ def plan_ilp(table: CostTable, objective: str = "latency", backend: str = "cbc",
         else:
             results.append(solve_k(table, k, tile_choices, backend, remaining, objective))
     log.info("ILP solve times: %s", ", ".join(f"k={r.k} {r.solve_s:.2f} s" for r in results))
+    return results
+
+
+def choose(results: list[KResult]) -> KResult | None:
+    """The fastest plan; within TIE_K_REL of it, the one with fewest devices."""
     found = [r for r in results if r.plan is not None]
     if not found:
+        return None
+    best = min(r.latency_s for r in found)
+    return next(r for r in found if r.latency_s <= best * (1 + TIE_K_REL))
+
+
+def plan_ilp(table: CostTable, objective: str = "latency", backend: str = "cbc", time_limit_s: float = 60.0,
+             tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+    start = time.perf_counter()
+    results = solve_per_k(table, objective, backend, time_limit_s, tile_choices)
+    chosen = choose(results)
+    if chosen is None:
         if all(r.status == "infeasible" for r in results):
-            raise infeasible_error(table, backend, max(1.0, deadline - time.perf_counter()))
+            left = max(1.0, time_limit_s - (time.perf_counter() - start))
+            raise infeasible_error(table, backend, left)
         raise SolverError("no plan found within the time limit: "
                           + ", ".join(f"k={r.k} {r.status}" for r in results))
-    best = min(r.latency_s for r in found)
-    chosen = next(r for r in found if r.latency_s <= best * (1 + TIE_K_REL))
     return replace(chosen.plan, notes=tuple(ilp_notes(table, chosen, results, backend)))
 
 

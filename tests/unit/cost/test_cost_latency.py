@@ -1,0 +1,67 @@
+"""predict() against latencies computed by hand on the two-device toy (conftest.toy_table)."""
+from __future__ import annotations
+
+import pytest
+
+from galaxy.compiler.cost.latency import block_s, predict
+from galaxy.compiler.ir.plan import Plan, StageSplit
+
+
+def hmp(tiles: int) -> Plan:
+    stage = StageSplit(ranks=(0, 1), first_layer=0, end_layer=2, heads_per_rank=(1, 1), kv_heads_per_rank=(1, 1),
+                       columns_per_rank=(3, 1), tokens_per_rank=(3, 1), tiles=tiles)
+    return Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=(stage,), solver="manual")
+
+
+def test_two_devices_untiled(toy):
+    ring = 1 * (0.01 + 1e-4 * 3 * 1000)            # n-1 steps x (alpha + beta x largest chunk of 3 tokens)
+    cpu_a, cpu_b = 2 * 1e-4 * 4000, 2 * 2e-4 * 4000  # 2 collectives x kappa x 2(n-1)/n x S b
+    attention = max(1 * 1.0 + cpu_a, 1 * 2.0 + cpu_b) + 2 * ring
+    connective = max(3 * 0.01, 1 * 0.02)
+    mlp = max(3 * 0.5 + cpu_a, 1 * 1.0 + cpu_b) + 2 * ring
+    prologue = max(0.1, 0.2)
+    epilogue = 0.2 + 1e-4 * 1 * 1000 + (0.01 + 1e-4 * 1 * 1000)  # E, head CPU for B's token, B -> A link
+    expected = prologue + 2 * (attention + connective + mlp) + epilogue
+    assert expected == pytest.approx(15.55)
+    latency, blocks = predict(hmp(1), toy)
+    assert latency == pytest.approx(expected, rel=1e-12)
+    assert [b.block for b in blocks] == ["prologue", "attention", "connective", "mlp", "epilogue"]
+    assert blocks[1].comm_cpu_s_per_rank == pytest.approx((cpu_a, cpu_b))
+
+
+def test_two_devices_two_tiles(toy):
+    ring2 = 2 * 1 * (0.01 + 1e-4 * 1500)  # both tiles, each a chunk of 1.5 tokens and its own alpha
+    exposed = lambda gemm: max(ring2 - gemm / 2, ring2 / 2)  # noqa: E731  (t-1)/t = 1/2
+    attention = (2.0 + 1.6) + exposed(min(0.25, 0.5)) + exposed(min(0.125, 0.25))
+    mlp = (1.0 + 1.6) + exposed(min(3 * 0.125, 0.25)) + exposed(min(3 * 0.125, 0.25))
+    expected = 0.2 + 2 * (attention + 0.03 + mlp) + 0.41
+    assert expected == pytest.approx(14.755)
+    latency, blocks = predict(hmp(2), toy)
+    assert latency == pytest.approx(expected, rel=1e-12)
+    assert blocks[1].comm_s == pytest.approx(2 * ring2) and blocks[1].hidden_s > 0
+
+
+def test_pipeline_of_two_stages(toy):
+    stages = (StageSplit((0,), 0, 1, (2,), (2,), (4,), (4,)), StageSplit((1,), 1, 2, (2,), (2,), (4,), (4,)))
+    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=stages, solver="manual")
+    stage_a = 2 * 1.0 + 4 * 0.01 + 4 * 0.5
+    transfer = 0.01 + 1e-4 * 4000 + 2e-4 * 4000  # link A -> B, B's CPU to receive
+    stage_b = 2 * 2.0 + 4 * 0.02 + 4 * 1.0
+    back = 0.2 + 1e-4 * 4000 + 0.01 + 1e-4 * 4000  # epilogue, A's CPU and link to receive it all
+    latency, blocks = predict(plan, toy)
+    assert latency == pytest.approx(0.1 + stage_a + transfer + stage_b + back, rel=1e-12)
+    assert [b.block for b in blocks].count("transfer") == 1
+
+
+def test_one_device_has_no_communication(toy):
+    stage = StageSplit((0,), 0, 2, (2,), (2,), (4,), (4,), tiles=4)
+    plan = Plan(model="toy", cluster="toy2", devices=("B",), stages=(stage,), solver="manual")
+    latency, blocks = predict(plan, toy)
+    assert latency == pytest.approx(0.2 + 2 * (2 * 2.0 + 4 * 0.02 + 4 * 1.0) + 0.4, rel=1e-12)
+    assert all(b.comm_s == 0 and b.hidden_s == 0 for b in blocks)
+
+
+def test_latency_is_the_sum_of_block_times(toy):
+    plan = hmp(2)
+    latency, blocks = predict(plan, toy)
+    assert latency == pytest.approx(sum(block_s(b) * (2 if b.per_layer else 1) for b in blocks), rel=1e-12)

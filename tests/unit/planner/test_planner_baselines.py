@@ -1,0 +1,77 @@
+"""Baselines return valid, predicted Plans; the pipeline DP matches exhaustive partitioning."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from itertools import combinations
+
+import pytest
+from conftest import make_cluster, random_table
+
+from galaxy.compiler.cost.latency import predict
+from galaxy.compiler.errors import InfeasiblePlanError
+from galaxy.compiler.ir.plan import Plan, StageSplit
+from galaxy.compiler.planner import SOLVERS, make_plan
+from galaxy.compiler.planner.baselines import even_plan, proportional_plan, single_device_plan
+from galaxy.compiler.planner.brute_force import compositions
+from galaxy.compiler.planner.pipeline_dp import max_layers, pipeline_dp_plan
+
+CLUSTER = [("a", 4, 20), ("b", 2, 12), ("c", 2, 7)]
+
+
+@pytest.mark.parametrize("solver", [s for s in SOLVERS if s != "brute-force"])
+def test_every_solver_returns_a_valid_predicted_plan(bert, solver):
+    plan = make_plan(bert, make_cluster(CLUSTER), solver=solver)  # make_plan runs validate_plan
+    assert plan.solver == ("single" if solver == "single" else solver)
+    assert plan.predicted_latency_s > 0 and plan.predicted_blocks
+
+
+def test_even_and_proportional_splits(bert):
+    from galaxy.compiler.cost.table import build_cost_table
+    table = build_cost_table(bert, make_cluster(CLUSTER))
+    even = even_plan(table).stages[0]
+    assert even.heads_per_rank == (4, 4, 4) and even.tokens_per_rank == (86, 85, 85)
+    prop = proportional_plan(table)
+    assert prop.devices == ("a", "b", "c") and prop.stages[0].heads_per_rank == (6, 4, 2)
+    assert single_device_plan(table).devices == ("a",)
+
+
+def test_baseline_that_does_not_fit_raises(bert):
+    from galaxy.compiler.cost.table import build_cost_table
+    table = build_cost_table(bert, make_cluster([("a", 0.3, 20), ("b", 0.3, 10)]))
+    with pytest.raises(InfeasiblePlanError) as info:
+        single_device_plan(table)
+    assert set(info.value.shortfall_bytes_by_device) == {"a", "b"}
+
+
+def exhaustive_pipeline(table) -> float:
+    """Every ordered (speed order) device subset and every partition of layers into its stages."""
+    order, best = table.speed_order(), float("inf")
+    for k in range(1, table.n_devices + 1):
+        for devices in combinations(order, k):
+            for sizes in compositions(table.n_layers - k, k):
+                sizes = [s + 1 for s in sizes]
+                if any(n > max_layers(table, d, i == 0) for i, (d, n) in enumerate(zip(devices, sizes))):
+                    continue
+                stages, first = [], 0
+                for rank, n in enumerate(sizes):
+                    stages.append(StageSplit((rank,), first, first + n, (table.heads,), (table.kv_groups,),
+                                             (table.columns,), (table.tokens,)))
+                    first += n
+                plan = Plan(model="m", cluster="c", devices=tuple(table.devices[d] for d in devices),
+                            stages=tuple(stages), solver="manual")
+                best = min(best, predict(plan, table)[0])
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pipeline_dp_matches_exhaustive(seed):
+    rng = random.Random(seed)
+    table = random_table(rng, rng.choice([2, 3]), layers=rng.choice([3, 4, 5]))
+    table = replace(table, mem_bytes=tuple(int(m * rng.uniform(0.5, 2.5)) for m in table.mem_bytes))
+    expected = exhaustive_pipeline(table)
+    if expected == float("inf"):
+        with pytest.raises(InfeasiblePlanError):
+            pipeline_dp_plan(table)
+        return
+    assert pipeline_dp_plan(table).predicted_latency_s == pytest.approx(expected, rel=1e-12)
