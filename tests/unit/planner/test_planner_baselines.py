@@ -6,7 +6,7 @@ from dataclasses import replace
 from itertools import combinations
 
 import pytest
-from conftest import make_cluster, random_table
+from planner_fixtures import make_cluster, random_table
 
 from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.errors import InfeasiblePlanError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import random_table
+from planner_fixtures import random_table
 
 from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.errors import InfeasiblePlanError

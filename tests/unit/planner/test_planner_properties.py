@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import EIGHT_DEVICES, make_cluster
+from planner_fixtures import EIGHT_DEVICES, make_cluster
 
 from galaxy.compiler.cost.memory import plan_memory_bytes
 from galaxy.compiler.cost.table import build_cost_table

@@ -1,0 +1,37 @@
+"""Shared data for cost-model tests: a hand-sized two-device table and a BERT-base summary."""
+from __future__ import annotations
+
+from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.ir.summary import ModelSummary
+
+
+def toy_table() -> CostTable:
+    """Two devices with round numbers, so latencies can be computed by hand.
+
+    A: 1 s per KV group (0.25 QKV, 0.125 out), 0.5 s per column (0.125 in, 0.125 out), 0.01 s per
+    token, prologue 0.1 s, epilogue 0.2 s, 1e-4 s CPU per byte moved. B is exactly twice as slow.
+    One link: alpha 0.01 s, beta 1e-4 s/byte. 2 layers, 2 groups, 4 columns, 4 tokens of 1000 B.
+    """
+    return CostTable(
+        model="toy", cluster="toy2", devices=("A", "B"), n_layers=2, kv_groups=2, heads_per_group=1,
+        columns=4, column_unit=2, tokens=4, token_wire_bytes=1000, wire_dtype="float32",
+        flops_per_s=(2.0, 1.0),
+        attention_s_per_group=(1.0, 2.0), attention_in_s_per_group=(0.25, 0.5),
+        attention_out_s_per_group=(0.125, 0.25),
+        mlp_s_per_column=(0.5, 1.0), mlp_in_s_per_column=(0.125, 0.25), mlp_out_s_per_column=(0.125, 0.25),
+        connective_s_per_token=(0.01, 0.02), prologue_s=(0.1, 0.2), epilogue_s=(0.2, 0.4),
+        comm_cpu_s_per_byte=(1e-4, 2e-4), mem_bytes=(10**6, 10**6),
+        alpha_s=((0.0, 0.01), (0.01, 0.0)), beta_s_per_byte=((0.0, 1e-4), (1e-4, 0.0)),
+        weight_bytes_per_group=1000, weight_bytes_per_column=100, connective_bytes_per_layer=10,
+        act_bytes_per_group=50, act_bytes_per_column=5, act_bytes_per_token=3, buffer_bytes=7,
+        prologue_bytes=20, epilogue_bytes=30)
+
+
+def bert_base_summary(seq_len: int = 256) -> ModelSummary:
+    H, V = 768, 30522
+    return ModelSummary(
+        name="bert-base", batch=1, seq_len=seq_len, hidden=H, n_layers=12, heads=12, kv_heads=12, head_dim=64,
+        intermediate=3072, gated_mlp=False, attention_bias=True, mlp_bias=True, dtype_bytes=4,
+        prologue_param_bytes=4 * ((V + 512 + 2) * H + 2 * H), prologue_flops=10.0 * seq_len * H,
+        epilogue_param_bytes=4 * (H * H + H), epilogue_flops=2.0 * H * H,
+        connective_param_bytes_per_layer=4 * 6 * H)
