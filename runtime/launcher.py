@@ -275,13 +275,21 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 # --- command line --------------------------------------------------------------------------------
 
-def _run_emulated(bundle_dir: Path, **options) -> RunResult:
-    """Extension point: runtime/emulate.py defines run_emulated(bundle_dir, **options)."""
+def _emulator():
+    """runtime/emulate.py if it is there and provides run_emulated, else None."""
     if importlib.util.find_spec(f"{__package__}.emulate") is None:
-        raise UsageError("--emulate is not available yet (the network-namespace emulator, "
-                         "runtime/emulate.py, is not part of this runtime); use --local")
+        return None
     from . import emulate
 
+    return emulate if hasattr(emulate, "run_emulated") else None
+
+
+def _run_emulated(bundle_dir: Path, **options) -> RunResult:
+    """Extension point: runtime/emulate.py defines run_emulated(bundle_dir, **options)."""
+    emulate = _emulator()
+    if emulate is None:
+        raise UsageError("--emulate is not available yet (the network-namespace emulator, "
+                         "runtime/emulate.py, is not part of this runtime); use --local")
     return emulate.run_emulated(bundle_dir, **options)
 
 

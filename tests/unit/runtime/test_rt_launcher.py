@@ -53,6 +53,7 @@ def test_a_tampered_bundle_is_refused_by_the_rank_that_reads_it(tiny, tmp_path):
         run_local(copy, threads=1, timeout_s=30)
 
 
-def test_emulate_is_not_available_yet(tiny, capsys):
+def test_emulate_without_an_emulator_says_so(tiny, capsys, monkeypatch):
+    monkeypatch.setattr(launcher, "_emulator", lambda: None)
     assert launcher.main([str(tiny), "--emulate"]) == launcher.EXIT_FAILED
     assert "--emulate is not available yet" in capsys.readouterr().err
