@@ -244,13 +244,11 @@ def _load_hf(source: Path, config_path: Path, seq_len: int | None, materialize: 
     device = torch.device("cpu") if materialize else torch.device("meta")
     with device:
         model = _from_config(model_class, config, config_path)
-    kind = "hf-config"
+    kind = "hf-checkpoint" if weights else "hf-config"
     if weights and materialize:
         _load_safetensors(model, weights)
-        kind = "hf-checkpoint"
     elif weights:
         log.info("materialize=False: not reading the %d weight file(s) in %s", len(weights), source)
-        kind = "hf-checkpoint"
     inputs = _hf_inputs(config, config_path, seq_len, device)
     name = (source.parent if source.is_file() else source).resolve().name or config.model_type
     log.info("loaded %s (%s, %s) from %s", name, kind, type(model).__name__, source)
