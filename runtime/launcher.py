@@ -2,6 +2,7 @@
 
     galaxy-run BUNDLE --local [--input IN] [--output OUT] [--repeat N] [--warmup N]
                               [--timeout S] [--threads N] [--overall-timeout S]
+    galaxy-run BUNDLE --emulate [--cluster-json CLUSTER.json] [same options]
 
 `--local` runs each rank as `python BUNDLE/rank_<k>.py --master 127.0.0.1:<free port>` on
 this machine. `run_ranks` is the mechanism both modes share: an emulator (runtime/emulate.py,
@@ -90,6 +91,42 @@ def run_local(bundle_dir: str | Path, *, input_path: str | Path | None = None,
                      input_path=input_path, output_path=output_path, repeat=repeat,
                      warmup=warmup, timeout_s=timeout_s, env=env, threads=threads,
                      overall_timeout_s=overall_timeout_s, on_line=on_line)
+
+
+def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
+                 input_path: str | Path | None = None, output_path: str | Path | None = None,
+                 repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
+                 env: Mapping[str, str] | None = None, threads: int | None = None,
+                 overall_timeout_s: float | None = None,
+                 on_line: OnLine | None = None) -> RunResult:
+    """Run every rank in an emulated device of its own: network namespace, shaped links, CPU
+    quota (runtime/emulate.py, docs/EMULATION.md). Needs root; raises EmulationUnavailable
+    (with the reason) when this machine cannot emulate.
+
+    `cluster` is plan.json's cluster layout ({"devices": [{"name", "cpu_share"}],
+    "default_link": {...}, "link_overrides": [...]}); default: the bundle's own. `threads`
+    defaults per rank to its cpu_share rounded (at least 1).
+    """
+    from .emulate import EmulatedCluster
+
+    document = bundle.load_plan(bundle_dir)
+    cluster = cluster if cluster is not None else document.get("cluster")
+    if cluster is None:
+        raise UsageError(f"{bundle_dir}/plan.json has no 'cluster' to emulate; pass one "
+                         "(--cluster-json, or cluster= in Python)")
+    emulator = EmulatedCluster.from_cluster_json(cluster, document["plan"]["devices"])
+
+    def wrap(rank: int, argv: list[str]) -> list[str]:
+        own_threads = ["--threads", str(emulator.threads(rank))] if threads is None else []
+        return emulator.wrap_command(rank, [*argv, *own_threads])
+
+    with emulator:
+        return run_ranks(bundle_dir, master_addr=emulator.master_addr,
+                         master_port=emulator.master_port, wrap_command=wrap,
+                         rank_env=emulator.rank_env, input_path=input_path,
+                         output_path=output_path, repeat=repeat, warmup=warmup,
+                         timeout_s=timeout_s, env=env, threads=threads,
+                         overall_timeout_s=overall_timeout_s, on_line=on_line)
 
 
 def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
@@ -276,21 +313,41 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 # --- command line --------------------------------------------------------------------------------
 
 def _emulator():
-    """runtime/emulate.py if it is there and provides run_emulated, else None."""
+    """runtime/emulate.py if it is there and provides EmulatedCluster, else None."""
     if importlib.util.find_spec(f"{__package__}.emulate") is None:
         return None
     from . import emulate
 
-    return emulate if hasattr(emulate, "run_emulated") else None
+    return emulate if hasattr(emulate, "EmulatedCluster") else None
 
 
-def _run_emulated(bundle_dir: Path, **options) -> RunResult:
-    """Extension point: runtime/emulate.py defines run_emulated(bundle_dir, **options)."""
+def _run_emulated(bundle_dir: Path, cluster_json: str | None = None, **options) -> RunResult:
+    """run_emulated; on a machine that cannot emulate, warn and run on loopback instead."""
     emulate = _emulator()
     if emulate is None:
         raise UsageError("--emulate is not available yet (the network-namespace emulator, "
                          "runtime/emulate.py, is not part of this runtime); use --local")
-    return emulate.run_emulated(bundle_dir, **options)
+    cluster = _read_cluster_json(Path(cluster_json)) if cluster_json else None
+    try:
+        return run_emulated(bundle_dir, cluster=cluster, **options)
+    except emulate.EmulationUnavailable as exc:
+        log.warning("galaxy-run: WARNING: cannot emulate the cluster here (%s); running every "
+                    "rank on loopback instead, so times are this machine's, not the cluster's",
+                    exc)
+        return run_local(bundle_dir, **options)
+
+
+def _read_cluster_json(path: Path) -> dict:
+    """A cluster as JSON (Cluster.to_json()), or a plan.json whose 'cluster' is used."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--cluster-json {path}: {exc}") from exc
+    cluster = data.get("cluster", data) if isinstance(data, dict) else None
+    if not isinstance(cluster, dict) or "devices" not in cluster or "default_link" not in cluster:
+        raise UsageError(f"--cluster-json {path}: expected a cluster with 'devices' and "
+                         "'default_link' (the layout of plan.json's 'cluster')")
+    return cluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                    overall_timeout_s=args.overall_timeout)
     try:
         if args.emulate:
-            result = _run_emulated(Path(args.bundle), **options)
+            result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, **options)
         else:
             result = run_local(args.bundle, **options)
     except GalaxyRuntimeError as exc:
@@ -346,10 +403,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overall-timeout", type=float, metavar="S",
                         help="kill every rank after S seconds (default: timeout x (2 + runs))")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads per rank")
+    parser.add_argument("--cluster-json", metavar="CLUSTER.json",
+                        help="with --emulate: the cluster to emulate (default: plan.json's)")
     parser.add_argument("--quiet", action="store_true", help="do not stream the ranks' logs")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--repeat must be >= 1, --warmup >= 0 and --timeout > 0")
+    if args.cluster_json and not args.emulate:
+        parser.error("--cluster-json only applies with --emulate")
     return args
 
 

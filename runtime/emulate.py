@@ -1,0 +1,474 @@
+"""The emulated edge cluster: one network namespace and one CPU cgroup per device.
+
+    with EmulatedCluster(cpu_shares=[1.0, 0.5], bandwidth_bytes_per_s=12.5e6) as emu:
+        run_ranks(bundle, master_addr=emu.master_addr, master_port=emu.master_port,
+                  wrap_command=emu.wrap_command, rank_env=emu.rank_env)
+
+Layout of one run, named `gx<pid>-<n>` (n counts clusters made by this process):
+
+    namespace gx<pid>-<n>-sw:  bridge br0, ports r0 .. r<N-1> (veth, MTU 60000)
+    namespace gx<pid>-<n>-r<k>: lo, gxnet = 10.77.0.<k+1>/24, the peer of r<k>
+                                egress qdisc: htb, one class per destination address
+    cgroup    <cpu root>/gx<pid>-<n>/r<k>: CPU quota = cpu_share x 10 ms per 10 ms
+
+Nothing is created in the root network namespace, so the addresses never meet the host's
+network and deleting the namespaces removes every link, bridge and qdisc. Interface names are
+short fixed ones because each lives in a namespace of its own run. A rank joins its cgroup
+before it enters its namespace (`ip netns exec` remounts /sys): `wrap_command` returns
+`sh -c 'echo $$ > <cgroup>/cgroup.procs && exec ip netns exec <ns> argv...'`.
+
+Links: traffic from rank i to rank j is shaped once, on i's egress, by an htb class at the
+rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else it is
+reported as not emulated. Every transfer of a pair gets the pair's full rate, as on a
+switched network; a shared medium (one Wi-Fi channel) is not modelled. docs/EMULATION.md
+has the calibration.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import GalaxyRuntimeError, UsageError
+
+log = logging.getLogger(__name__)
+
+SUBNET = "10.77.0"  # rank k is SUBNET.<k+1>/24, only inside namespaces this module creates
+MTU = 60000  # stands in for NIC segmentation offload; per-packet cost at 1500 skews latency
+CPU_PERIOD_US = 10_000  # longer periods make short GEMMs bursty (DESIGN.md)
+MIN_CPU_QUOTA_US = 1_000  # the kernel's minimum
+MASTER_PORT = 29500  # free by construction: rank 0's namespace is new
+RANK_IFNAME = "gxnet"
+BRIDGE = "br0"
+_NAME = re.compile(r"^gx(?P<pid>\d+)-(?P<seq>\d+)(?:-(?:sw|r\d+))?$")
+_SEQUENCE = itertools.count()
+_COMMAND_TIMEOUT_S = 20.0
+
+Matrix = float | None | Sequence[Sequence[float | None]]
+
+
+class EmulationUnavailable(GalaxyRuntimeError):
+    """This machine cannot emulate a cluster (not root, no `ip`/`tc`, no netns, no cgroup)."""
+
+
+@dataclass(frozen=True)
+class CpuCgroups:
+    """Where per-rank CPU quotas go: cgroup v1 `cpu` controller or cgroup v2 `cpu.max`."""
+    version: int
+    root: Path
+
+    def limit(self, directory: Path, share: float) -> None:
+        period = max(CPU_PERIOD_US, math.ceil(MIN_CPU_QUOTA_US / share))
+        quota = max(MIN_CPU_QUOTA_US, round(share * period))
+        if self.version == 1:
+            (directory / "cpu.cfs_period_us").write_text(str(period))
+            (directory / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (directory / "cpu.max").write_text(f"{quota} {period}")
+
+    def procs_file(self, directory: Path) -> Path:
+        return directory / "cgroup.procs"
+
+
+def detect_cpu_cgroups() -> CpuCgroups:
+    """The writable CPU controller: v1 `cpu` if mounted, else v2 with `cpu` delegated to us."""
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    for line in mounts:
+        _, where, kind, options, *_ = line.split()
+        if kind == "cgroup" and "cpu" in options.split(","):
+            root = Path(where)
+            if os.access(root / "cpu.cfs_quota_us", os.W_OK) or os.access(root, os.W_OK):
+                return CpuCgroups(1, root)
+    for line in mounts:
+        _, where, kind, *_ = line.split()
+        if kind == "cgroup2":
+            root = Path(where)
+            if "cpu" in (root / "cgroup.subtree_control").read_text().split() and os.access(root, os.W_OK):
+                return CpuCgroups(2, root)
+            raise EmulationUnavailable(
+                f"cgroup v2 at {root} does not delegate the cpu controller (cgroup.subtree_control "
+                "lacks 'cpu') and no cgroup v1 cpu controller is mounted; CPU shares cannot be "
+                "enforced (pass cpu_shares=None to emulate only the network)")
+    raise EmulationUnavailable("no cgroup filesystem with a cpu controller is mounted")
+
+
+class EmulatedCluster:
+    """Namespaces, links and CPU quotas for N ranks; a context manager that removes them all.
+
+    cpu_shares[k]: fraction of one core for rank k (None: unlimited). bandwidth_bytes_per_s and
+    latency_s: one number for every pair, or an N x N matrix where [i][j] shapes traffic from
+    i to j (None: unshaped). threads(k) = max(1, round(share)) torch threads.
+    """
+
+    def __init__(self, cpu_shares: Sequence[float | None], bandwidth_bytes_per_s: Matrix = None,
+                 latency_s: Matrix = 0.0, names: Sequence[str] | None = None):
+        self.cpu_shares = list(cpu_shares)
+        self.size = len(self.cpu_shares)
+        if not 1 <= self.size <= 250:
+            raise UsageError(f"an emulated cluster has 1 to 250 devices, not {self.size}")
+        if any(share is not None and share <= 0 for share in self.cpu_shares):
+            raise UsageError(f"cpu shares must be > 0 (or None), got {self.cpu_shares}")
+        self.names = list(names or (f"rank{k}" for k in range(self.size)))
+        self.bandwidth = _matrix(bandwidth_bytes_per_s, self.size, "bandwidth_bytes_per_s")
+        self.latency = _matrix(latency_s, self.size, "latency_s")
+        self.base = f"gx{os.getpid()}-{next(_SEQUENCE)}"
+        self.netem_available: bool | None = None  # known after start()
+        self._cgroups: CpuCgroups | None = None
+        self._created_namespaces: list[str] = []
+        self._created_cgroups: list[Path] = []
+        self._previous_handlers: dict[int, object] = {}
+        self._closing = False
+
+    @classmethod
+    def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str]) -> "EmulatedCluster":
+        """From plan.json's `cluster` (devices, default_link, link_overrides) and the device
+        name of each rank (plan.json's plan.devices)."""
+        by_name = {d["name"]: d for d in cluster.get("devices", [])}
+        missing = [name for name in devices if name not in by_name]
+        if missing:
+            raise UsageError(f"the cluster description lacks device(s) {missing} that the plan "
+                             f"runs on (it has {sorted(by_name)})")
+        default = cluster["default_link"]
+        pairs = {frozenset(o["between"]): {**default, **o} for o in cluster.get("link_overrides", [])}
+        def link(a: str, b: str, key: str) -> float | None:
+            return None if a == b else pairs.get(frozenset((a, b)), default)[key]
+        bandwidth = [[link(a, b, "bandwidth_bytes_per_s") for b in devices] for a in devices]
+        latency = [[link(a, b, "latency_s") or 0.0 for b in devices] for a in devices]
+        shares = [float(by_name[name].get("cpu_share", 1.0)) for name in devices]
+        return cls(shares, bandwidth, latency, names=list(devices))
+
+    # --- what the launcher asks for ---------------------------------------------------------
+
+    def namespace(self, rank: int) -> str:
+        return f"{self.base}-r{rank}"
+
+    def address(self, rank: int) -> str:
+        return f"{SUBNET}.{rank + 1}"
+
+    @property
+    def master_addr(self) -> str:
+        return self.address(0)
+
+    @property
+    def master_port(self) -> int:
+        return MASTER_PORT
+
+    def threads(self, rank: int) -> int:
+        share = self.cpu_shares[rank]
+        return 1 if share is None else max(1, round(share))
+
+    def wrap_command(self, rank: int, argv: Sequence[str]) -> list[str]:
+        """argv run inside rank's cgroup (joined first) and then its network namespace."""
+        inside = ["ip", "netns", "exec", self.namespace(rank), *argv]
+        if self.cpu_shares[rank] is None:
+            return inside
+        procs = self._cgroups.procs_file(self._cgroup_dir(rank))
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *inside]
+
+    def rank_env(self, rank: int) -> dict[str, str]:
+        threads = str(self.threads(rank))
+        return {"GLOO_SOCKET_IFNAME": RANK_IFNAME, "OMP_NUM_THREADS": threads,
+                "MKL_NUM_THREADS": threads}
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def __enter__(self) -> "EmulatedCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start(self) -> None:
+        _check_prerequisites()
+        if any(share is not None for share in self.cpu_shares):
+            self._cgroups = detect_cpu_cgroups()
+        removed = cleanup_stale()
+        if removed:
+            log.warning("emulator: removed leftovers of a crashed earlier run: %s", ", ".join(removed))
+        self._install_handlers()
+        try:
+            self._build_network()
+            self._build_cgroups()
+        except BaseException:
+            self.close()
+            raise
+        log.info("%s", self)
+
+    def close(self) -> None:
+        """Remove everything start() made; safe to call twice, logs what it could not remove."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            leftovers = _remove(self._created_namespaces, self._created_cgroups, self._cgroups)
+            if leftovers:
+                log.warning("emulator: could not remove %s; run "
+                            "galaxy.runtime.emulate.cleanup_stale() after this process exits",
+                            ", ".join(leftovers))
+            self._created_namespaces, self._created_cgroups = [], []
+        finally:
+            self._restore_handlers()
+
+    # --- building ------------------------------------------------------------------------------
+
+    def _build_network(self) -> None:
+        switch = f"{self.base}-sw"
+        try:
+            _run(["ip", "netns", "add", switch])
+        except GalaxyRuntimeError as exc:
+            raise EmulationUnavailable(f"cannot create a network namespace: {exc}") from exc
+        self._created_namespaces.append(switch)
+        _run(["ip", "-n", switch, "link", "add", BRIDGE, "type", "bridge"])
+        _run(["ip", "-n", switch, "link", "set", BRIDGE, "up"])
+        for rank in range(self.size):
+            ns, port = self.namespace(rank), f"r{rank}"
+            _run(["ip", "netns", "add", ns])
+            self._created_namespaces.append(ns)
+            _run(["ip", "-n", switch, "link", "add", port, "mtu", str(MTU), "type", "veth",
+                  "peer", "name", RANK_IFNAME, "mtu", str(MTU), "netns", ns])
+            _run(["ip", "-n", switch, "link", "set", port, "master", BRIDGE, "up"])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{self.address(rank)}/24", "dev", RANK_IFNAME])
+            _run(["ip", "-n", ns, "link", "set", RANK_IFNAME, "up"])
+        self.netem_available = _has_netem(self.namespace(0))
+        for rank in range(self.size):
+            self._shape(rank)
+        if not self.netem_available and any(v for row in self.latency for v in row):
+            worst = max(v for row in self.latency for v in row)
+            log.warning("emulator: the netem qdisc is not available on this kernel, so link "
+                        "latency (up to %.3g ms) is NOT emulated; only bandwidth and CPU shares "
+                        "are. Account for latency in the cost model.", worst * 1e3)
+
+    def _shape(self, rank: int) -> None:
+        """htb on rank's egress: class 1:<peer+1> per destination, selected by a u32 filter."""
+        tc = ["tc", "-n", self.namespace(rank)]
+        _run([*tc, "qdisc", "add", "dev", RANK_IFNAME, "root", "handle", "1:", "htb", "default", "0"])
+        for peer in range(self.size):
+            rate, delay = self.bandwidth[rank][peer], self.latency[rank][peer]
+            if peer == rank or rate is None:
+                continue
+            classid = f"1:{peer + 1:x}"
+            burst = max(2 * MTU, round(rate * 0.002))  # >= 2 packets, else ~2 ms of the rate
+            _run([*tc, "class", "add", "dev", RANK_IFNAME, "parent", "1:", "classid", classid,
+                  "htb", "rate", f"{round(rate * 8)}bit", "burst", str(burst), "cburst",
+                  str(burst), "quantum", str(MTU + 100)])
+            if delay and self.netem_available:
+                _run([*tc, "qdisc", "add", "dev", RANK_IFNAME, "parent", classid, "handle",
+                      f"{peer + 1:x}:", "netem", "delay", f"{round(delay * 1e6)}us"])
+            _run([*tc, "filter", "add", "dev", RANK_IFNAME, "parent", "1:", "protocol", "ip",
+                  "prio", "1", "u32", "match", "ip", "dst", f"{self.address(peer)}/32",
+                  "flowid", classid])
+
+    def _cgroup_dir(self, rank: int) -> Path:
+        return self._cgroups.root / self.base / f"r{rank}"
+
+    def _build_cgroups(self) -> None:
+        if self._cgroups is None:
+            return
+        parent = self._cgroups.root / self.base
+        parent.mkdir()
+        self._created_cgroups.append(parent)
+        if self._cgroups.version == 2:
+            (parent / "cgroup.subtree_control").write_text("+cpu")
+        for rank, share in enumerate(self.cpu_shares):
+            if share is None:
+                continue
+            directory = self._cgroup_dir(rank)
+            directory.mkdir()
+            self._created_cgroups.insert(0, directory)  # children are removed first
+            try:
+                self._cgroups.limit(directory, share)
+            except OSError as exc:
+                raise EmulationUnavailable(f"cannot set the CPU quota in {directory}: {exc}") from exc
+        total = sum(share for share in self.cpu_shares if share is not None)
+        if total > (os.cpu_count() or 1) + 1e-9:
+            log.warning("emulator: cpu shares add up to %.2f cores but this machine has %d; "
+                        "devices computing at the same time get less than their share",
+                        total, os.cpu_count())
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def _install_handlers(self) -> None:
+        atexit.register(self.close)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._closing:
+            return  # let teardown finish; it restores the previous handlers
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)  # unwinds through __exit__, which tears down
+
+    def _restore_handlers(self) -> None:
+        atexit.unregister(self.close)
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def __str__(self) -> str:
+        rows = [f"emulated cluster {self.base}: {self.size} device(s) on {SUBNET}.0/24, "
+                f"bridge in namespace {self.base}-sw, MTU {MTU}, "
+                f"latency {'netem' if self.netem_available else 'not emulated (no netem)'}",
+                f"  {'rank':<5}{'device':<14}{'namespace':<18}{'address':<12}{'cpu share':>10}"
+                f"{'threads':>9}"]
+        for k in range(self.size):
+            share = "-" if self.cpu_shares[k] is None else f"{self.cpu_shares[k]:.2f}"
+            rows.append(f"  {k:<5}{self.names[k]:<14}{self.namespace(k):<18}{self.address(k):<12}"
+                        f"{share:>10}{self.threads(k):>9}")
+        for i, j in itertools.permutations(range(self.size), 2):
+            rate = self.bandwidth[i][j]
+            if rate is not None:
+                rows.append(f"  {self.names[i]} -> {self.names[j]}: {rate * 8 / 1e6:.1f} Mbit/s, "
+                            f"{self.latency[i][j] * 1e3:.3g} ms")
+        return "\n".join(rows)
+
+
+def cleanup_stale() -> list[str]:
+    """Remove namespaces and cgroups named gx<pid>-... whose process <pid> is gone.
+
+    Processes still inside them (ranks of a crashed launcher) are killed first. Returns the
+    names removed.
+    """
+    namespaces = [name for name in _list_namespaces() if _is_stale(name)]
+    cgroups = []
+    try:
+        controller = detect_cpu_cgroups()
+        for parent in controller.root.iterdir():
+            if parent.is_dir() and _is_stale(parent.name):
+                cgroups += [child for child in parent.iterdir() if child.is_dir()] + [parent]
+    except (EmulationUnavailable, OSError):
+        controller = None
+    leftovers = _remove(namespaces, cgroups, controller)
+    return [name for name in namespaces + [str(c) for c in cgroups] if name not in leftovers]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _matrix(value: Matrix, size: int, what: str) -> list[list[float | None]]:
+    if value is None or isinstance(value, (int, float)):
+        rows = [[value] * size for _ in range(size)]
+    else:
+        rows = [list(row) for row in value]
+        if len(rows) != size or any(len(row) != size for row in rows):
+            raise UsageError(f"{what} must be one number or a {size} x {size} matrix")
+    if any(v is not None and (v < 0 or (v == 0 and what.startswith("bandwidth")))
+           for row in rows for v in row):
+        raise UsageError(f"{what} must be positive (bandwidth) or >= 0 (latency), got {rows}")
+    return rows
+
+
+def _check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise EmulationUnavailable("emulation needs root (network namespaces and tc need "
+                                   "CAP_NET_ADMIN, CPU quotas need cgroup writes)")
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            raise EmulationUnavailable(f"`{tool}` (iproute2) is not installed")
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GalaxyRuntimeError(f"emulator: `{' '.join(argv)}` failed: {exc}") from exc
+    if done.returncode != 0:
+        raise GalaxyRuntimeError(f"emulator: `{' '.join(argv)}` failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _has_netem(namespace: str) -> bool:
+    """Try a netem qdisc on the namespace's loopback; the error says whether the kernel has it."""
+    try:
+        _run(["tc", "-n", namespace, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+    except GalaxyRuntimeError as exc:
+        log.info("emulator: netem unavailable (%s)", str(exc).rsplit(": ", 1)[-1])
+        return False
+    _run(["tc", "-n", namespace, "qdisc", "del", "dev", "lo", "root"])
+    return True
+
+
+def _list_namespaces() -> list[str]:
+    if shutil.which("ip") is None:
+        return []
+    return [line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line.strip()]
+
+
+def _is_stale(name: str) -> bool:
+    match = _NAME.match(name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _remove(namespaces: Sequence[str], cgroups: Sequence[Path], controller: CpuCgroups | None,
+            settle_s: float = 5.0) -> list[str]:
+    """Kill what runs inside, delete namespaces (veths first: deletion is synchronous then),
+    then cgroups (children listed before parents). Returns what is still there."""
+    pids = set()
+    for ns in namespaces:
+        try:
+            pids.update(int(p) for p in _run(["ip", "netns", "pids", ns]).split())
+        except GalaxyRuntimeError:
+            pass
+    for directory in cgroups:
+        try:
+            pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
+        except OSError:
+            pass
+    pids.discard(os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    leftovers = []
+    for ns in namespaces:
+        if ns.endswith("-sw"):
+            for port in _run_quiet(["ip", "-n", ns, "-o", "link", "show", "type", "veth"]):
+                _run_quiet(["ip", "-n", ns, "link", "del", port.split(":")[1].strip().split("@")[0]])
+    for ns in namespaces:
+        try:
+            _run(["ip", "netns", "delete", ns])
+        except GalaxyRuntimeError as exc:
+            if ns in _list_namespaces():
+                leftovers.append(ns)
+                log.debug("%s", exc)
+    deadline = time.monotonic() + settle_s
+    for directory in cgroups:
+        while directory.exists():
+            try:
+                directory.rmdir()
+            except OSError:  # EBUSY until the killed processes are reaped
+                if time.monotonic() > deadline:
+                    leftovers.append(str(directory))
+                    break
+                time.sleep(0.05)
+    return leftovers
+
+
+def _run_quiet(argv: list[str]) -> list[str]:
+    try:
+        return _run(argv).splitlines()
+    except GalaxyRuntimeError:
+        return []

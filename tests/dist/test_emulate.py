@@ -1,0 +1,217 @@
+"""The emulated edge cluster: namespaces come and go, links are shaped, CPU shares hold, a
+bundle runs under emulation and matches the reference.
+
+Tests that build namespaces skip (with the reason) unless this is root on a machine where
+`ip netns add` works; the others check the plain-number parts and the loopback fallback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from galaxy.runtime import emulate, launcher
+from galaxy.runtime.emulate import EmulatedCluster, EmulationUnavailable, cleanup_stale
+
+pytestmark = pytest.mark.dist
+MBIT = 1e6 / 8  # bytes/s in one Mbit/s
+BANDWIDTH_TOLERANCE = 0.25  # observed rate within 25% of the set rate
+
+SINK = textwrap.dedent("""
+    import socket, sys, time
+    server = socket.create_server((sys.argv[1], 5001))
+    server.settimeout(20)
+    conn, _ = server.accept()
+    conn.settimeout(20)
+    total, start = 0, None
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        start = start or time.perf_counter()
+        total += len(data)
+    print(total / (time.perf_counter() - start))
+""")
+SOURCE = textwrap.dedent("""
+    import socket, sys, time
+    for _ in range(200):
+        try:
+            sock = socket.create_connection((sys.argv[1], 5001), timeout=20)
+            break
+        except OSError:
+            time.sleep(0.02)
+    sock.sendall(b"x" * int(sys.argv[2]))
+    sock.close()
+""")
+BUSY = textwrap.dedent("""
+    import time
+    wall0, cpu0, loops = time.perf_counter(), time.process_time(), 0
+    while time.perf_counter() - wall0 < 1.0:
+        loops += 1
+    print(loops, (time.process_time() - cpu0) / (time.perf_counter() - wall0))
+""")
+
+
+def _why_no_emulation() -> str | None:
+    try:
+        with EmulatedCluster([None]):
+            return None
+    except EmulationUnavailable as exc:
+        return str(exc)
+
+
+_NO_EMULATION = "not root" if os.geteuid() != 0 else _why_no_emulation()
+needs_emulation = pytest.mark.skipif(_NO_EMULATION is not None,
+                                     reason=f"cannot emulate here: {_NO_EMULATION}")
+
+
+def _state() -> dict:
+    """What the emulator may create: namespaces, host links, gx* cgroups."""
+    cgroups = emulate.detect_cpu_cgroups().root
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {"netns": sorted(emulate._list_namespaces()),
+            "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
+            "cgroups": sorted(p.name for p in cgroups.iterdir() if p.name.startswith("gx"))}
+
+
+def _in_rank(emu: EmulatedCluster, rank: int, code: str, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(emu.wrap_command(rank, [sys.executable, "-c", code, *args]),
+                            stdout=subprocess.PIPE, text=True, **popen)
+
+
+def _transfer_rate(emu: EmulatedCluster, src: int, dst: int, nbytes: int) -> float:
+    sink = _in_rank(emu, dst, SINK, emu.address(dst))
+    source = _in_rank(emu, src, SOURCE, emu.address(dst), str(nbytes))
+    try:
+        assert source.wait(timeout=30) == 0
+        return float(sink.communicate(timeout=30)[0])
+    finally:
+        for proc in (sink, source):
+            proc.kill()
+            proc.wait()
+
+
+# --- without namespaces ----------------------------------------------------------------------
+
+CLUSTER = {"devices": [{"name": "dev0", "cpu_share": 1.0}, {"name": "dev1", "cpu_share": 0.5}],
+           "default_link": {"bandwidth_bytes_per_s": 100 * MBIT, "latency_s": 0.001},
+           "link_overrides": []}
+
+
+def test_cluster_json_maps_devices_links_and_shares_to_ranks():
+    cluster = {**CLUSTER, "devices": [*CLUSTER["devices"], {"name": "dev2", "cpu_share": 2.0}],
+               "link_overrides": [{"between": ["dev2", "dev0"], "bandwidth_bytes_per_s": 1e6,
+                                   "latency_s": 0.01}]}
+    emu = EmulatedCluster.from_cluster_json(cluster, ["dev2", "dev0", "dev1"])
+    assert emu.cpu_shares == [2.0, 1.0, 0.5] and [emu.threads(k) for k in range(3)] == [2, 1, 1]
+    assert emu.bandwidth[0][1] == emu.bandwidth[1][0] == 1e6
+    assert emu.bandwidth[1][2] == 100 * MBIT and emu.bandwidth[0][0] is None
+    assert emu.latency[0][1] == 0.01 and emu.latency[2][1] == 0.001
+    assert emu.master_addr == "10.77.0.1" and emu.rank_env(0)["GLOO_SOCKET_IFNAME"] == "gxnet"
+    with pytest.raises(launcher.UsageError, match="lacks device"):
+        EmulatedCluster.from_cluster_json(cluster, ["dev0", "phone"])
+
+
+def test_not_root_is_refused_with_the_reason_and_the_cli_falls_back(monkeypatch, tmp_path, caplog,
+                                                                   tiny_bundle):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(EmulationUnavailable, match="needs root"):
+        EmulatedCluster([1.0]).start()
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(json.dumps(CLUSTER))
+    code = launcher.main([str(tiny_bundle), "--emulate", "--cluster-json", str(cluster_file),
+                          "--timeout", "30", "--quiet"])
+    assert code == launcher.EXIT_OK
+    assert "running every rank on loopback instead" in caplog.text
+
+
+# --- with namespaces -------------------------------------------------------------------------
+
+@needs_emulation
+def test_namespaces_links_and_cgroups_are_removed_also_after_an_error():
+    before = _state()
+    with EmulatedCluster([1.0, 0.5], 100 * MBIT) as emu:
+        during = _state()
+        assert {emu.namespace(0), emu.namespace(1), f"{emu.base}-sw"} <= set(during["netns"])
+        assert emu.base in during["cgroups"] and during["links"] == before["links"]
+    assert _state() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with EmulatedCluster([0.5, 0.5], 10 * MBIT):
+            raise RuntimeError("boom")
+    assert _state() == before
+
+
+@needs_emulation
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_killed_run_is_cleaned_up(how):
+    """SIGTERM: the emulator tears down itself; SIGKILL: cleanup_stale() finds the leftovers."""
+    before = _state()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from galaxy.runtime.emulate import EmulatedCluster
+        with EmulatedCluster([0.5, 0.5], 12.5e6) as emu:
+            print(emu.base, flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    base = holder.stdout.readline().strip()
+    assert base and any(ns.startswith(base) for ns in _state()["netns"])
+    holder.send_signal(getattr(signal, how))
+    assert holder.wait(timeout=20) == (143 if how == "SIGTERM" else -signal.SIGKILL)
+    if how == "SIGKILL":
+        removed = cleanup_stale()
+        assert f"{base}-sw" in removed and f"{base}-r1" in removed
+    assert _state() == before
+
+
+@needs_emulation
+@pytest.mark.timeout(60)
+def test_shaped_bandwidth_per_pair_is_within_25_percent_of_the_set_rate():
+    rates = [[None, 100 * MBIT, 20 * MBIT], [100 * MBIT, None, 100 * MBIT],
+             [20 * MBIT, 100 * MBIT, None]]
+    with EmulatedCluster([None] * 3, rates) as emu:
+        fast = _transfer_rate(emu, 0, 1, 4_000_000)  # ~0.3 s
+        slow = _transfer_rate(emu, 0, 2, 1_000_000)  # ~0.4 s: the override picks its class
+    assert abs(fast / (100 * MBIT) - 1) < BANDWIDTH_TOLERANCE, f"{fast / MBIT:.1f} Mbit/s"
+    assert abs(slow / (20 * MBIT) - 1) < BANDWIDTH_TOLERANCE, f"{slow / MBIT:.1f} Mbit/s"
+
+
+@needs_emulation
+@pytest.mark.timeout(60)
+def test_cpu_share_half_runs_about_half_as_fast():
+    with EmulatedCluster([1.0, 0.5]) as emu:
+        runs = []
+        for rank in (0, 1):  # one after the other: the machine has few cores
+            out, _ = _in_rank(emu, rank, BUSY).communicate(timeout=30)
+            loops, cpu_fraction = out.split()
+            runs.append((int(loops), float(cpu_fraction)))
+    (full_loops, _), (half_loops, half_cpu) = runs
+    assert half_cpu < 0.6, f"a 0.5 share used {half_cpu:.2f} of a core"
+    assert 0.3 < half_loops / full_loops < 0.75, f"speed ratio {half_loops / full_loops:.2f}"
+
+
+@needs_emulation
+@pytest.mark.timeout(120)
+def test_tiny_bundle_runs_under_emulation_and_matches_the_reference(tiny_bundle, caplog):
+    caplog.set_level("INFO")
+    result = launcher.run_emulated(tiny_bundle, cluster=CLUSTER, timeout_s=60)
+    assert result.within_tolerance, result.max_abs_error
+    assert max(result.max_abs_error.values()) < 1e-4
+    assert "gxnet" in caplog.text or "10.77.0.1" in caplog.text  # the ranks ran in namespaces
+    if "latency not emulated" in caplog.text:
+        assert "link latency (up to 1 ms) is NOT emulated" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    from helpers import build_bundle, captured_tiny, manual_plan
+
+    captured, graph, summary = captured_tiny("gpt2")
+    plan = manual_plan(summary, [1, 1], [1, 1], [1, 1])
+    return build_bundle(tmp_path_factory.mktemp("emulate") / "bundle", captured, graph, summary, plan)
