@@ -58,10 +58,13 @@ def capture(model: LoadedModel, method: str = "export") -> CapturedModel:
     """Trace `model` into an aten graph. `method` is "export" or "symbolic"."""
     module = model.module.eval()
     kwargs = dict(model.example_inputs)
-    with torch.inference_mode():
-        eager = module(**kwargs)
-    names = output_names_of(eager)
-    reference = {k: v.detach().clone() for k, v in flatten_outputs(eager, names).items()}
+    on_meta = any(p.is_meta for p in module.parameters())
+    names, reference = (), {}
+    if not on_meta:  # a model on the meta device (planning only) has no numbers to compare
+        with torch.inference_mode():
+            eager = module(**kwargs)
+        names = output_names_of(eager)
+        reference = {k: v.detach().clone() for k, v in flatten_outputs(eager, names).items()}
 
     if method == "symbolic":
         module = _symbolic_trace(module, tuple(kwargs))
@@ -85,6 +88,7 @@ def capture(model: LoadedModel, method: str = "export") -> CapturedModel:
         tensors[spec.arg.name] = state[spec.target].detach()
         fqns[spec.arg.name] = spec.target
     flat_out = list(gm.graph.output_node().args[0])
+    names = names or tuple(f"output_{i}" for i in range(len(flat_out)))
     if len(flat_out) != len(names):
         raise UntraceableModelError(f"export produced {len(flat_out)} outputs, eager run {len(names)}")
     log.info("captured %s: %d nodes, %d weights", model.name, len(gm.graph.nodes), len(tensors))

@@ -56,3 +56,28 @@ def test_rank_with_no_tokens_or_no_heads(tmp_path, tiny_models):
     """A rank may hold heads but no tokens, or tokens but no heads and no columns."""
     summary = tiny_models["bert"][2]
     _run(tmp_path, tiny_models["bert"], manual_plan(summary, [1, 1, 0], [1, 1, 0], [1, 0, 1]))
+
+
+@pytest.mark.parametrize("tiles", [1, 2])
+def test_fp16_on_the_wire(tmp_path, tiny_models, tiles):
+    """Activations travel as float16 (half the bytes); the error stays within the stated 1e-2."""
+    captured, graph, summary = tiny_models["llama"]
+    plan = manual_plan(summary, [1, 1, 1], [2, 1, 1], [2, 1, 1], tiles=tiles, wire_dtype="float16")
+    result = run_local(build_bundle(tmp_path / "bundle", captured, graph, summary, plan), timeout_s=60)
+    for name, expected in captured.reference_outputs.items():
+        torch.testing.assert_close(result.outputs[name], expected, atol=1e-2, rtol=1e-2)
+        assert result.outputs[name].dtype == expected.dtype
+
+
+@pytest.mark.parametrize("method", ["export", "symbolic"])
+def test_plain_pytorch_model_without_a_template(tmp_path, method):
+    """models/custom.py is no HF model: it compiles from its graph patterns alone."""
+    from galaxy.compiler.capture.load import load_model
+    from galaxy.compiler.capture.trace import capture
+    from galaxy.compiler.passes.recognise import recognise
+    from galaxy.compiler.passes.summarise import summarise
+    from helpers import MODELS
+    captured = capture(load_model(str(MODELS / "custom.py"), size="tiny"), method=method)
+    graph = recognise(captured)
+    summary = summarise(graph, captured)
+    _run(tmp_path, (captured, graph, summary), manual_plan(summary, [2, 1, 1], [1, 2, 1], [1, 1, 2]))
