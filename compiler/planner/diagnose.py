@@ -12,8 +12,8 @@ import pulp
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError, SolverError
 from galaxy.compiler.planner.explain import fmt_bytes, hopeless_devices, replicated_bytes
-from galaxy.compiler.planner.ilp import MIB, add_memory, add_split_vars, add_totals, add_usage
-from galaxy.compiler.planner.solvers import make_solver, solution_status
+from galaxy.compiler.planner.ilp import MIB, add_memory, add_split_vars, add_totals, add_usage, labels
+from galaxy.compiler.planner.solvers import solve
 
 
 def least_shortfall_bytes(table: CostTable, backend: str, time_limit_s: float) -> dict[str, int]:
@@ -24,11 +24,10 @@ def least_shortfall_bytes(table: CostTable, backend: str, time_limit_s: float) -
     slack = {d: prob.add_variable(f"slack[{d}]", 0) for d in range(table.n_devices)}
     add_memory(prob, table, v, slack)
     spread = prob.add_variable("spread", 0)
-    for d, name in enumerate(table.devices):
+    for d, name in enumerate(labels(table)):
         prob += (spread >= slack[d] * (MIB / max(table.mem_bytes[d], 1)), f"spread[{name}]")
     prob += pulp.lpSum(slack.values()) + 1e-3 * spread
-    prob.solve(make_solver(backend, time_limit_s))
-    status = solution_status(prob)
+    status = solve(prob, backend, time_limit_s)
     if status not in ("optimal", "feasible (time limit)"):
         raise SolverError(f"memory diagnosis failed: {status}")
     return {table.devices[d]: math.ceil(s.value() * MIB) for d, s in slack.items() if s.value() * MIB >= 1}

@@ -1,21 +1,23 @@
 """ILP planner: the latency model of `cost/latency.py`, linearised, for one HMP stage.
 
 Solved once per number of used devices k = 1..N, so a ring has the constant k - 1 steps; the
-best k wins and ties (within TIE_REL) go to fewer devices. All layers are identical, so one
+best k wins and near ties (solve.TIE_K_REL) go to fewer devices. All layers are identical, so one
 variable set serves every layer (the solver does not grow with depth).
 
 Legend. Indices: d, e devices; t tile count in `tile_choices`; l a link class (distinct
 (alpha, beta)); q one of the four overlappable GEMMs (attention in/out, MLP in/out).
 Constants come from the CostTable (per layer, whole sequence): a[d] attention s/group,
 c[d] MLP s/column, U column unit, k_con[d] connective s/token, P[d] prologue s, E[d] epilogue s,
-kappa[d] comm CPU s/byte, b token wire bytes, S tokens, L layers, alpha/beta link matrices.
+kappa[d] comm CPU s/byte, b token wire bytes, S tokens, L layers, alpha/beta link matrices,
+Gq[d] the overlappable GEMM time of q on d (a_in G, a_out G, U c_in C, U c_out C), M big-M
+constants (each the largest value its row's right-hand side can take).
     G[d] in 0..Gtot   KV groups            C[d] in 0..Ctot   column units
     X[d] in 0..S      tokens               u[d], z[d]        binary: used, head (rank 0)
     s[t]              binary: tiles = t    w[l]              binary: a ring link is of class l
     m                 largest token chunk  T_pro, T_att, T_con, T_mlp  block epigraphs (max over d)
-    R[t]              t x ring(t) / (link time of all tiles) if t is chosen
+    R[t]              ring(t): link time of one collective, all t tiles (cost/collectives.py)
     Ex[q]             exposed link time of collective q     T_gat  gather to rank 0 + its CPU
-Objective (seconds; = predict(plan) for the returned plan):
+Objective (= predict(plan) for the plan read back):
     min T_pro + L (T_att + T_con + T_mlp + sum_q Ex[q]) + sum_d E[d] z[d] + T_gat  + eps * tie-break
 Rows (one add_* function per family):
     total_*            sum_d G = Gtot, sum_d C = Ctot, sum_d X = S, sum_d z = 1, sum_d u = k, sum_t s = 1
@@ -28,10 +30,14 @@ Rows (one add_* function per family):
     mlp[d]             T_mlp >= U c[d] C[d] + 4 kappa[d] (k - 1)/k S b u[d]
     chunk[d]           m >= X[d]
     ring_*[l,a,b]      w[l] >= [link a->b is in the ring]: the ring is the head, then the other used
-                       devices fastest first, so a->b (a before b) is in it iff both are used
-                       non-heads and no used non-head lies between; head->b iff b is the first
-                       used non-head; b->head iff b is the last. Linear lower bounds, e.g.
-                       u[a] + u[b] - 1 - sum_{a<c<b} (u[c] - z[c]) - z[a] - z[b]
+                       devices fastest first, so with f[c] = u[c] - z[c] (used, not head):
+      ring_next          a->b, a before b: both used non-heads, none between
+                         w >= f[a] + f[b] - 1 - sum_{a<c<b} f[c]
+      ring_first         a->b, a the head, b the first used non-head
+                         w >= z[a] + f[b] - 1 - sum_{c<b, c!=a} f[c]
+      ring_last          a->b, b the head, a the last used non-head
+                         w >= z[b] + f[a] - 1 - sum_{c>a, c!=b} f[c]
+                       (only when links differ; with one link class w = 1)
     ring[t,l]          R[t] >= (k - 1) (t alpha_l + beta_l b m) - M (1 - w[l])
     exposed[q,t,d]     Ex[q] >= R[t] - (t - 1)/t Gq[d] - M (1 - u[d]) - M (1 - s[t])
     exposed[q,t]       Ex[q] >= R[t] / t - M (1 - s[t])                    (cost/overlap.py)
@@ -47,6 +53,7 @@ between small plans and it stops early; memory rows count MiB.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -57,7 +64,7 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import SolverError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, hmp_plan
-from galaxy.compiler.planner.solvers import make_solver, solution_status
+from galaxy.compiler.planner.solvers import solve
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +134,15 @@ def add_time_vars(prob: pulp.LpProblem, tile_choices: tuple[int, ...]) -> TimeVa
                     R={t: pos(f"R[{t}]") for t in tile_choices}, Ex={q: pos(f"Ex[{q}]") for q in BLOCKS_Q})
 
 
+def labels(table: CostTable) -> tuple[str, ...]:
+    """Device names for row names. PuLP maps '-', '[', ']' ... to '_' in rows, so names that
+    then collide (e.g. 'a-b' and 'a_b') get their index in front."""
+    clean = [re.sub(r"[^A-Za-z0-9.]", "_", name) for name in table.devices]
+    if len(set(clean)) == len(clean):
+        return table.devices
+    return tuple(f"{d}.{name}" for d, name in enumerate(table.devices))
+
+
 # --- constraint families ---------------------------------------------------------------------
 def add_totals(prob: pulp.LpProblem, table: CostTable, v: SplitVars, k: int | None) -> None:
     prob += (pulp.lpSum(v.G.values()) == table.kv_groups, "total_groups")
@@ -138,7 +154,7 @@ def add_totals(prob: pulp.LpProblem, table: CostTable, v: SplitVars, k: int | No
 
 
 def add_usage(prob: pulp.LpProblem, table: CostTable, v: SplitVars) -> None:
-    for d, name in enumerate(table.devices):
+    for d, name in enumerate(labels(table)):
         prob += (v.G[d] <= table.kv_groups * v.u[d], f"use_groups[{name}]")
         prob += (v.C[d] <= table.column_units * v.u[d], f"use_columns[{name}]")
         prob += (v.X[d] <= table.tokens * v.u[d], f"use_tokens[{name}]")
@@ -157,14 +173,14 @@ def memory_expr(table: CostTable, v: SplitVars, d: int) -> pulp.LpAffineExpressi
 
 def add_memory(prob: pulp.LpProblem, table: CostTable, v: SplitVars,
                slack: dict[int, pulp.LpVariable] | None = None) -> None:
-    for d, name in enumerate(table.devices):
+    for d, name in enumerate(labels(table)):
         extra = slack[d] if slack else 0
         prob += (memory_expr(table, v, d) <= table.mem_bytes[d] / MIB + extra, f"mem[{name}]")
 
 
 def add_block_max(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars, k: int) -> None:
     U = table.column_unit
-    for d, name in enumerate(table.devices):
+    for d, name in enumerate(labels(table)):
         cpu = 2 * collective_cpu_s(table, d, k) * v.u[d]
         prob += (tv.pro >= table.prologue_s[d] * v.u[d], f"prologue[{name}]")
         prob += (tv.att >= table.attention_s_per_group[d] * v.G[d] + cpu, f"attention[{name}]")
@@ -190,7 +206,7 @@ def add_ring_links(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: Tim
     for l, (_, pairs) in enumerate(link_classes(table).items()):
         tv.w[l] = w = prob.add_variable(f"w[{l}]", cat="Binary")
         for a, b in pairs:
-            na, nb = table.devices[a], table.devices[b]
+            na, nb = labels(table)[a], labels(table)[b]
             if pos[a] < pos[b]:
                 between = pulp.lpSum(free[c] for c in pos if pos[a] < pos[c] < pos[b])
                 prob += (w >= free[a] + free[b] - 1 - between, f"ring_next[{l},{na},{nb}]")
@@ -224,14 +240,14 @@ def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVa
             prob += (Ex >= (1.0 / t) * tv.R[t] - M * (1 - s), f"exposed[{q},{t}]")
             if t == 1:
                 continue
-            for d, name in enumerate(table.devices):
+            for d, name in enumerate(labels(table)):
                 prob += (Ex >= tv.R[t] - (t - 1) / t * gemm[q](d) - M * (1 - v.u[d]) - M * (1 - s),
                          f"exposed[{q},{t},{name}]")
 
 
 def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:
     b, S = table.token_wire_bytes, table.tokens
-    for d, name in enumerate(table.devices):
+    for d, name in enumerate(labels(table)):
         others = [e for e in range(table.n_devices) if e != d]
         link = pulp.lpSum(table.alpha_s[e][d] * v.u[e] + table.beta_s_per_byte[e][d] * b * v.X[e] for e in others)
         cpu = table.comm_cpu_s_per_byte[d] * b * (S * v.u[d] - v.X[d])
@@ -256,7 +272,7 @@ def add_symmetry(prob: pulp.LpProblem, table: CostTable, v: SplitVars) -> None:
     for i, d in enumerate(order):
         for e in order[i + 1:]:
             if identical_devices(table, d, e):
-                prob += (v.u[d] >= v.u[e], f"sym[{table.devices[d]},{table.devices[e]}]")
+                prob += (v.u[d] >= v.u[e], f"sym[{labels(table)[d]},{labels(table)[e]}]")
                 break  # chains d >= e >= f ... follow from consecutive pairs
 
 
@@ -327,9 +343,8 @@ def solve_k(table: CostTable, k: int, tile_choices: tuple[int, ...], backend: st
             time_limit_s: float, objective: str) -> KResult:
     start = time.perf_counter()
     prob, v, tv, latency = build_problem(table, k, tile_choices)
-    prob.solve(make_solver(backend, time_limit_s))
+    status = solve(prob, backend, time_limit_s)
     elapsed = time.perf_counter() - start
-    status = solution_status(prob)
     if status not in ("optimal", "feasible (time limit)"):
         return KResult(k, status, solve_s=elapsed)
     plan = hmp_plan(table, read_split(table, v, tv), solver="ilp", objective=objective)

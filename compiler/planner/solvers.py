@@ -5,8 +5,11 @@ limit. PuLP reports "Optimal" after a time limit too; `solution_status` reads `s
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
+from typing import Iterator
 
 import pulp
 
@@ -42,3 +45,25 @@ def solution_status(prob: pulp.LpProblem) -> str:
         pulp.LpSolutionNoSolutionFound: "no solution (time limit)",
         pulp.LpSolutionUnbounded: "unbounded",
     }.get(prob.sol_status, f"unknown status {prob.sol_status}")
+
+
+def solve(prob: pulp.LpProblem, backend: str, time_limit_s: float) -> str:
+    """Solve in place and return `solution_status`. HiGHS prints a banner from C++ whatever its
+    options say, so its solve runs with the process's stdout pointed at /dev/null."""
+    solver = make_solver(backend, time_limit_s)
+    with _quiet_stdout() if backend == "highs" else contextlib.nullcontext():
+        prob.solve(solver)
+    return solution_status(prob)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

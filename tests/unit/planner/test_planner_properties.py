@@ -94,3 +94,13 @@ def test_llama_70b_on_eight_devices_solves_fast(llama70b):
     assert plan.solver == "ilp" and plan.world_size >= 6
     assert all(h % 8 == 0 for h in plan.stages[0].heads_per_rank)  # whole GQA groups
     assert plan.notes[0].startswith("ilp (cbc): optimal")
+
+
+def test_ties_go_to_fewer_devices_then_cluster_order(bert):
+    plan = make_plan(bert, make_cluster([(f"d{i}", 4, 20) for i in range(4)], mbit_per_s=10))
+    assert plan.devices == ("d0",)
+
+
+def test_device_names_that_clash_in_row_names(bert):
+    plan = make_plan(bert, make_cluster([("a-b", 4, 20), ("a_b", 2, 12)], mbit_per_s=10_000))
+    assert sorted(plan.devices) == ["a-b", "a_b"]
