@@ -6,8 +6,9 @@ Legend (one stage, ring of n ranks r in ring order; d(r) is the device of rank r
     c, c_in, c_out    MLP seconds per column (all, up/gate, down)
     k_con             connective seconds per token;  P, E prologue, epilogue seconds
     kappa             comm CPU seconds per byte;  b token wire bytes;  S tokens;  L layers
-    ring(t)           link time of one AllGather or ReduceScatter (cost/collectives.py)
-    exposed(t, G)     its link time left after tile overlap with G seconds of GEMM (cost/overlap.py)
+    ring(t)           link time of one AllGather or ReduceScatter in t tiles (cost/collectives.py)
+    exposed(t, G)     its link time not hidden behind G seconds of GEMM (cost/overlap.py):
+                      ring(1) for t = 1; max(0, ring(t) + G/(n t) - G, ring(t)/((n-1) t) - G/n) else
 
 Per layer of a stage (each block waits for its slowest rank; a rank's CPU also does its
 communication work, so that CPU time adds to its compute):
@@ -71,8 +72,8 @@ def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) 
 
     def tp_block(name: str, work: Sequence[int], per: tuple[float, ...], per_in: tuple[float, ...],
                  per_out: tuple[float, ...]) -> BlockTime:
-        exposed = (exposed_s(ring_s, t, min(w * per_in[d] for w, d in zip(work, ring)))
-                   + exposed_s(ring_s, t, min(w * per_out[d] for w, d in zip(work, ring))))
+        exposed = (exposed_s(ring_s, t, min(w * per_in[d] for w, d in zip(work, ring)), n)
+                   + exposed_s(ring_s, t, min(w * per_out[d] for w, d in zip(work, ring)), n))
         compute = tuple(w * per[d] + c for w, d, c in zip(work, ring, cpu))
         return BlockTime(i, name, compute, comm_s=2 * ring_s, hidden_s=2 * ring_s - exposed,
                          comm_cpu_s_per_rank=cpu)

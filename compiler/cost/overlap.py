@@ -1,31 +1,36 @@
 """Tile overlap: how much of a collective's link time hides behind its neighbouring GEMM.
 
-Untiled, an AllGather finishes before the GEMM that consumes it starts:
+Plans with tiles = 1 run the plain collective, then the GEMM (or the GEMM, then the plain
+ReduceScatter): nothing hides, exposed = ring(1). With tiles = t > 1 the generated code calls
+the runtime's fused ops (runtime/overlap.py), which cut every rank's chunk into t pieces and
+run the GEMM of the piece in hand while later pieces move. For all_gather_linear:
 
-    x = all_gather(x_local)                  # ring(1) seconds on the link
-    y = x @ w                                 # G seconds of GEMM
+    for step in range(n):                              # n ranks, chunk (me - step) in hand
+        for piece in the t pieces of that chunk:
+            wait for it (step > 0); forward it to the next rank (step < n - 1)
+            rows of piece = piece @ w                  # g = G / (n t) seconds each
 
-Tiled into t sequence tiles, the GEMM of tile i runs while tile i + 1 is on the link:
+(linear_reduce_scatter mirrors it: compute a piece's partial, add the one received, send.)
+Each rank's link carries (n - 1) t pieces back to back, c seconds each, so ring(t) = (n - 1) t c
+(cost/collectives.py: each piece waits for the largest, with its own alpha). With G the rank's
+whole GEMM time for the block, an event simulation of both loops gives exactly
 
-    for i in range(t):
-        x_i = all_gather(x_local[tile i])     # c = ring(t) / t per tile (with its own alphas)
-        y_i = x_i @ w                         # g = G / t per tile, overlaps the next transfer
+    exposed(t) = max(0,  ring(t) + g - G,  c - G / n)     g = G / (n t),  c = ring(t) / ((n - 1) t)
 
-A two-stage pipeline of t items takes c + g + (t - 1) max(c, g), so the link time left exposed
-beyond the GEMM's own G is
-
-    exposed(t) = max(ring(t) - (t - 1) / t * G,  ring(t) / t)          (= ring(1) for t = 1)
-
-The first tile's transfer can never hide; more tiles pay more alphas. A ReduceScatter after a
-GEMM mirrors this (the GEMM of tile i + 1 runs while tile i reduces). The rank with the least
-overlappable GEMM (min over the ring, 0 for a rank with no heads or columns) decides G: a ring
-step waits for every rank.
+the link-bound tail beyond the GEMM (the last piece's GEMM cannot start before it arrives), or
+the wait for the first piece beyond the own chunk's GEMM. This is exact for even splits; with
+uneven ones G is taken as the smallest overlappable GEMM in the ring (min over ranks, 0 for a
+rank with no heads or columns): a conservative bound that stays linear for the ILP.
 """
 from __future__ import annotations
 
 
-def exposed_s(ring_s: float, tiles: int, gemm_s: float) -> float:
-    """Link seconds not hidden: `ring_s` is ring(t) (all tiles), `gemm_s` the overlappable G."""
+def exposed_s(ring_s: float, tiles: int, gemm_s: float, ring_size: int) -> float:
+    """Link seconds not hidden: `ring_s` = ring(tiles), `gemm_s` = the overlappable GEMM G."""
+    if ring_size < 2:
+        return 0.0
     if tiles <= 1:
         return ring_s
-    return max(ring_s - (tiles - 1) / tiles * gemm_s, ring_s / tiles)
+    piece_gemm = gemm_s / (ring_size * tiles)
+    piece_link = ring_s / ((ring_size - 1) * tiles)
+    return max(0.0, ring_s + piece_gemm - gemm_s, piece_link - gemm_s / ring_size)

@@ -39,8 +39,9 @@ Rows (one add_* function per family):
                          w >= z[b] + f[a] - 1 - sum_{c>a, c!=b} f[c]
                        (only when links differ; with one link class w = 1)
     ring[t,l]          R[t] >= (k - 1) (t alpha_l + beta_l b m) - M (1 - w[l])
-    exposed[q,t,d]     Ex[q] >= R[t] - (t - 1)/t Gq[d] - M (1 - u[d]) - M (1 - s[t])
-    exposed[q,t]       Ex[q] >= R[t] / t - M (1 - s[t])                    (cost/overlap.py)
+    exposed[q,1]       Ex[q] >= R[1] - M (1 - s[1])                        (no overlap; cost/overlap.py)
+    exposed[q,t,d]     Ex[q] >= R[t] - (1 - 1/(k t)) Gq[d] - M (1 - u[d]) - M (1 - s[t])     t > 1
+    first[q,t,d]       Ex[q] >= R[t] / ((k - 1) t) - Gq[d] / k - M (1 - u[d]) - M (1 - s[t])  t > 1
     gather[d]          T_gat >= sum_{e != d} (alpha[e][d] u[e] + beta[e][d] b X[e])
                                 + kappa[d] b (S u[d] - X[d]) - M (1 - z[d])
     sym[d,e]           u[d] >= u[e] for identical devices d before e (only when all links are equal)
@@ -234,15 +235,18 @@ def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVa
             "mlp_out": lambda d: U * table.mlp_out_s_per_column[d] * v.C[d]}
     alpha = max(max(row) for row in table.alpha_s)
     beta = max(max(row) for row in table.beta_s_per_byte)
+    if k < 2:
+        return  # one device: no collectives, Ex = 0
     for q, Ex in tv.Ex.items():
         for t, s in tv.s.items():
             M = (k - 1) * (t * alpha + beta * table.token_wire_bytes * table.tokens)
-            prob += (Ex >= (1.0 / t) * tv.R[t] - M * (1 - s), f"exposed[{q},{t}]")
             if t == 1:
+                prob += (Ex >= tv.R[t] - M * (1 - s), f"exposed[{q},1]")
                 continue
             for d, name in enumerate(labels(table)):
-                prob += (Ex >= tv.R[t] - (t - 1) / t * gemm[q](d) - M * (1 - v.u[d]) - M * (1 - s),
-                         f"exposed[{q},{t},{name}]")
+                off = M * (1 - v.u[d]) + M * (1 - s)
+                prob += (Ex >= tv.R[t] - (1 - 1 / (k * t)) * gemm[q](d) - off, f"exposed[{q},{t},{name}]")
+                prob += (Ex >= (1 / ((k - 1) * t)) * tv.R[t] - (1 / k) * gemm[q](d) - off, f"first[{q},{t},{name}]")
 
 
 def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:

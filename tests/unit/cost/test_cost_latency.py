@@ -31,11 +31,15 @@ def test_two_devices_untiled(toy):
 
 def test_two_devices_two_tiles(toy):
     ring2 = 2 * 1 * (0.01 + 1e-4 * 1500)  # both tiles, each a chunk of 1.5 tokens and its own alpha
-    exposed = lambda gemm: max(ring2 - gemm / 2, ring2 / 2)  # noqa: E731  (t-1)/t = 1/2
+    piece = ring2 / 2  # (n - 1) t = 2 pieces on each link
+
+    def exposed(gemm: float) -> float:  # n = 2, t = 2: g = G / 4
+        return max(0.0, ring2 + gemm / 4 - gemm, piece - gemm / 2)
+
     attention = (2.0 + 1.6) + exposed(min(0.25, 0.5)) + exposed(min(0.125, 0.25))
     mlp = (1.0 + 1.6) + exposed(min(3 * 0.125, 0.25)) + exposed(min(3 * 0.125, 0.25))
     expected = 0.2 + 2 * (attention + 0.03 + mlp) + 0.41
-    assert expected == pytest.approx(14.755)
+    assert expected == pytest.approx(14.3175)
     latency, blocks = predict(hmp(2), toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert blocks[1].comm_s == pytest.approx(2 * ring2) and blocks[1].hidden_s > 0

@@ -1,4 +1,4 @@
-"""exposed_s against its slow twin: an event-by-event simulation of the tiled loops."""
+"""exposed_s against its slow twin: an event simulation of the runtime's fused loops."""
 from __future__ import annotations
 
 import random
@@ -8,31 +8,42 @@ import pytest
 from galaxy.compiler.cost.overlap import exposed_s
 
 
-def simulate_all_gather_then_gemm(ring_s: float, tiles: int, gemm_s: float) -> float:
-    """Tile i's GEMM starts when its transfer is done and the previous GEMM is; link time left."""
-    link_done = gemm_done = 0.0
-    for _ in range(tiles):
-        link_done += ring_s / tiles
-        gemm_done = max(gemm_done, link_done) + gemm_s / tiles
-    return gemm_done - gemm_s
+def simulate(n: int, tiles: int, piece_link_s: float, piece_gemm_s: float, reduce_scatter: bool) -> float:
+    """Every rank runs runtime/overlap.py's loop on one thread; a rank's sends share its link.
+
+    all_gather_linear: wait for a piece (step > 0), forward it (step < n - 1), GEMM it.
+    linear_reduce_scatter: GEMM a piece, add the received partial (step > 0), send (step < n - 1).
+    Returns the time beyond the GEMMs (n * tiles pieces of piece_gemm_s on each rank).
+    """
+    thread, link, arrives = [0.0] * n, [0.0] * n, {}
+    for step in range(n):
+        for r in range(n):
+            for t in range(tiles):
+                incoming = arrives[(r - 1) % n, step - 1, t] if step > 0 else 0.0
+                if reduce_scatter:
+                    thread[r] = max(thread[r] + piece_gemm_s, incoming)
+                else:
+                    thread[r] = max(thread[r], incoming)
+                if step < n - 1:
+                    link[r] = max(link[r], thread[r]) + piece_link_s
+                    arrives[r, step, t] = link[r]
+                if not reduce_scatter:
+                    thread[r] += piece_gemm_s
+    return max(max(thread), max(link)) - n * tiles * piece_gemm_s
 
 
-def simulate_gemm_then_reduce_scatter(ring_s: float, tiles: int, gemm_s: float) -> float:
-    link_done = gemm_done = 0.0
-    for _ in range(tiles):
-        gemm_done += gemm_s / tiles
-        link_done = max(link_done, gemm_done) + ring_s / tiles
-    return link_done - gemm_s
-
-
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(40))
 def test_matches_simulation(seed):
     rng = random.Random(seed)
-    ring_s, gemm_s, tiles = rng.uniform(0, 1), rng.uniform(0, 1), rng.choice([1, 2, 4, 8])
-    assert exposed_s(ring_s, tiles, gemm_s) == pytest.approx(simulate_all_gather_then_gemm(ring_s, tiles, gemm_s))
-    assert exposed_s(ring_s, tiles, gemm_s) == pytest.approx(simulate_gemm_then_reduce_scatter(ring_s, tiles, gemm_s))
+    n, tiles = rng.randint(2, 6), rng.choice([2, 4, 8])
+    piece_link, piece_gemm = rng.uniform(0, 1), rng.uniform(0, 1) * rng.choice([0.1, 1, 10])
+    ring_s, gemm_s = (n - 1) * tiles * piece_link, n * tiles * piece_gemm
+    for reduce_scatter in (False, True):
+        assert exposed_s(ring_s, tiles, gemm_s, n) == pytest.approx(
+            simulate(n, tiles, piece_link, piece_gemm, reduce_scatter), abs=1e-12)
 
 
-def test_untiled_hides_nothing_and_first_tile_never_hides():
-    assert exposed_s(0.3, 1, 10.0) == 0.3
-    assert exposed_s(0.8, 4, 10.0) == pytest.approx(0.2)
+def test_untiled_hides_nothing_and_one_rank_has_no_link():
+    assert exposed_s(0.3, 1, 10.0, 3) == 0.3
+    assert exposed_s(0.3, 4, 10.0, 1) == 0.0
+    assert exposed_s(0.8, 4, 0.0, 2) == pytest.approx(0.8)
