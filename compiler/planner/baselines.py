@@ -8,6 +8,7 @@ returns a plan that does not fit: they raise InfeasiblePlanError with the shortf
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from galaxy.compiler.cost.memory import memory_shortfall_bytes
@@ -15,8 +16,12 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, hmp_plan, ring_order
-from galaxy.compiler.planner.explain import fmt_bytes
+from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
+
+WHAT = {"single": "the fastest device that holds the whole model, alone",
+        "even": "every device, equal heads, columns and tokens (Megatron-style), no overlap",
+        "proportional": "every device, heads, columns and tokens in proportion to GFLOP/s, no overlap"}
 
 
 def require_fit(plan: Plan, table: CostTable) -> Plan:
@@ -36,7 +41,11 @@ def weighted_split(table: CostTable, used: Sequence[int], head: int, weights: Se
                   groups=dict(zip(ring, split_sizes(table.kv_groups, weights))),
                   columns=dict(zip(ring, split_sizes(table.columns, weights))),
                   tokens=dict(zip(ring, split_sizes(table.tokens, weights))))
-    return require_fit(hmp_plan(table, split, solver, objective), table)
+    plan = require_fit(hmp_plan(table, split, solver, objective), table)
+    why_out = {d: f"not used by the {solver} baseline" for d in range(table.n_devices) if d not in used}
+    notes = [f"{solver} baseline: {WHAT[solver]}", overlap_note(plan), block_note(plan),
+             *device_notes(table, plan, why_out)]
+    return replace(plan, notes=tuple(notes))
 
 
 def single_device_plan(table: CostTable, device: str | None = None, objective: str = "latency") -> Plan:
