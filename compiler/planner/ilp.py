@@ -233,10 +233,10 @@ def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVa
             "attention_out": lambda d: table.attention_out_s_per_group[d] * v.G[d],
             "mlp_in": lambda d: U * table.mlp_in_s_per_column[d] * v.C[d],
             "mlp_out": lambda d: U * table.mlp_out_s_per_column[d] * v.C[d]}
-    alpha = max(max(row) for row in table.alpha_s)
-    beta = max(max(row) for row in table.beta_s_per_byte)
     if k < 2:
         return  # one device: no collectives, Ex = 0
+    alpha = max(max(row) for row in table.alpha_s)
+    beta = max(max(row) for row in table.beta_s_per_byte)
     for q, Ex in tv.Ex.items():
         for t, s in tv.s.items():
             M = (k - 1) * (t * alpha + beta * table.token_wire_bytes * table.tokens)

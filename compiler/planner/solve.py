@@ -61,7 +61,6 @@ def plan_ilp(table: CostTable, objective: str = "latency", backend: str = "cbc",
 
 def ilp_notes(table: CostTable, chosen: KResult, results: list[KResult], backend: str) -> list[str]:
     plan = chosen.plan
-    by_k = {r.k: r for r in results}
     hopeless = hopeless_devices(table)
     why_out: dict[int, str] = {}
     for d in range(table.n_devices):
@@ -76,10 +75,10 @@ def ilp_notes(table: CostTable, chosen: KResult, results: list[KResult], backend
                           f"not better than {fmt_s(plan.predicted_latency_s)}: its share of compute saves less "
                           "than the extra ring step, link time and communication CPU cost")
         else:
-            why_out[d] = "faster devices were preferred; no better plan with more devices uses it"
+            why_out[d] = "the best plan of every larger device count leaves it out too"
     status = "optimal" if chosen.status == "optimal" else chosen.status
     notes = [f"ilp ({backend}): {status}, chose {chosen.k} of {table.n_devices} devices; "
-             + k_summary([(r.k, r.status, r.latency_s) for r in sorted(by_k.values(), key=lambda r: r.k)]),
+             + k_summary([(r.k, r.status, r.latency_s) for r in results]),
              overlap_note(plan), block_note(plan)]
     if chosen.status != "optimal":
         notes.append("the solver hit its time limit: this plan is the best found, and may differ between runs")
