@@ -53,3 +53,23 @@ def build_bundle(out_dir, captured, graph, summary, plan: Plan, source: str = "t
                 "source": source}
     return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
                         captured.example_inputs, captured.reference_outputs)
+
+
+def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], tiles: int = 1) -> Plan:
+    """Stages of (layer count, per-rank weights): each stage splits its layers like manual_plan."""
+    group = summary.heads // summary.kv_heads
+    splits, first, next_rank = [], 0, 0
+    for n_layers, weights in stages:
+        ranks = tuple(range(next_rank, next_rank + len(weights)))
+        kv = split_sizes(summary.kv_heads, weights)
+        splits.append(StageSplit(
+            ranks=ranks, first_layer=first, end_layer=first + n_layers,
+            heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
+            columns_per_rank=tuple(split_sizes(summary.intermediate, weights)),
+            tokens_per_rank=tuple(split_sizes(summary.seq_len, weights)), tiles=tiles))
+        first, next_rank = first + n_layers, next_rank + len(weights)
+    plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(next_rank)),
+                stages=tuple(splits), solver="manual")
+    validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
+                  summary.n_layers)
+    return plan

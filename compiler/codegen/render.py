@@ -30,16 +30,25 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def _loop_layers(program: RankProgram) -> range | None:
+    """Layers the loop runs; the model's last layer is written out after it (the head follows)."""
+    stage = program.stage
+    end = stage.end_layer - 1 if stage.is_last else stage.end_layer
+    return range(stage.first_layer, end) if end > stage.first_layer else None
+
+
 def render_rank(program: RankProgram) -> str:
-    start = offsets(program.tokens_per_rank)[program.rank]
+    start = offsets(program.tokens_per_rank)[program.stage.ring_index]
     wire_dtype = _WIRE_DTYPES[program.wire_dtype]
     source = _environment().get_template("rank_module.py.jinja").render(
         p=program,
-        my_tokens=range(start, start + program.tokens_per_rank[program.rank]),
+        my_tokens=range(start, start + program.tokens_per_rank[program.stage.ring_index]),
         wire_dtype=wire_dtype,
         wire_arg=", wire_dtype=WIRE_DTYPE" if wire_dtype else "",
         after_attention_outputs=program.after_attention_outputs,
         mlp_input=program.mlp_input,
+        st=program.stage,
+        loop_layers=_loop_layers(program),
     )
     source = re.sub(r"\n{4,}", "\n\n\n", source)  # macros end in a newline of their own
     try:

@@ -51,9 +51,32 @@ class MLPCode:
 
 
 @dataclass(frozen=True)
+class StagePosition:
+    """Where this rank sits in a (possibly one-stage) pipeline."""
+
+    index: int
+    count: int
+    ring_index: int  # position in its stage's ring
+    first_layer: int
+    end_layer: int  # exclusive
+    previous_leader: int | None  # rank that sends this stage its hidden states
+    next_ranks: tuple[int, ...]  # ranks of the next stage (empty for the last stage)
+    last_leader: int  # leader of the last stage: it sends the head's inputs to rank 0
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.count - 1
+
+
+@dataclass(frozen=True)
 class RankProgram:
     rank: int
     world_size: int
+    stage: StagePosition
     device: str
     source: str  # the model file
     cluster: str
@@ -78,9 +101,11 @@ class RankProgram:
     epilogue: FunctionCode | None  # rank 0 only
     layer_entries: tuple[str, ...]  # prologue values that enter layer 0, in layer-parameter order
     layer_entry_roles: tuple[str, ...]  # their names inside the layer loop (x, residual, ...)
+    entry_shapes: tuple[tuple[int, ...], ...]  # whole-sequence shapes of the layer entries
     after_attention_outputs: tuple[str, ...]  # names the layer loop binds to its results
     mlp_input: str  # the name among them that the MLP reads
     epilogue_entries: tuple[str, ...]  # names gathered to rank 0 for the epilogue
+    epilogue_entry_shapes: tuple[tuple[int, ...], ...]
     output_names: tuple[str, ...]
     weight_file: str
     notes: tuple[str, ...] = field(default_factory=tuple)

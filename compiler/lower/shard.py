@@ -9,10 +9,10 @@ import torch
 import torch.fx as fx
 
 from galaxy.compiler.capture.trace import CapturedModel
-from galaxy.compiler.errors import PlanFileError, UntraceableModelError
+from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
 from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram
+from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram, StagePosition
 from galaxy.compiler.lower.regions import (LayerNamer, check_layers_match, region_function,
                                            relative_weight_name, same_shape_names)
 from galaxy.compiler.lower.weights import attention_weights, mlp_weights, owned
@@ -33,9 +33,6 @@ def plan_id(plan: Plan) -> str:
 
 
 def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: str) -> list[LoweredRank]:
-    if len(plan.stages) != 1:
-        raise PlanFileError("this version generates single-stage (pure HMP) plans only; "
-                            f"the plan has {len(plan.stages)} pipeline stages")
     nodes = {n.name: n for n in captured.graph_module.graph.nodes}
     layer_code = _LayerCode(graph, captured, nodes)
     check_layers_match(graph, nodes, captured.fqns, layer_code.functions)
@@ -57,6 +54,13 @@ class _LayerCode:
             return f'static["{name}"]'
         raise UntraceableModelError("a layer reads a value that is neither a weight nor a prologue "
                                     "output", str(self.nodes[name].target), name)
+
+    def layer_statics(self) -> list[str]:
+        """Prologue values the layers read whole (masks, rotary tables)."""
+        att, mlp = self.first.attention, self.first.mlp
+        wanted = [att.mask, *att.q_transform.inputs[1:], *att.k_transform.inputs[1:],
+                  *att.v_transform.inputs[1:], *mlp.activation.inputs]
+        return [n for n in wanted if n and n in self.graph.prologue.outputs]
 
     def functions(self, layer: Layer) -> list[FunctionCode]:
         """The layer's verbatim functions, written with layer 0's variable names."""
@@ -128,32 +132,32 @@ class _LayerCode:
 
 def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, plan: Plan,
                 code: _LayerCode, source: str) -> LoweredRank:
-    stage = plan.stages[0]
+    stage_index = plan.stage_of_rank(rank)
+    stage = plan.stages[stage_index]
     i = stage.ranks.index(rank)
     att, mlp = code.first.attention, code.first.mlp
     heads = _range(stage.heads_per_rank, i)
     kv_heads = _range(stage.kv_heads_per_rank, i)
     columns = _range(stage.columns_per_rank, i)
     tensors = captured.tensors
+    position = StagePosition(
+        index=stage_index, count=len(plan.stages), ring_index=i, first_layer=stage.first_layer,
+        end_layer=stage.end_layer,
+        previous_leader=plan.stages[stage_index - 1].ranks[0] if stage_index else None,
+        next_ranks=plan.stages[stage_index + 1].ranks if stage_index + 1 < len(plan.stages) else (),
+        last_leader=plan.stages[-1].ranks[0])
 
     weights: dict[str, torch.Tensor] = {}
-    for layer in graph.layers:
-        prefix = f"layers.{layer.index}."
-        shard = {**attention_weights(layer.attention, tensors, heads, kv_heads),
-                 **mlp_weights(layer.mlp, tensors, columns)}
-        for region in (layer.after_attention, layer.after_mlp, layer.attention.q_transform,
-                       layer.attention.k_transform, layer.attention.v_transform, layer.mlp.activation):
-            for name in region.inputs if region else ():
-                if name in captured.fqns:
-                    key = relative_weight_name(captured.fqns[name])
-                    if key in shard and not torch.equal(shard[key], tensors[name]):
-                        raise UntraceableModelError(f"two weights of layer {layer.index} are both "
-                                                    f"called {key!r} inside the layer")
-                    shard[key] = tensors[name]
-        weights.update({prefix + k: v for k, v in shard.items()})
+    for layer in graph.layers[stage.first_layer:stage.end_layer]:
+        weights.update(_layer_weights(layer, captured, heads, kv_heads, columns))
 
     fns = {f.name: f for f in code.functions(code.first)}
-    prologue, prologue_weights = _prologue(graph, captured, code.nodes)
+    needed = set(code.layer_statics())
+    if position.is_first:
+        needed |= set(code.namer.entries)
+    if rank == 0:
+        needed |= {n for n in graph.epilogue.inputs if n in graph.prologue.outputs}
+    prologue, prologue_weights = _prologue(graph, captured, code.nodes, needed)
     weights.update(prologue_weights)
     epilogue = None
     if rank == 0:
@@ -180,8 +184,9 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     last = graph.layers[-1]
     last_namer = LayerNamer(graph, last, captured.fqns)
     epilogue_entries = tuple(last_namer.roles[n] for n in graph.epilogue.inputs if n in last_namer.roles)
+    shape_of = lambda name: tuple(int(d) for d in code.nodes[name].meta["val"].shape)  # noqa: E731
     program = RankProgram(
-        rank=rank, world_size=plan.world_size, device=plan.devices[rank], source=source,
+        rank=rank, world_size=plan.world_size, stage=position, device=plan.devices[rank], source=source,
         cluster=plan.cluster, plan_id=plan_id(plan), predicted_latency_s=plan.predicted_latency_s,
         batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
         tokens_per_rank=stage.tokens_per_rank, heads_per_rank=stage.heads_per_rank,
@@ -191,12 +196,33 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
         epilogue=epilogue, layer_entries=namer.entries,
         layer_entry_roles=tuple(namer.roles[n] for n in namer.entries),
+        entry_shapes=tuple(shape_of(n) for n in namer.entries),
         after_attention_outputs=tuple(namer.roles[o] for o in code.first.after_attention.outputs),
         mlp_input=namer.roles[code.first.mlp.input],
-        epilogue_entries=epilogue_entries, output_names=graph.output_names,
+        epilogue_entries=epilogue_entries,
+        epilogue_entry_shapes=tuple(shape_of(n) for n in graph.epilogue.inputs if n in last_namer.roles),
+        output_names=graph.output_names,
         weight_file=f"weights/rank_{rank}.safetensors",
     )
     return LoweredRank(program, owned(weights))
+
+
+def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range,
+                   columns: range) -> dict[str, torch.Tensor]:
+    """This rank's slices of one layer, keyed "layers.<i>.<name inside the layer>"."""
+    tensors = captured.tensors
+    shard = {**attention_weights(layer.attention, tensors, heads, kv_heads),
+             **mlp_weights(layer.mlp, tensors, columns)}
+    for region in (layer.after_attention, layer.after_mlp, layer.attention.q_transform,
+                   layer.attention.k_transform, layer.attention.v_transform, layer.mlp.activation):
+        for name in region.inputs if region else ():
+            if name in captured.fqns:
+                key = relative_weight_name(captured.fqns[name])
+                if key in shard and not torch.equal(shard[key], tensors[name]):
+                    raise UntraceableModelError(f"two weights of layer {layer.index} are both "
+                                                f"called {key!r} inside the layer")
+                shard[key] = tensors[name]
+    return {f"layers.{layer.index}.{k}": v for k, v in shard.items()}
 
 
 def _range(sizes: tuple[int, ...], index: int) -> range:
@@ -204,19 +230,30 @@ def _range(sizes: tuple[int, ...], index: int) -> range:
     return range(start, start + sizes[index])
 
 
-def _prologue(graph: TransformerGraph, captured: CapturedModel,
-              nodes: dict[str, fx.Node]) -> tuple[FunctionCode, dict[str, torch.Tensor]]:
+def _prologue(graph: TransformerGraph, captured: CapturedModel, nodes: dict[str, fx.Node],
+              needed: set[str]) -> tuple[FunctionCode, dict[str, torch.Tensor]]:
+    """The prologue values this rank reads (dead code removed), and the weights they need."""
+    members = set(graph.prologue.nodes)
+    keep, stack = set(), [n for n in needed if n in members]
+    while stack:
+        name = stack.pop()
+        if name not in keep:
+            keep.add(name)
+            stack.extend(a.name for a in nodes[name].all_input_nodes if a.name in members)
+    region_nodes = [n for n in graph.prologue.nodes if n in keep]
+    outputs = [n for n in graph.prologue.outputs if n in needed]
     names = {n: f'inputs["{n}"]' for n in graph.input_names}
     weights = {}
+    used_inputs = {a.name for n in region_nodes for a in nodes[n].all_input_nodes}
     for name in graph.prologue.inputs:
-        if name in captured.fqns:
+        if name in captured.fqns and name in used_inputs:
             names[name] = f'weights["{captured.fqns[name]}"]'
             weights[captured.fqns[name]] = captured.tensors[name]
-    body = emit_nodes([nodes[n] for n in graph.prologue.nodes], names)
-    result = "{" + ", ".join(f'"{n}": {names[n]}' for n in graph.prologue.outputs) + "}"
+    body = emit_nodes([nodes[n] for n in region_nodes], names)
+    result = "{" + ", ".join(f'"{n}": {names[n]}' for n in outputs) + "}"
     fn = FunctionCode("prologue", ("inputs", "weights"), tuple(body), (result,),
                       "Embeddings, masks and position tables: every rank computes them for the "
-                      "whole sequence (cheap, and it saves a broadcast).", graph.prologue.nodes)
+                      "whole sequence (cheap, and it saves a broadcast).", tuple(region_nodes))
     return fn, weights
 
 

@@ -81,3 +81,19 @@ def test_plain_pytorch_model_without_a_template(tmp_path, method):
     graph = recognise(captured)
     summary = summarise(graph, captured)
     _run(tmp_path, (captured, graph, summary), manual_plan(summary, [2, 1, 1], [1, 2, 1], [1, 1, 2]))
+
+
+PIPELINES = {
+    "two-stages-of-one": [(1, [1]), (1, [1])],
+    "hmp-stage-then-one": [(1, [2, 1]), (1, [1])],
+    "one-then-hmp-stage": [(1, [1]), (1, [1, 1])],
+}
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("shape", list(PIPELINES))
+def test_pipeline_stages(tmp_path, tiny_models, kind, shape):
+    """EdgePipe-style plans: stages of layers, each with hybrid parallelism over its own ranks."""
+    from helpers import pipeline_plan
+    summary = tiny_models[kind][2]
+    _run(tmp_path, tiny_models[kind], pipeline_plan(summary, PIPELINES[shape]))
