@@ -48,6 +48,10 @@ SUBNET = "10.77.0"  # rank k is SUBNET.<k+1>/24, only inside namespaces this mod
 MTU = 60000  # stands in for NIC segmentation offload; per-packet cost at 1500 skews latency
 CPU_PERIOD_US = 10_000  # longer periods make short GEMMs bursty (DESIGN.md)
 MIN_CPU_QUOTA_US = 1_000  # the kernel's minimum
+# htb's bucket: bytes a link may send at once after being idle. Kept tiny so a message after
+# a pause is not faster than the rate (2 x MTU let a 100 kB tensor cross 100 Mbit/s in ~0 ms);
+# packets larger than it still pass, as htb runs into debt. docs/EMULATION.md, calibration.
+BURST_S, MIN_BURST_BYTES = 50e-6, 1600
 MASTER_PORT = 29500  # free by construction: rank 0's namespace is new
 RANK_IFNAME = "gxnet"
 BRIDGE = "br0"
@@ -86,10 +90,8 @@ def detect_cpu_cgroups() -> CpuCgroups:
     mounts = Path("/proc/self/mounts").read_text().splitlines()
     for line in mounts:
         _, where, kind, options, *_ = line.split()
-        if kind == "cgroup" and "cpu" in options.split(","):
-            root = Path(where)
-            if os.access(root / "cpu.cfs_quota_us", os.W_OK) or os.access(root, os.W_OK):
-                return CpuCgroups(1, root)
+        if kind == "cgroup" and {"cpu", "rw"} <= set(options.split(",")):
+            return CpuCgroups(1, Path(where))
     for line in mounts:
         _, where, kind, *_ = line.split()
         if kind == "cgroup2":
@@ -128,7 +130,7 @@ class EmulatedCluster:
         self._created_namespaces: list[str] = []
         self._created_cgroups: list[Path] = []
         self._previous_handlers: dict[int, object] = {}
-        self._closing = False
+        self._started = self._closing = False
 
     @classmethod
     def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str]) -> "EmulatedCluster":
@@ -141,6 +143,7 @@ class EmulatedCluster:
                              f"runs on (it has {sorted(by_name)})")
         default = cluster["default_link"]
         pairs = {frozenset(o["between"]): {**default, **o} for o in cluster.get("link_overrides", [])}
+
         def link(a: str, b: str, key: str) -> float | None:
             return None if a == b else pairs.get(frozenset((a, b)), default)[key]
         bandwidth = [[link(a, b, "bandwidth_bytes_per_s") for b in devices] for a in devices]
@@ -170,6 +173,8 @@ class EmulatedCluster:
 
     def wrap_command(self, rank: int, argv: Sequence[str]) -> list[str]:
         """argv run inside rank's cgroup (joined first) and then its network namespace."""
+        if not self._started:
+            raise UsageError("EmulatedCluster.wrap_command before start() (use it in a `with`)")
         inside = ["ip", "netns", "exec", self.namespace(rank), *argv]
         if self.cpu_shares[rank] is None:
             return inside
@@ -191,6 +196,9 @@ class EmulatedCluster:
         self.close()
 
     def start(self) -> None:
+        if self._started:
+            raise UsageError(f"emulated cluster {self.base} was already started; make a new one")
+        self._started = True
         _check_prerequisites()
         if any(share is not None for share in self.cpu_shares):
             self._cgroups = detect_cpu_cgroups()
@@ -260,7 +268,7 @@ class EmulatedCluster:
             if peer == rank or rate is None:
                 continue
             classid = f"1:{peer + 1:x}"
-            burst = max(2 * MTU, round(rate * 0.002))  # >= 2 packets, else ~2 ms of the rate
+            burst = max(MIN_BURST_BYTES, round(rate * BURST_S))
             _run([*tc, "class", "add", "dev", RANK_IFNAME, "parent", "1:", "classid", classid,
                   "htb", "rate", f"{round(rate * 8)}bit", "burst", str(burst), "cburst",
                   str(burst), "quantum", str(MTU + 100)])
@@ -278,20 +286,19 @@ class EmulatedCluster:
         if self._cgroups is None:
             return
         parent = self._cgroups.root / self.base
-        parent.mkdir()
-        self._created_cgroups.append(parent)
-        if self._cgroups.version == 2:
-            (parent / "cgroup.subtree_control").write_text("+cpu")
-        for rank, share in enumerate(self.cpu_shares):
-            if share is None:
-                continue
-            directory = self._cgroup_dir(rank)
-            directory.mkdir()
-            self._created_cgroups.insert(0, directory)  # children are removed first
-            try:
-                self._cgroups.limit(directory, share)
-            except OSError as exc:
-                raise EmulationUnavailable(f"cannot set the CPU quota in {directory}: {exc}") from exc
+        try:
+            parent.mkdir()
+            self._created_cgroups.append(parent)
+            if self._cgroups.version == 2:
+                (parent / "cgroup.subtree_control").write_text("+cpu")
+            for rank, share in enumerate(self.cpu_shares):
+                if share is not None:
+                    self._cgroup_dir(rank).mkdir()
+                    self._created_cgroups.insert(0, self._cgroup_dir(rank))  # children first
+                    self._cgroups.limit(self._cgroup_dir(rank), share)
+        except OSError as exc:
+            raise EmulationUnavailable(f"cannot set CPU quotas in cgroup v{self._cgroups.version} "
+                                       f"under {parent}: {exc}") from exc
         total = sum(share for share in self.cpu_shares if share is not None)
         if total > (os.cpu_count() or 1) + 1e-9:
             log.warning("emulator: cpu shares add up to %.2f cores but this machine has %d; "
