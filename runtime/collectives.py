@@ -20,6 +20,7 @@ import json
 from typing import Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 
 from .p2p import Transfer, irecv, isend, recv, send
 from .ring import Ring
@@ -229,3 +230,15 @@ def reduce_scatter_naive(x_partial: torch.Tensor, tokens_per_rank: Sequence[int]
     for piece in contributions[1:]:
         total += piece
     return total
+
+
+def all_reduce(x: torch.Tensor, ring: Ring) -> torch.Tensor:
+    """Sum `x` over the ring's ranks with gloo's own all-reduce (Megatron-style plans, whose
+    connective blocks are replicated). The ring must span every rank: gloo's default group."""
+    out = x.contiguous().clone()
+    if ring.size == 1:
+        return out
+    if ring.size != dist.get_world_size():
+        raise ValueError("all_reduce needs a ring of every rank (a one-stage plan)")
+    work = dist.all_reduce(out, async_op=True)
+    return Transfer(work, out, ring.next_rank, "all-reduce with", "all_reduce", ring).wait()

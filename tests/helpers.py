@@ -28,7 +28,7 @@ def captured_tiny(kind: str, seq_len: int | None = None):
 
 
 def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_weights, tiles: int = 1,
-                wire_dtype: str = "float32") -> Plan:
+                wire_dtype: str = "float32", sequence_parallel: bool = True) -> Plan:
     """A hand-written plan: shares proportional to the given per-rank weights (0 allowed)."""
     n = len(tokens_weights)
     group = summary.heads // summary.kv_heads
@@ -37,7 +37,8 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
         ranks=tuple(range(n)), first_layer=0, end_layer=summary.n_layers,
         heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
         columns_per_rank=tuple(split_sizes(summary.intermediate, columns_weights)),
-        tokens_per_rank=tuple(split_sizes(summary.seq_len, tokens_weights)), tiles=tiles)
+        tokens_per_rank=tuple(split_sizes(summary.seq_len, tokens_weights)), tiles=tiles,
+        sequence_parallel=sequence_parallel)
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(n)),
                 stages=(stage,), solver="manual", wire_dtype=wire_dtype)
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,

@@ -48,6 +48,7 @@ def render_rank(program: RankProgram) -> str:
         after_attention_outputs=program.after_attention_outputs,
         mlp_input=program.mlp_input,
         st=program.stage,
+        tokens_phrase="this rank's tokens" if program.sequence_parallel else "every token",
         loop_layers=_loop_layers(program),
     )
     source = re.sub(r"\n{4,}", "\n\n\n", source)  # macros end in a newline of their own

@@ -34,6 +34,10 @@ class StageSplit:
     columns_per_rank: tuple[int, ...]  # MLP intermediate columns
     tokens_per_rank: tuple[int, ...]  # sequence positions in connective blocks
     tiles: int = 1  # sequence tiles per AllGather/ReduceScatter for overlap; 1 = none
+    # False: Megatron-style tensor parallelism, the baseline Galaxy improves on: every rank
+    # holds every token, connective blocks run replicated, tensor-parallel blocks end in an
+    # all-reduce (tokens_per_rank is then unused).
+    sequence_parallel: bool = True
 
     @property
     def layers(self) -> range:
@@ -151,6 +155,9 @@ def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_
                                     f"query heads (GQA groups of {group}), not {h}")
         if s.tiles < 1:
             raise PlanFileError(f"stage {i}: tiles must be >= 1")
+        if not s.sequence_parallel and (len(plan.stages) > 1 or s.tiles > 1):
+            raise PlanFileError(f"stage {i}: replicated connective blocks (sequence_parallel false) "
+                                "need a one-stage plan without tiles")
         covered.extend(s.layers)
     if covered != list(range(n_layers)):
         raise PlanFileError(f"stages cover layers {covered[:3]}..., expected 0..{n_layers - 1} in order")

@@ -91,6 +91,7 @@ class RankProgram:
     kv_heads_per_rank: tuple[int, ...]
     columns_per_rank: tuple[int, ...]
     tiles: int
+    sequence_parallel: bool  # False: Megatron-style, replicated connective + all-reduce
     wire_dtype: str
     attention: AttentionCode
     mlp: MLPCode

@@ -191,7 +191,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
         tokens_per_rank=stage.tokens_per_rank, heads_per_rank=stage.heads_per_rank,
         kv_heads_per_rank=stage.kv_heads_per_rank, columns_per_rank=stage.columns_per_rank,
-        tiles=stage.tiles, wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
+        tiles=stage.tiles, sequence_parallel=stage.sequence_parallel, wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
         transforms=tuple(fns[k] for k in ("q_transform", "k_transform", "v_transform") if k in fns),
         prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
         epilogue=epilogue, layer_entries=namer.entries,

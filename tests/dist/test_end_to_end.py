@@ -97,3 +97,11 @@ def test_pipeline_stages(tmp_path, tiny_models, kind, shape):
     from helpers import pipeline_plan
     summary = tiny_models[kind][2]
     _run(tmp_path, tiny_models[kind], pipeline_plan(summary, PIPELINES[shape]))
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_megatron_style_baseline(tmp_path, tiny_models, kind):
+    """The baseline: replicated connective blocks, all-reduce after tensor-parallel blocks."""
+    summary = tiny_models[kind][2]
+    plan = manual_plan(summary, [1, 1, 1], [1, 1, 1], [1, 1, 1], sequence_parallel=False)
+    _run(tmp_path, tiny_models[kind], plan)
