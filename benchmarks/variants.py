@@ -1,0 +1,51 @@
+"""The plans a benchmark compares, side by side, for one model on one cluster.
+
+Every variant is a Plan, so they all go through the same lowering, codegen and runtime; only
+the split, the overlap and the connective strategy differ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from galaxy.compiler.cost.table import build_cost_table
+from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.ir.summary import ModelSummary
+from galaxy.compiler.planner import make_plan, plan_from_table
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    what: str
+    make: Callable[[ModelSummary, Cluster], Plan]
+
+
+def _megatron(summary: ModelSummary, cluster: Cluster) -> Plan:
+    plan = plan_from_table(build_cost_table(summary, cluster), solver="even")
+    stages = tuple(replace(s, sequence_parallel=False, tiles=1) for s in plan.stages)
+    return replace(plan, stages=stages, solver="megatron")
+
+
+def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
+    return replace(make_plan(summary, cluster, wire_dtype_bytes=2), wire_dtype="float16")
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("local", "fastest device alone", lambda s, c: make_plan(s, c, solver="single")),
+    Variant("megatron", "even TP, all-reduce, replicated connective, no overlap", _megatron),
+    Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)",
+            lambda s, c: make_plan(s, c, solver="pipeline-dp")),
+    Variant("galaxy-no-overlap", "Galaxy ILP plan, plain collectives",
+            lambda s, c: make_plan(s, c, tile_choices=(1,))),
+    Variant("galaxy", "Galaxy ILP plan with tile-based overlap", lambda s, c: make_plan(s, c)),
+    Variant("galaxy-fp16", "Galaxy with fp16 activations on the wire (max error stated)", _galaxy_fp16),
+)}
+
+
+def with_bandwidth(cluster: Cluster, bits_per_s: float) -> Cluster:
+    """The same devices with every link set to `bits_per_s`."""
+    link = replace(cluster.default_link, bandwidth_bytes_per_s=bits_per_s / 8)
+    return replace(cluster, name=f"{cluster.name}@{bits_per_s / 1e6:g}Mbit", default_link=link,
+                   link_overrides=())
