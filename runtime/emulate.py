@@ -49,7 +49,7 @@ MTU = 60000  # stands in for NIC segmentation offload; per-packet cost at 1500 s
 CPU_PERIOD_US = 10_000  # longer periods make short GEMMs bursty (DESIGN.md)
 MIN_CPU_QUOTA_US = 1_000  # the kernel's minimum
 # htb's bucket: bytes a link may send at once after being idle. Kept tiny so a message after
-# a pause is not faster than the rate (2 x MTU let a 100 kB tensor cross 100 Mbit/s in ~0 ms);
+# a pause is not faster than the rate (2 x MTU let 120 kB cross 100 Mbit/s in ~0.05 ms);
 # packets larger than it still pass, as htb runs into debt. docs/EMULATION.md, calibration.
 BURST_S, MIN_BURST_BYTES = 50e-6, 1600
 MASTER_PORT = 29500  # free by construction: rank 0's namespace is new

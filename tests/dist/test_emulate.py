@@ -70,13 +70,19 @@ needs_emulation = pytest.mark.skipif(_NO_EMULATION is not None,
                                      reason=f"cannot emulate here: {_NO_EMULATION}")
 
 
-def _state() -> dict:
-    """What the emulator may create: namespaces, host links, gx* cgroups."""
+def _state(*pids: int) -> dict:
+    """What the emulator may create: namespaces, host links, gx* cgroups. Names of another
+    live process's run (someone else emulating meanwhile) are left out; `pids` are ours."""
+    def ours(name: str) -> bool:
+        match = emulate._NAME.match(name)
+        return not match or int(match["pid"]) in (os.getpid(), *pids) or emulate._is_stale(name)
+
     cgroups = emulate.detect_cpu_cgroups().root
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return {"netns": sorted(emulate._list_namespaces()),
+    return {"netns": sorted(filter(ours, emulate._list_namespaces())),
             "links": sorted(line.split(":")[1].strip() for line in links.splitlines()),
-            "cgroups": sorted(p.name for p in cgroups.iterdir() if p.name.startswith("gx"))}
+            "cgroups": sorted(filter(ours, (p.name for p in cgroups.iterdir()
+                                             if p.name.startswith("gx"))))}
 
 
 def _in_rank(emu: EmulatedCluster, rank: int, code: str, *args: str, **popen) -> subprocess.Popen:
@@ -160,7 +166,7 @@ def test_a_killed_run_is_cleaned_up(how):
             time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
     base = holder.stdout.readline().strip()
-    assert base and any(ns.startswith(base) for ns in _state()["netns"])
+    assert base and any(ns.startswith(base) for ns in _state(holder.pid)["netns"])
     holder.send_signal(getattr(signal, how))
     assert holder.wait(timeout=20) == (143 if how == "SIGTERM" else -signal.SIGKILL)
     if how == "SIGKILL":
