@@ -98,10 +98,11 @@ def _run(rank: int, forward: Forward, args: argparse.Namespace) -> int:
     log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
     ctx = RankContext(rank, world_size, devices, args.timeout,
                       tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir)
-    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
     inputs = None
-    if rank == 0:
+    if rank == 0:  # before joining, so a wrong input fails fast and alone
         inputs = bundle.load_tensors(args.input or bundle_dir / bundle.EXAMPLE_INPUTS)
+        check_inputs(inputs, bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS))
+    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
     inputs = broadcast_tensors(inputs, ctx.world())
     latencies, outputs = _timed_runs(forward, inputs, weights, ctx, args.warmup, args.repeat)
     if rank == 0:
@@ -109,6 +110,19 @@ def _run(rank: int, forward: Forward, args: argparse.Namespace) -> int:
     barrier(ctx.world(), "the final barrier")
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
+
+
+def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor]) -> None:
+    """The generated code is specialised to the example inputs' names, shapes and dtypes."""
+    if set(inputs) != set(example):
+        raise UsageError(f"the input file has tensors {sorted(inputs)}; this bundle takes {sorted(example)}")
+    for name, tensor in example.items():
+        got = inputs[name]
+        if got.shape != tensor.shape or got.dtype != tensor.dtype:
+            raise UsageError(
+                f"input {name!r} is {list(got.shape)} {got.dtype}; this bundle was compiled for "
+                f"{list(tensor.shape)} {tensor.dtype}: compile a bundle for this shape "
+                f"(galaxy-compile --seq-len {got.shape[-1] if got.dim() else 1}) or pad the input")
 
 
 def _timed_runs(forward, inputs, weights, ctx, warmup: int, repeat: int):
