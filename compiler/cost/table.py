@@ -5,6 +5,10 @@ device (aligned with `devices`). Links are dense matrices `alpha_s[i][j]` (per-m
 and `beta_s_per_byte[i][j]` (1 / bandwidth), zero on the diagonal. Bytes are per layer held
 (weights) or one layer at a time (activations); see `cost/memory.py` for the formulas and
 `cost/flops.py` for the FLOP counts behind the times.
+
+A device from a galaxy-profile with `attention_flops_per_s` > 0 has its attention scores (the
+SDPA: 4 B S^2 d g FLOPs per group, softmax included in the measured time) charged at that rate
+instead of `flops_per_s` plus the weighted softmax; the projections stay at `flops_per_s`.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from galaxy.compiler.cost.flops import layer_flops
 from galaxy.compiler.cost.memory import layer_bytes
-from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.cluster import Cluster, Device
 from galaxy.compiler.ir.summary import ModelSummary
 
 MAX_COLUMN_UNIT = 64  # columns per ILP variable unit, at most
@@ -118,6 +122,15 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
     def per_device(flops: float) -> tuple[float, ...]:
         return tuple(flops / d.flops_per_s for d in devs)
 
+    sdpa_flops_per_group = 4.0 * summary.batch * summary.seq_len ** 2 * summary.head_dim \
+        * summary.heads_per_kv_group
+
+    def attention_s(d: Device) -> float:
+        if d.attention_flops_per_s <= 0:
+            return fl.attention_per_group / d.flops_per_s
+        projections = fl.attention_in_per_group + fl.attention_out_per_group
+        return projections / d.flops_per_s + sdpa_flops_per_group / d.attention_flops_per_s
+
     links = [[cluster.link(a.name, b.name) if a.name != b.name else None for b in devs] for a in devs]
     return CostTable(
         model=summary.name, cluster=cluster.name, devices=cluster.names,
@@ -126,7 +139,7 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
         token_wire_bytes=summary.batch * summary.hidden * wire_dtype_bytes,
         wire_dtype=WIRE_DTYPES.get(wire_dtype_bytes, f"{wire_dtype_bytes}-byte"),
         flops_per_s=tuple(d.flops_per_s for d in devs),
-        attention_s_per_group=per_device(fl.attention_per_group),
+        attention_s_per_group=tuple(attention_s(d) for d in devs),
         attention_in_s_per_group=per_device(fl.attention_in_per_group),
         attention_out_s_per_group=per_device(fl.attention_out_per_group),
         mlp_s_per_column=per_device(fl.mlp_per_column),

@@ -22,6 +22,9 @@ class Device:
     cpu_share: float = 1.0  # fraction of one core the emulator gives this device
     comm_cpu_s_per_byte: float = DEFAULT_COMM_CPU_S_PER_BYTE
     profile: str = ""  # path of a galaxy-profile JSON, if the rates came from one
+    # SDPA rate (its two matrix products per second, softmax in the time) from a profile;
+    # 0.0: attention scores are charged at flops_per_s like every GEMM (cost/table.py)
+    attention_flops_per_s: float = 0.0
 
 
 @dataclass(frozen=True)

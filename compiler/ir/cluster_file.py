@@ -12,8 +12,10 @@ Format (version 1; `clusters/README.md` has the same with examples):
                                        #   units B, KB, MB, GB, TB (powers of 1000), KiB, MiB, GiB, TiB
     gflops = 60.0                      # sustained fp32 GEMM GFLOP/s ...
     # profile = "laptop.json"          # ... or a galaxy-profile JSON, relative to this file:
-                                       #   {"format_version": 1, "flops_per_s": ..., "comm_cpu_s_per_byte": ...}
-                                       #   exactly one of gflops / profile
+                                       #   {"format_version": 1, "flops_per_s": ..., "comm_cpu_s_per_byte": ...,
+                                       #    "attention_flops_per_s": ..., ...}; PROFILE_KEYS lists every key
+                                       #   galaxy-profile writes (docs/PROFILING.md); exactly one of
+                                       #   gflops / profile
     cpu_share = 1.0                    # optional, > 0: fraction of one core the emulator gives it (1.0)
     host = "192.168.1.20"              # optional, informational
     comm_cpu_ns_per_byte = 5           # optional, >= 0: CPU time per byte moved; overrides the
@@ -58,7 +60,11 @@ TOP_KEYS = {"format_version", "name", "description", "devices", "links"}
 DEVICE_KEYS = {"name", "memory", "gflops", "profile", "cpu_share", "host", "comm_cpu_ns_per_byte"}
 LINK_KEYS = {"bandwidth", "latency", "override"}
 OVERRIDE_KEYS = {"between", "bandwidth", "latency"}
-PROFILE_KEYS = {"format_version", "flops_per_s", "comm_cpu_s_per_byte"}
+# Every key galaxy-profile writes (compiler/profile/report.py); the reader uses the rates, the
+# rest (gemm_flops_per_s, elementwise_bytes_per_s, device, ...) is informational.
+PROFILE_KEYS = {"format_version", "flops_per_s", "comm_cpu_s_per_byte", "attention_flops_per_s",
+                "gemm_flops_per_s", "elementwise_bytes_per_s", "device", "torch", "threads", "measured_at",
+                "shapes", "method"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUANTITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]+)\s*$")
@@ -134,11 +140,12 @@ class _Reader:
                                          "profile (a galaxy-profile JSON)")
         comm = DEFAULT_COMM_CPU_S_PER_BYTE
         profile = ""
+        attention_flops = 0.0
         if "gflops" in raw:
             flops = self.number(raw["gflops"], f"{where}.gflops", positive=True) * 1e9
         else:
             profile = self.string(raw["profile"], f"{where}.profile")
-            flops, comm = self.profile(profile, f"{where}.profile")
+            flops, comm, attention_flops = self.profile(profile, f"{where}.profile")
         if "comm_cpu_ns_per_byte" in raw:
             comm = self.number(raw["comm_cpu_ns_per_byte"], f"{where}.comm_cpu_ns_per_byte") * 1e-9
         return Device(
@@ -149,9 +156,11 @@ class _Reader:
             cpu_share=self.number(raw.get("cpu_share", 1.0), f"{where}.cpu_share", positive=True),
             comm_cpu_s_per_byte=comm,
             profile=profile,
+            attention_flops_per_s=attention_flops,
         )
 
-    def profile(self, relative: str, where: str) -> tuple[float, float]:
+    def profile(self, relative: str, where: str) -> tuple[float, float, float]:
+        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0) of a profile file."""
         file = self.path.parent / relative
         try:
             data = json.loads(file.read_text())
@@ -173,7 +182,11 @@ class _Reader:
         flops = self.number(data["flops_per_s"], where, positive=True, context=f"{file.name}: flops_per_s ")
         comm = self.number(data.get("comm_cpu_s_per_byte", DEFAULT_COMM_CPU_S_PER_BYTE), where,
                            context=f"{file.name}: comm_cpu_s_per_byte ")
-        return flops, comm
+        attention = 0.0
+        if "attention_flops_per_s" in data:
+            attention = self.number(data["attention_flops_per_s"], where, positive=True,
+                                    context=f"{file.name}: attention_flops_per_s ")
+        return flops, comm, attention
 
     def links(self, raw: Any, names: set[str]) -> tuple[Link, tuple[tuple[str, str, Link], ...]]:
         if not isinstance(raw, dict):
