@@ -150,6 +150,30 @@ def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: R
     return out
 
 
+def scatter_tokens(x_full: torch.Tensor | None, tokens_per_rank: Sequence[int], ring: Ring,
+                   shape: Sequence[int], src: int = 0, dim: int = 1,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Each rank's own tokens of the tensor that ring position `src` holds whole (direct sends).
+
+    The inverse of gather_tokens. `shape` is the whole tensor's shape: the other ranks need it
+    to receive, since only `src` has `x_full`."""
+    sizes = check_split(tokens_per_rank, ring)
+    starts = offsets(sizes)
+    me, root = ring.index, ring.rank_at(src)
+    if me == src:
+        sends = [isend(x_full.narrow(dim, starts[dst], sizes[dst]).contiguous(), ring.rank_at(dst), ring, 0,
+                       "scatter_tokens") for dst in range(ring.size) if dst != me and sizes[dst]]
+        for transfer in sends:
+            transfer.wait()
+        return x_full.narrow(dim, starts[me], sizes[me]).clone()
+    local_shape = list(shape)
+    local_shape[dim] = sizes[me]
+    out = torch.empty(local_shape, dtype=dtype)
+    if sizes[me]:
+        recv(out, root, ring, f"scatter_tokens from {ring.describe(root)}")
+    return out
+
+
 def broadcast_tensors(tensors: Mapping[str, torch.Tensor] | None, ring: Ring,
                       src: int = 0) -> dict[str, torch.Tensor]:
     """Named tensors of ring position `src` on every rank (direct sends from it).

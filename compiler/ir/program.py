@@ -62,6 +62,7 @@ class StagePosition:
     previous_leader: int | None  # rank that sends this stage its hidden states
     next_ranks: tuple[int, ...]  # ranks of the next stage (empty for the last stage)
     last_leader: int  # leader of the last stage: it sends the head's inputs to rank 0
+    input_source: int  # ring position of rank 0 in the first stage: it scatters the embeddings
 
     @property
     def is_first(self) -> bool:

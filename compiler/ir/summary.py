@@ -23,9 +23,9 @@ class ModelSummary:
     attention_bias: bool
     mlp_bias: bool
     dtype_bytes: int  # bytes per weight/activation element (4 for fp32)
-    prologue_param_bytes: int  # embeddings etc.: replicated on every rank
+    prologue_param_bytes: int  # what masks and rotary tables take: on every rank
     prologue_flops: float  # run on every rank over the whole sequence
-    epilogue_param_bytes: int  # final norm, pooler, LM head: on rank 0 only
+    epilogue_param_bytes: int  # rank 0 only: the embeddings it scatters, final norm, head
     epilogue_flops: float
     connective_param_bytes_per_layer: int  # norms and output biases: replicated
 

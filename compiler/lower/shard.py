@@ -17,6 +17,7 @@ from galaxy.compiler.lower.regions import (LayerNamer, check_layers_match, regio
                                            relative_weight_name, same_shape_names)
 from galaxy.compiler.lower.weights import attention_weights, mlp_weights, owned
 from galaxy.compiler.codegen.emit import emit_nodes
+from galaxy.compiler.passes.prologue import epilogue_statics, layer_inputs, layer_statics, needed_nodes
 from galaxy.runtime.splits import offsets
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,6 @@ class _LayerCode:
             return f'static["{name}"]'
         raise UntraceableModelError("a layer reads a value that is neither a weight nor a prologue "
                                     "output", str(self.nodes[name].target), name)
-
-    def layer_statics(self) -> list[str]:
-        """Prologue values the layers read whole (masks, rotary tables)."""
-        att, mlp = self.first.attention, self.first.mlp
-        wanted = [att.mask, *att.q_transform.inputs[1:], *att.k_transform.inputs[1:],
-                  *att.v_transform.inputs[1:], *mlp.activation.inputs]
-        return [n for n in wanted if n and n in self.graph.prologue.outputs]
 
     def functions(self, layer: Layer) -> list[FunctionCode]:
         """The layer's verbatim functions, written with layer 0's variable names."""
@@ -145,18 +139,18 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         end_layer=stage.end_layer,
         previous_leader=plan.stages[stage_index - 1].ranks[0] if stage_index else None,
         next_ranks=plan.stages[stage_index + 1].ranks if stage_index + 1 < len(plan.stages) else (),
-        last_leader=plan.stages[-1].ranks[0])
+        last_leader=plan.stages[-1].ranks[0], input_source=plan.stages[0].ranks.index(0))
 
     weights: dict[str, torch.Tensor] = {}
     for layer in graph.layers[stage.first_layer:stage.end_layer]:
         weights.update(_layer_weights(layer, captured, heads, kv_heads, columns))
 
     fns = {f.name: f for f in code.functions(code.first)}
-    needed = set(code.layer_statics())
-    if position.is_first:
-        needed |= set(code.namer.entries)
+    needed = set(layer_statics(graph))
+    if rank == 0 or not stage.sequence_parallel:  # rank 0 scatters the embeddings to its stage
+        needed |= set(layer_inputs(graph))
     if rank == 0:
-        needed |= {n for n in graph.epilogue.inputs if n in graph.prologue.outputs}
+        needed |= set(epilogue_statics(graph))
     prologue, prologue_weights = _prologue(graph, captured, code.nodes, needed)
     weights.update(prologue_weights)
     epilogue = None
@@ -233,14 +227,7 @@ def _range(sizes: tuple[int, ...], index: int) -> range:
 def _prologue(graph: TransformerGraph, captured: CapturedModel, nodes: dict[str, fx.Node],
               needed: set[str]) -> tuple[FunctionCode, dict[str, torch.Tensor]]:
     """The prologue values this rank reads (dead code removed), and the weights they need."""
-    members = set(graph.prologue.nodes)
-    keep, stack = set(), [n for n in needed if n in members]
-    while stack:
-        name = stack.pop()
-        if name not in keep:
-            keep.add(name)
-            stack.extend(a.name for a in nodes[name].all_input_nodes if a.name in members)
-    region_nodes = [n for n in graph.prologue.nodes if n in keep]
+    region_nodes = needed_nodes(graph, nodes, needed)
     outputs = [n for n in graph.prologue.outputs if n in needed]
     names = {n: f'inputs["{n}"]' for n in graph.input_names}
     weights = {}
@@ -251,9 +238,10 @@ def _prologue(graph: TransformerGraph, captured: CapturedModel, nodes: dict[str,
             weights[captured.fqns[name]] = captured.tensors[name]
     body = emit_nodes([nodes[n] for n in region_nodes], names)
     result = "{" + ", ".join(f'"{n}": {names[n]}' for n in outputs) + "}"
-    fn = FunctionCode("prologue", ("inputs", "weights"), tuple(body), (result,),
-                      "Embeddings, masks and position tables: every rank computes them for the "
-                      "whole sequence (cheap, and it saves a broadcast).", tuple(region_nodes))
+    entries = set(layer_inputs(graph)) & needed
+    doc = ("Masks and position tables for the whole sequence (every rank computes its own)"
+           + (", and the embeddings of every token." if entries else "."))
+    fn = FunctionCode("prologue", ("inputs", "weights"), tuple(body), (result,), doc, tuple(region_nodes))
     return fn, weights
 
 

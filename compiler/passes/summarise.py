@@ -8,6 +8,8 @@ from galaxy.compiler.capture.trace import CapturedModel
 from galaxy.compiler.ir.graph import Region, TransformerGraph
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.passes.patterns import aten, shape
+from galaxy.compiler.passes.prologue import (epilogue_statics, layer_inputs, layer_statics, needed_nodes,
+                                             weights_of)
 
 
 def _param_bytes(names, captured: CapturedModel) -> int:
@@ -37,6 +39,11 @@ def summarise(graph: TransformerGraph, captured: CapturedModel) -> ModelSummary:
     first = graph.layers[0]
     att, mlp = first.attention, first.mlp
     dtype_bytes = captured.tensors[att.q.weight].element_size()
+    weights = set(captured.fqns)
+    every_rank = weights_of(needed_nodes(graph, nodes, set(layer_statics(graph))), nodes, weights)
+    rank_0_outputs = set(layer_inputs(graph)) | set(epilogue_statics(graph))
+    rank_0 = (weights_of(needed_nodes(graph, nodes, rank_0_outputs), nodes, weights)
+              | {n for n in graph.epilogue.inputs if n in weights}) - every_rank
     connective = [*first.after_attention.inputs, *(first.after_mlp.inputs if first.after_mlp else ()),
                   att.out.bias, mlp.down.bias]
     return ModelSummary(
@@ -45,9 +52,9 @@ def summarise(graph: TransformerGraph, captured: CapturedModel) -> ModelSummary:
         intermediate=mlp.intermediate, gated_mlp=len(mlp.projections) > 1,
         attention_bias=any(p.bias for p in (att.q, att.k, att.v)),
         mlp_bias=any(p.bias for p in mlp.projections), dtype_bytes=dtype_bytes,
-        prologue_param_bytes=_param_bytes(graph.prologue.inputs, captured),
+        prologue_param_bytes=_param_bytes(every_rank, captured),
         prologue_flops=_linear_flops(graph.prologue, nodes),
-        epilogue_param_bytes=_param_bytes(graph.epilogue.inputs, captured),
+        epilogue_param_bytes=_param_bytes(rank_0, captured),
         epilogue_flops=_linear_flops(graph.epilogue, nodes),
         connective_param_bytes_per_layer=_param_bytes([c for c in connective if c], captured),
     )

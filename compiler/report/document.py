@@ -1,0 +1,86 @@
+"""Plan documents: a plan together with the model summary and cluster it was made for.
+
+    {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster}
+
+is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. A bare
+Plan JSON (hand-written, or saved before plans carried their model) is read too; it has no
+summary or cluster, so its memory per device and its re-predicted times are unknown.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from galaxy.compiler.cost.table import WIRE_DTYPES, CostTable, build_cost_table
+from galaxy.compiler.errors import PlanFileError
+from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.ir.summary import ModelSummary
+
+DOCUMENT_VERSION = 1
+WIRE_DTYPE_BYTES = {name: n for n, name in WIRE_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class PlanDocument:
+    plan: Plan
+    summary: ModelSummary | None = None
+    cluster: Cluster | None = None
+    path: str = ""  # where it was read from ("" if built in memory)
+
+    @property
+    def label(self) -> str:
+        return self.path or f"{self.plan.model} on {self.plan.cluster}"
+
+    def to_json(self) -> dict:
+        if self.summary is None or self.cluster is None:
+            raise ValueError("a plan document needs the model summary and the cluster")
+        return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(),
+                "model": self.summary.to_json(), "cluster": self.cluster.to_json()}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps())
+
+    def cost_table(self) -> CostTable | None:
+        """The cost table the plan was made from, or None for a bare plan."""
+        if self.summary is None or self.cluster is None:
+            return None
+        return build_cost_table(self.summary, self.cluster, WIRE_DTYPE_BYTES.get(self.plan.wire_dtype, 4))
+
+
+def document_from_json(data: dict, path: str = "") -> PlanDocument:
+    """A plan document, or a bare plan (it has "stages" at the top level)."""
+    if "stages" in data:
+        return PlanDocument(_plan(data, path), path=path)
+    if "plan" not in data:
+        raise PlanFileError(f"{path or 'plan document'}: neither a plan nor a plan document (no 'plan' key)")
+    try:
+        summary = ModelSummary.from_json(data["model"]) if data.get("model") else None
+        cluster = Cluster.from_json(data["cluster"]) if data.get("cluster") else None
+    except (KeyError, TypeError) as exc:
+        raise PlanFileError(f"{path or 'plan document'}: malformed model or cluster: {exc}") from exc
+    return PlanDocument(_plan(data["plan"], path), summary, cluster, path)
+
+
+def _plan(data: dict, path: str) -> Plan:
+    try:
+        return Plan.from_json(data)
+    except PlanFileError as exc:
+        raise PlanFileError(f"{path}: {exc}" if path else str(exc)) from exc
+
+
+def read_plan_document(path: str | Path) -> PlanDocument:
+    """Read a plan file, a plan document, or a bundle directory (its plan.json)."""
+    path = Path(path)
+    file = path / "plan.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlanFileError(f"cannot read plan {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PlanFileError(f"{file}: expected a JSON object")
+    return document_from_json(data, str(path))

@@ -1,0 +1,93 @@
+"""`galaxy-plan show`: a plan as text. Shares per device, memory against each device's limit,
+predicted time per block, and the planner's notes (why each device is in or out)."""
+from __future__ import annotations
+
+from galaxy.compiler.cost.latency import block_s
+from galaxy.compiler.cost.memory import plan_memory_bytes
+from galaxy.compiler.ir.plan import BlockTime, Plan
+from galaxy.compiler.report.document import PlanDocument
+from galaxy.compiler.report.text import gib, ms, ms_decimals, table
+
+
+def show_plan(doc: PlanDocument) -> str:
+    plan = doc.plan
+    lines = [f"plan for {plan.model} on {plan.cluster}: {plan.solver}, {plan.objective} objective, "
+             f"wire {plan.wire_dtype}, {len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''}, "
+             f"{plan.world_size} of {len(doc.cluster.devices) if doc.cluster else '?'} devices",
+             f"predicted latency {ms(plan.predicted_latency_s, ms_decimals(plan.predicted_latency_s))} ms "
+             "per forward", ""]
+    lines += share_lines(doc)
+    lines += [""] + block_lines(plan)
+    if plan.notes:
+        lines += ["", "why (planner notes):", *(f"  {n}" for n in plan.notes)]
+    return "\n".join(lines)
+
+
+def share_lines(doc: PlanDocument) -> list[str]:
+    plan, table_ = doc.plan, doc.cost_table()
+    memory = plan_memory_bytes(plan, table_) if table_ else {}
+    limit = {d.name: d.mem_bytes for d in doc.cluster.devices} if doc.cluster else {}
+    totals = _totals(plan)
+    lines = []
+    for i, stage in enumerate(plan.stages):
+        mode = "sequence-parallel connective blocks" if stage.sequence_parallel else "replicated connective blocks"
+        lines.append(f"stage {i}: layers {stage.first_layer}-{stage.end_layer - 1} ({len(stage.layers)}), "
+                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {mode}")
+        rows = []
+        for j, rank in enumerate(stage.ranks):
+            name = plan.devices[rank]
+            rows.append([str(rank), name, f"{stage.heads_per_rank[j]}/{totals[0]}",
+                         f"{stage.kv_heads_per_rank[j]}/{totals[1]}", f"{stage.columns_per_rank[j]}/{totals[2]}",
+                         f"{stage.tokens_per_rank[j]}/{totals[3]}", *_memory_cells(memory.get(name), limit.get(name))])
+        lines += table(["rank", "device", "heads", "kv heads", "columns", "tokens", "memory", "limit", "used"], rows)
+    out = [d for d in (doc.cluster.devices if doc.cluster else ()) if d.name not in plan.devices]
+    if out:
+        lines.append("not used: " + ", ".join(f"{d.name} ({gib(d.mem_bytes)})" for d in out))
+    if not table_:
+        lines.append("memory: unknown (a bare plan file has no model summary and cluster; "
+                     "galaxy-compile --save-plan and bundles keep them)")
+    return lines
+
+
+def _totals(plan: Plan) -> tuple[int, int, int, int]:
+    s = plan.stages[0]
+    return sum(s.heads_per_rank), sum(s.kv_heads_per_rank), sum(s.columns_per_rank), sum(s.tokens_per_rank)
+
+
+def _memory_cells(used: int | None, limit: int | None) -> list[str]:
+    return [gib(used) if used is not None else "?", gib(limit) if limit is not None else "?",
+            f"{used / limit:.0%}" if used is not None and limit else "?"]
+
+
+def count(plan: Plan, block: BlockTime) -> int:
+    """How many times a block runs per forward."""
+    return len(plan.stages[block.stage].layers) if block.per_layer else 1
+
+
+def block_lines(plan: Plan) -> list[str]:
+    """Predicted time per block: each rank's compute, link time, hidden part, per forward."""
+    if not plan.predicted_blocks:
+        return ["predicted time per block: none (the plan carries no prediction)"]
+    dec = ms_decimals(plan.predicted_latency_s)
+    total = sum(block_s(b) * count(plan, b) for b in plan.predicted_blocks)
+    ranks = list(range(plan.world_size))
+    rows = []
+    for b in plan.predicted_blocks:
+        stage_ranks = _block_ranks(plan, b)
+        per_rank = dict(zip(stage_ranks, b.compute_s_per_rank))
+        forward = block_s(b) * count(plan, b)
+        rows.append([str(b.stage), b.block, f"x{count(plan, b)}",
+                     *(ms(per_rank[r], dec) if r in per_rank else "-" for r in ranks),
+                     ms(max(b.comm_cpu_s_per_rank, default=0.0), dec), ms(b.comm_s, dec), ms(b.hidden_s, dec),
+                     ms(block_s(b), dec), ms(forward, dec), f"{forward / total:.0%}" if total else "-"])
+    rows.append(["", "total", "", *("" for _ in ranks), "", "", "", "", ms(total, dec), "100%"])
+    header = ["stage", "block", "runs", *(f"rank {r}" for r in ranks), "comm cpu", "link", "hidden", "block",
+              "per forward", "share"]
+    return (["predicted time per block in ms (rank columns: compute, including the comm cpu of moving bytes;",
+             "block = slowest rank + link - hidden; per forward = block x runs):"]
+            + table(header, rows))
+
+
+def _block_ranks(plan: Plan, block: BlockTime) -> tuple[int, ...]:
+    """The ranks a block's compute_s_per_rank is aligned with (epilogue: stage 0's ranks)."""
+    return plan.stages[block.stage].ranks
