@@ -80,6 +80,7 @@ def write_timeline_png(plan: Plan, path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     segments, spans = timeline_segments(plan)
     panels = [p for p in _panels(spans) if p[2] > p[1]]
@@ -87,11 +88,14 @@ def write_timeline_png(plan: Plan, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False, figsize=(12, 2.2 + 0.6 * n),
                              gridspec_kw={"width_ratios": [3.5 if name == "layers" else 1 for name, *_ in panels]})
     for ax, (name, lo, hi) in zip(axes[0], panels):
-        for s in segments:
-            _draw(ax, s)
-        _label_spans(ax, [sp for sp in spans if lo <= sp.start_s < hi or sp.start_s == lo], hi - lo)
-        ax.set_xlim(lo * 1e3, hi * 1e3)
-        ax.set_xlabel({"layers": "one layer of each stage (ms)"}.get(name, f"{name} (ms)"), fontsize=9)
+        for s in segments:  # each panel counts from its own start
+            if lo <= s.start_s + s.duration_s and s.start_s <= hi:
+                _draw(ax, s, lo)
+        _label_spans(ax, [sp for sp in spans if lo <= sp.start_s < hi or sp.start_s == lo], lo, hi - lo)
+        ax.set_xlim(0, (hi - lo) * 1e3)
+        if name != "layers":
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+        ax.set_xlabel("one layer of each stage (ms)" if name == "layers" else f"{name} (ms)", fontsize=9)
         ax.grid(axis="x", color="#eeeeee")
         ax.set_axisbelow(True)
         ax.tick_params(axis="x", labelsize=8)
@@ -101,7 +105,7 @@ def write_timeline_png(plan: Plan, path: str | Path) -> Path:
     tiles = "/".join(str(s.tiles) for s in plan.stages)
     fig.suptitle(f"{plan.model} on {plan.cluster} ({plan.solver}, tiles {tiles}): "
                  f"predicted {plan.predicted_latency_s * 1e3:.1f} ms per forward", fontsize=11)
-    fig.legend(handles=_legend(spans), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(handles=_legend(spans, segments), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1 + 0.1 / n, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -119,33 +123,35 @@ def _panels(spans: list[Span]) -> list[tuple[str, float, float]]:
     return out + [(sp.block, sp.start_s, sp.end_s) for sp in ends if sp.block == "epilogue"]
 
 
-def _draw(ax, s: Segment) -> None:
+def _draw(ax, s: Segment, offset_s: float) -> None:
     colour = LINK_COLOUR if s.part in ("link", "hidden") else COLOURS.get(s.block, "#cccccc")
     top, height = (s.rank - 0.38, 0.46) if s.part in ("compute", "comm_cpu") else (s.rank + 0.12, 0.26)
-    ax.broken_barh([(s.start_s * 1e3, s.duration_s * 1e3)], (top, height), facecolors=colour,
+    ax.broken_barh([((s.start_s - offset_s) * 1e3, s.duration_s * 1e3)], (top, height), facecolors=colour,
                    alpha=0.35 if s.part == "hidden" else 1.0, hatch={"comm_cpu": "///", "hidden": "xx"}.get(s.part),
                    edgecolor="white" if s.part == "comm_cpu" else colour, linewidth=0.5)
 
 
-def _legend(spans: list[Span]) -> list:
+def _legend(spans: list[Span], segments: list[Segment]) -> list:
     from matplotlib.patches import Patch
-    present = [blk for blk in COLOURS if any(sp.block == blk and sp.end_s > sp.start_s for sp in spans)]
-    return [*(Patch(facecolor=COLOURS[blk], label=blk) for blk in present),
-            Patch(facecolor="#dddddd", hatch="///", edgecolor="white", label="CPU moving bytes"),
-            Patch(facecolor=LINK_COLOUR, label="link time (exposed)"),
-            Patch(facecolor=LINK_COLOUR, alpha=0.35, hatch="xx", edgecolor=LINK_COLOUR,
-                  label="link time hidden by overlap")]
+    blocks = [blk for blk in COLOURS if any(sp.block == blk and sp.end_s > sp.start_s for sp in spans)]
+    parts = {s.part for s in segments}
+    extra = {"comm_cpu": Patch(facecolor="#dddddd", hatch="///", edgecolor="white", label="CPU moving bytes"),
+             "link": Patch(facecolor=LINK_COLOUR, label="link time (exposed)"),
+             "hidden": Patch(facecolor=LINK_COLOUR, alpha=0.35, hatch="xx", edgecolor=LINK_COLOUR,
+                             label="link time hidden by overlap")}
+    return [*(Patch(facecolor=COLOURS[blk], label=blk) for blk in blocks),
+            *(patch for part, patch in extra.items() if part in parts)]
 
 
-def _label_spans(ax, spans: list[Span], width_s: float) -> None:
+def _label_spans(ax, spans: list[Span], offset_s: float, width_s: float) -> None:
     """Block names above the bars (where there is room) and block borders."""
     short = {"attention": "att", "connective": "con", "prologue": "pro", "epilogue": "epi", "transfer": "xfer"}
     for sp in spans:
         width = sp.end_s - sp.start_s
         if width <= 0:
             continue
-        ax.axvline(sp.end_s * 1e3, color="#bbbbbb", linestyle=":", linewidth=0.8)
+        ax.axvline((sp.end_s - offset_s) * 1e3, color="#bbbbbb", linestyle=":", linewidth=0.8)
         if width / width_s > 0.04:
             name = sp.block if width / width_s > 0.15 else short.get(sp.block, sp.block)
             runs = f" x{sp.runs}" if sp.runs > 1 else ""
-            ax.text((sp.start_s + width / 2) * 1e3, -0.7, f"{name}{runs}", ha="center", va="center", fontsize=8)
+            ax.text((sp.start_s - offset_s + width / 2) * 1e3, -0.7, f"{name}{runs}", ha="center", va="center", fontsize=8)
