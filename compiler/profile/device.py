@@ -103,10 +103,11 @@ class Gemm:
 
 @dataclass(frozen=True)
 class Timing:
-    median_s: float
+    median_s: float  # wall clock per call: what the rate uses
     min_s: float
     max_s: float
     inner: int  # op calls per timed repeat
+    cpu_median_s: float  # process CPU time per call (all threads): shows contention, see busy_ratio
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,19 @@ class DeviceRates:
     def elementwise_bytes_per_s(self) -> float:
         return sum(e.work for e in self.elementwise) / sum(e.timing.median_s for e in self.elementwise)
 
+    @property
+    def busy_ratio(self) -> float | None:
+        """With one thread: the layer GEMMs' wall time over their CPU time. Above BUSY_RATIO other
+        processes took the core part of the time (the wall-clock rates are too low); None with
+        more threads, where CPU time sums the threads."""
+        if self.threads != 1:
+            return None
+        return (sum(g.timing.median_s * g.count for g in self.gemms)
+                / sum(g.timing.cpu_median_s * g.count for g in self.gemms))
+
+
+BUSY_RATIO = 1.1
+
 
 def time_median(fn: Callable[[], object], method: Method) -> Timing:
     """Median seconds per call of `fn` (see the module docstring)."""
@@ -161,13 +175,14 @@ def time_median(fn: Callable[[], object], method: Method) -> Timing:
     fn()
     once = max(time.perf_counter() - start, 1e-9)
     inner = max(1, math.ceil(method.min_repeat_s / once))
-    samples = []
+    samples, cpu = [], []
     for _ in range(method.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(inner):
             fn()
+        cpu.append((time.process_time() - start_cpu) / inner)
         samples.append((time.perf_counter() - start) / inner)
-    return Timing(statistics.median(samples), min(samples), max(samples), inner)
+    return Timing(statistics.median(samples), min(samples), max(samples), inner, statistics.median(cpu))
 
 
 def measure_gemm(gemm: Gemm, method: Method) -> Measured:
@@ -214,7 +229,12 @@ def measure_device(shapes: Shapes, method: Method, threads: int | None = None) -
         elementwise = measure_elementwise(shapes, method)
         log.info("elementwise %8.2f GB/s", sum(e.work for e in elementwise)
                  / sum(e.timing.median_s for e in elementwise) / 1e9)
-    return DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise)
+    rates = DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise)
+    if rates.busy_ratio is not None and rates.busy_ratio > BUSY_RATIO:
+        log.warning("the machine was busy: GEMM wall time was %.2fx its CPU time, so the rates are about "
+                    "%.0f%% low; profile an idle device for figures to plan with", rates.busy_ratio,
+                    100 * (1 - 1 / rates.busy_ratio))
+    return rates
 
 
 def _unique(gemms: tuple[Gemm, ...]) -> list[Gemm]:

@@ -62,7 +62,7 @@ class LinkConfig:
         return LinkConfig(tuple(int(v) for v in t[4:4 + n]), repeats, warmup, small)
 
 
-FULL = LinkConfig(sizes_bytes=(1 * MB, 2 * MB, 4 * MB, 8 * MB), repeats=9, warmup=2, small_repeats=50)
+FULL = LinkConfig(sizes_bytes=(1 * MB, 2 * MB, 4 * MB, 8 * MB), repeats=9, warmup=2, small_repeats=100)
 QUICK = LinkConfig(sizes_bytes=(1 * MB, 2 * MB), repeats=3, warmup=1, small_repeats=10)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from galaxy.compiler.ir.cluster_file import PROFILE_FORMAT_VERSION
-from galaxy.compiler.profile.device import DeviceRates
+from galaxy.compiler.profile.device import BUSY_RATIO, DeviceRates
 from galaxy.compiler.profile.link import LinkResult
 
 MB = 1 << 20
@@ -44,7 +44,7 @@ def device_profile(rates: DeviceRates, comm: LinkResult) -> dict:
         "comm_cpu_s_per_byte": statistics.fmean(comm.comm_cpu_s_per_byte),
         "measured_at": now(),
         "shapes": rates.shapes.to_json(),
-        "method": {**rates.method.to_json(),
+        "method": {**rates.method.to_json(), "gemm_wall_over_cpu_time": rates.busy_ratio,
                    "comm": {"what": "gloo ping-pong between two local processes over loopback; CPU time "
                                     "(time.process_time) per byte sent + received, mean of both ranks",
                             "sizes_bytes": list(comm.config.sizes_bytes), "repeats": comm.config.repeats,
@@ -97,6 +97,10 @@ def profile_table(rates: DeviceRates, comm: LinkResult, document: dict) -> str:
         rows.append(_row("GEMM", g.name + (f" x{g.count}" if g.count > 1 else ""), g.key,
                          f"{g.rate / 1e9:.1f} GFLOP/s", g.timing.median_s))
     rows.append(_row("GEMM", "layer -> flops_per_s", "", f"{rates.flops_per_s / 1e9:.1f} GFLOP/s", None))
+    if rates.busy_ratio is not None:
+        rows.append(f"  {'':<12}(wall time / CPU time {rates.busy_ratio:.2f}: "
+                    + ("the machine was busy, rates are low)" if rates.busy_ratio > BUSY_RATIO
+                       else "no contention seen)"))
     a = rates.attention
     rows.append(_row("attention", "sdpa (bool mask)", a.key, f"{a.rate / 1e9:.1f} GFLOP/s", a.timing.median_s))
     for e in rates.elementwise:
@@ -113,7 +117,7 @@ def profile_table(rates: DeviceRates, comm: LinkResult, document: dict) -> str:
 
 def _row(kind: str, block: str, shape: str, rate: str, median_s: float | None) -> str:
     median = f"{median_s * 1e3:.3f} ms" if median_s is not None else ""
-    return f"  {kind:<12}{block:<22}{shape:<16}{rate:>16}{median:>12}"
+    return f"  {kind:<12}{block:<22}{shape:<16}{rate:>16}{median:>12}".rstrip()
 
 
 def device_toml(document: dict, profile_path: str) -> str:
@@ -122,7 +126,7 @@ def device_toml(document: dict, profile_path: str) -> str:
         "[[devices]]",
         f'name = "{_toml_name(document["device"])}"',
         'memory = "8 GiB"                 # the memory Galaxy may use on this device: set it',
-        f'profile = "{profile_path}"      # flops_per_s, attention_flops_per_s, comm_cpu_s_per_byte'])
+        f'profile = "{profile_path}"  # flops_per_s, attention_flops_per_s, comm_cpu_s_per_byte'])
 
 
 def link_table(result: LinkResult) -> str:
