@@ -25,6 +25,7 @@ import torch.distributed as dist
 from .p2p import Transfer, irecv, isend, recv, send
 from .ring import Ring
 from .splits import offsets
+from .timing import timed
 
 
 def check_split(tokens_per_rank: Sequence[int], ring: Ring) -> list[int]:
@@ -49,6 +50,7 @@ def _expect(x: torch.Tensor, dim: int, tokens: int, what: str, ring: Ring) -> No
                          f"got shape {tuple(x.shape)}")
 
 
+@timed("all_gather")
 def all_gather(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring, dim: int = 1,
                wire_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Concatenate every rank's tokens along `dim`, in ring order.
@@ -87,6 +89,7 @@ def all_gather(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring
     return out
 
 
+@timed("reduce_scatter")
 def reduce_scatter(x_partial: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring,
                    dim: int = 1, wire_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum the ranks' full-length partial tensors; each rank keeps its own tokens.
@@ -125,6 +128,7 @@ def reduce_scatter(x_partial: torch.Tensor, tokens_per_rank: Sequence[int], ring
     return result
 
 
+@timed("gather_tokens")
 def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring, dst: int = 0,
                   dim: int = 1, wire_dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """All tokens on ring position `dst` (direct sends to it); None on every other rank."""
@@ -150,6 +154,7 @@ def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: R
     return out
 
 
+@timed("scatter_tokens")
 def scatter_tokens(x_full: torch.Tensor | None, tokens_per_rank: Sequence[int], ring: Ring,
                    shape: Sequence[int], src: int = 0, dim: int = 1,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -256,6 +261,7 @@ def reduce_scatter_naive(x_partial: torch.Tensor, tokens_per_rank: Sequence[int]
     return total
 
 
+@timed("all_reduce")
 def all_reduce(x: torch.Tensor, ring: Ring) -> torch.Tensor:
     """Sum `x` over the ring's ranks with gloo's own all-reduce (Megatron-style plans, whose
     connective blocks are replicated). The ring must span every rank: gloo's default group."""

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import bundle, rendezvous
+from . import bundle, rendezvous, timing
 from .collectives import broadcast_tensors
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
@@ -133,6 +133,8 @@ def _timed_runs(forward, inputs, weights, ctx, warmup: int, repeat: int):
         with torch.inference_mode():
             outputs = forward(inputs, weights, ctx)
         elapsed = time.perf_counter() - start
+        if timing.ENABLED:
+            log.info("rank %d: run %d: %s", ctx.rank, run, timing.describe(timing.take(), elapsed))
         if run >= warmup:
             latencies.append(elapsed)
         log.debug("rank %d: run %d took %.4f s", ctx.rank, run, elapsed)

@@ -20,6 +20,7 @@ from .collectives import check_split, with_tokens
 from .p2p import Transfer, irecv, isend
 from .ring import Ring
 from .splits import offsets, split_sizes
+from .timing import timed
 
 
 def token_tiles(tokens_per_rank: Sequence[int], tiles: int) -> list[list[tuple[int, int]]]:
@@ -40,6 +41,7 @@ def _token_dim(x: torch.Tensor, dim: int) -> int:
     return dim
 
 
+@timed("all_gather_linear")
 def all_gather_linear(x_local: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       tokens_per_rank: Sequence[int], ring: Ring, tiles: int = 1, dim: int = 1,
                       wire_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -96,6 +98,7 @@ def all_gather_linear(x_local: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return out
 
 
+@timed("linear_reduce_scatter")
 def linear_reduce_scatter(x_full: torch.Tensor, weight: torch.Tensor,
                           tokens_per_rank: Sequence[int], ring: Ring, tiles: int = 1, dim: int = 1,
                           wire_dtype: torch.dtype | None = None) -> torch.Tensor:

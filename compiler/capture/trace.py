@@ -67,7 +67,7 @@ def capture(model: LoadedModel, method: str = "export") -> CapturedModel:
         reference = {k: v.detach().clone() for k, v in flatten_outputs(eager, names).items()}
 
     if method == "symbolic":
-        module = _symbolic_trace(module, tuple(kwargs))
+        module = _symbolic_trace(module)
     elif method != "export":
         raise ValueError(f"unknown capture method {method!r}")
     try:
@@ -99,9 +99,9 @@ def capture(model: LoadedModel, method: str = "export") -> CapturedModel:
     return CapturedModel(model.name, gm, tensors, fqns, tuple(user_inputs), names, kwargs, reference)
 
 
-def _symbolic_trace(module: torch.nn.Module, input_names: tuple[str, ...]) -> fx.GraphModule:
+def _symbolic_trace(module: torch.nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(module, concrete_args=None)
+        return fx.symbolic_trace(module)
     except Exception as exc:
         raise UntraceableModelError(
             f"torch.fx.symbolic_trace failed: {str(exc).splitlines()[0]}. "

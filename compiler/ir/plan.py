@@ -11,7 +11,7 @@ is plain HMP.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from galaxy.compiler.errors import PlanFileError

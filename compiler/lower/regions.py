@@ -78,8 +78,7 @@ def same_shape_names(region: Region, reference: Region) -> dict[str, str]:
     return dict(zip(region.nodes, reference.nodes)) if len(region.nodes) == len(reference.nodes) else {}
 
 
-def check_layers_match(graph: TransformerGraph, nodes: dict[str, fx.Node], fqns: dict[str, str],
-                       build) -> None:
+def check_layers_match(graph: TransformerGraph, build) -> None:
     """Every layer must generate the same code as layer 0 once its nodes carry layer 0's names."""
     def code(layer):
         return [(f.name, f.params, f.body, f.returns) for f in build(layer)]

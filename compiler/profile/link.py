@@ -74,6 +74,7 @@ class LinkResult:
     half_rtt_s: tuple[float, ...]  # median per size, aligned with config.sizes_bytes
     comm_cpu_s_per_byte: tuple[float, float]  # rank 0, rank 1
     hosts: tuple[str, str]
+    alpha_spread_s: tuple[float, float] = (0.0, 0.0)  # fastest and 90th-percentile small half round trip
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -85,6 +86,7 @@ class LinkResult:
                 "comm_cpu_s_per_byte": {"rank0": self.comm_cpu_s_per_byte[0],
                                         "rank1": self.comm_cpu_s_per_byte[1]},
                 "hosts": list(self.hosts),
+                "alpha_min_s": self.alpha_spread_s[0], "alpha_p90_s": self.alpha_spread_s[1],
                 "half_round_trip_s": {str(b): t for b, t in zip(self.config.sizes_bytes, self.half_rtt_s)},
                 "method": {"statistic": "median", "repeats": self.config.repeats, "warmup": self.config.warmup,
                            "small_message_repeats": self.config.small_repeats}}
@@ -97,7 +99,8 @@ class LinkResult:
         cpu = data["comm_cpu_s_per_byte"]
         return LinkResult(config, data["alpha_s"], data["beta_s_per_byte"],
                           tuple(data["half_round_trip_s"][str(b)] for b in sizes),
-                          (cpu["rank0"], cpu["rank1"]), tuple(data["hosts"]))
+                          (cpu["rank0"], cpu["rank1"]), tuple(data["hosts"]),
+                          (data.get("alpha_min_s", 0.0), data.get("alpha_p90_s", 0.0)))
 
 
 # --- inside the group --------------------------------------------------------------------------
@@ -149,7 +152,12 @@ def probe(rank: int, config: LinkConfig | None, timeout_s: float) -> LinkResult 
     small = torch.zeros(1)
     for _ in range(config.warmup):
         peer.round_trip(small, "the small-message warmup")
-    alpha = statistics.median(_timed_round_trips(peer, small, config.small_repeats, "small messages")[0]) / 2
+    small_halves = sorted(w / 2 for w in _timed_round_trips(peer, small, config.small_repeats, "small messages")[0])
+    alpha = statistics.median(small_halves)
+    spread = (small_halves[0], small_halves[min(len(small_halves) - 1, int(0.9 * len(small_halves)))])
+    if alpha > 5 * spread[0]:
+        log.warning("small round trips vary a lot (median %.3f ms, fastest %.3f ms): is either machine busy?",
+                    alpha * 1e3, spread[0] * 1e3)
     half_rtts, cpu_per_byte = [], []
     for size in config.sizes_bytes:
         buffer = torch.zeros(size // 4)
@@ -170,7 +178,7 @@ def probe(rank: int, config: LinkConfig | None, timeout_s: float) -> LinkResult 
     peer.recv(peer_info, "the CPU figure")
     peer_host = bytes(peer.recv(host, "the hostname").tolist()).rstrip(b"\0").decode(errors="replace")
     return LinkResult(config, alpha, fit_beta(config.sizes_bytes, half_rtts, alpha), tuple(half_rtts),
-                      (own_cpu, float(peer_info[0])), (socket.gethostname(), peer_host))
+                      (own_cpu, float(peer_info[0])), (socket.gethostname(), peer_host), spread)
 
 
 def _timed_round_trips(peer: _Peer, t: torch.Tensor, n: int, what: str) -> tuple[list[float], list[float]]:

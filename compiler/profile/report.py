@@ -133,7 +133,8 @@ def link_table(result: LinkResult) -> str:
     c = result.config
     rows = [f"link {result.hosts[0]} (rank 0) <-> {result.hosts[1]} (rank 1), gloo ping-pong, median of "
             f"{c.repeats} round trips per size after {c.warmup} warmup ({c.small_repeats} for alpha)",
-            f"  alpha (1-float half round trip)   {result.alpha_s * 1e3:9.4f} ms",
+            f"  alpha (1-float half round trip)   {result.alpha_s * 1e3:9.4f} ms   (fastest "
+            f"{result.alpha_spread_s[0] * 1e3:.4f}, 90th percentile {result.alpha_spread_s[1] * 1e3:.4f})",
             f"  beta (slope over {c.sizes_bytes[0] // MB}-{c.sizes_bytes[-1] // MB} MB)         "
             f"{result.beta_s_per_byte * 1e9:9.4f} ns/byte = {result.bandwidth_bytes_per_s * 8 / 1e6:.0f} Mbit/s",
             f"  comm CPU per byte sent+received   rank 0 {result.comm_cpu_s_per_byte[0] * 1e9:.2f} ns, "

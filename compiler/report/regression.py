@@ -56,14 +56,16 @@ def mismatch_reason(reference: PlanDocument, summary: ModelSummary | None, clust
     reasons = []
     if reference.summary is not None and summary is not None:
         if reference.summary != summary:
-            reasons.append(f"model summary differs ({differences(asdict(reference.summary), asdict(summary))})")
+            reasons.append(f"it was made for another model summary ({differences(asdict(reference.summary), asdict(summary))})")
     elif reference.plan.model != plan.model:
-        reasons.append(f"model {reference.plan.model} -> {plan.model}")
+        reasons.append(f"it was made for model {reference.plan.model}, not {plan.model}")
     if reference.cluster is not None and cluster is not None:
         if reference.cluster != cluster:
-            reasons.append(f"cluster differs ({cluster_differences(reference.cluster, cluster)})")
+            names = (f"{reference.cluster.name}, not {cluster.name}" if reference.cluster.name != cluster.name
+                     else f"another {cluster.name}")
+            reasons.append(f"it was made for cluster {names} ({cluster_differences(reference.cluster, cluster)})")
     elif reference.plan.cluster != plan.cluster:
-        reasons.append(f"cluster {reference.plan.cluster} -> {plan.cluster}")
+        reasons.append(f"it was made for cluster {reference.plan.cluster}, not {plan.cluster}")
     return "; ".join(reasons)
 
 

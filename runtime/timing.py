@@ -1,0 +1,44 @@
+"""Where a rank's time goes: wall time spent inside each collective, per forward.
+
+Off unless GALAXY_PROFILE=1 (then entry.py logs one line per run on every rank). The fused
+overlap functions include the GEMMs they hide transfers behind.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+ENABLED = os.environ.get("GALAXY_PROFILE") == "1"
+_totals: dict[str, list[float]] = {}  # collective -> [seconds, calls]
+
+
+def timed(name: str):
+    def decorate(fn):
+        if not ENABLED:
+            return fn
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                entry = _totals.setdefault(name, [0.0, 0])
+                entry[0] += time.perf_counter() - start
+                entry[1] += 1
+        return wrapper
+    return decorate
+
+
+def take() -> dict[str, tuple[float, int]]:
+    """The totals since the last call, and reset them."""
+    out = {k: (v[0], int(v[1])) for k, v in sorted(_totals.items())}
+    _totals.clear()
+    return out
+
+
+def describe(totals: dict[str, tuple[float, int]], run_s: float) -> str:
+    inside = sum(s for s, _ in totals.values())
+    parts = ", ".join(f"{name} {calls}x {1e3 * s:.1f} ms" for name, (s, calls) in totals.items())
+    return f"{1e3 * run_s:.1f} ms, of which {1e3 * inside:.1f} ms in collectives ({parts})"
