@@ -265,6 +265,9 @@ def run_local_pair(config: LinkConfig, timeout_s: float = 60.0) -> LinkResult:
                                    f"rank {rank} was still running")
             if proc.returncode != 0:
                 errors.append(f"rank {rank} exited with {proc.returncode}: {_last_line(stderr)}")
+            for line in stderr.splitlines():  # pass the ranks' warnings on
+                if line.startswith("WARNING"):
+                    log.warning("local link probe rank %d: %s", rank, line.split(": ", 1)[-1])
         if errors:
             raise ProfileError("the local link probe failed: " + "; ".join(errors))
         return LinkResult.from_json(json.loads(out.read_text()))

@@ -18,7 +18,7 @@ TINY = device.Shapes(source="tiny", seq_len=16, hidden=32, heads=4, kv_heads=4, 
 RATE_KEYS = ("flops_per_s", "gemm_flops_per_s", "attention_flops_per_s", "elementwise_bytes_per_s",
              "comm_cpu_s_per_byte", "threads")
 FAKE_LINK = link.LinkResult(link.QUICK, alpha_s=5e-5, beta_s_per_byte=3e-10, half_rtt_s=(4e-4, 7e-4),
-                            comm_cpu_s_per_byte=(4e-10, 6e-10), hosts=("a", "b"))
+                            comm_cpu_s_per_byte=(4e-10, 6e-10), hosts=("a", "b"), alpha_spread_s=(4e-5, 9e-5))
 
 CLUSTER = """\
 format_version = 1
