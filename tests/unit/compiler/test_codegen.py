@@ -1,0 +1,76 @@
+"""Generated modules read like the plan: assertions on the emitted text."""
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from galaxy.compiler.codegen.render import render_rank
+from galaxy.compiler.lower.shard import lower
+from helpers import captured_tiny, manual_plan, pipeline_plan
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return captured_tiny("llama")
+
+
+def _sources(model, plan):
+    captured, graph, _ = model
+    return {r.program.rank: render_rank(r.program) for r in lower(graph, captured, plan, "models/llama.py")}
+
+
+def _function(source: str, name: str) -> str:
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return ast.get_source_segment(source, node)
+
+
+def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_layer(llama):
+    summary = llama[2]
+    sources = _sources(llama, manual_plan(summary, [2, 1, 0], [2, 1, 1], [1, 1, 2]))
+    assert set(sources) == {0, 1, 2}
+    first = sources[0]
+    assert 'this device, "dev0" (rank 0 of 3), runs 4 of 6 attention' in first
+    assert "heads (0-3)" in first and "tokens 0-7 of 32" in first
+    assert "It holds the input, runs the head" in first and "It holds the input" not in sources[1]
+    assert "def epilogue(" in first and "def epilogue(" not in sources[1]
+    layer = _function(first, "layer")
+    assert len(re.findall(r"\battention\(", layer)) == 1 and len(re.findall(r"\bmlp\(", layer)) == 1
+    assert _function(first, "attention").count("all_gather(") == 1
+    assert _function(first, "attention").count("reduce_scatter(") == 1
+    assert _function(first, "mlp").count("all_gather(") == 1
+    assert _function(first, "mlp").count("reduce_scatter(") == 1
+    assert "TOKENS_PER_RANK = [8, 8, 16]" in first
+    assert "HEADS_PER_RANK = [4, 2, 0]" in first and "No heads of 6" in sources[2]
+    # RoPE is copied from the graph as a per-head transform of q and k.
+    assert "def q_transform(q, static):" in first and "aten.neg.default" in _function(first, "q_transform")
+    # One layer function, called in a loop: identical layers share code.
+    assert len(re.findall(r"^def layer\(", first, re.M)) == 1
+    assert "for w in layers[0:1]:" in first
+
+
+def test_overlap_plans_call_the_fused_ring_ops(llama):
+    summary = llama[2]
+    source = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1], tiles=4))[1]
+    assert "TILES = 4" in source
+    assert "all_gather_linear(" in _function(source, "attention")
+    assert "linear_reduce_scatter(" in _function(source, "mlp")
+    assert "reduce_scatter(F.linear" not in source
+
+
+def test_megatron_plans_all_reduce_and_keep_every_token(llama):
+    summary = llama[2]
+    source = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1], sequence_parallel=False))[0]
+    assert "all_reduce(F.linear(" in _function(source, "attention")
+    assert "MY_TOKENS" not in source and "all_gather" not in source
+
+
+def test_pipeline_stages_hand_over_between_leaders(llama):
+    summary = llama[2]
+    sources = _sources(llama, pipeline_plan(summary, [(1, [1, 1]), (1, [1])]))
+    assert "STAGE = 0" in sources[0] and "STAGE = 1" in sources[2]
+    assert "send_to_ranks([x, residual]" in sources[1]
+    assert "receive_whole(" in _function(sources[2], "forward")
+    assert "def epilogue(" in sources[0] and "def epilogue(" not in sources[2]
