@@ -234,38 +234,39 @@ def run_link_rank(master: str, rank: int, config: LinkConfig, timeout_s: float) 
 
 def run_local_pair(config: LinkConfig, timeout_s: float = 60.0) -> LinkResult:
     """Both ranks as subprocesses on this machine over loopback, one torch thread each."""
+    if config not in (QUICK, FULL):
+        raise ValueError("run_local_pair runs the FULL or QUICK configuration")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if "lo" in {name for _, name in socket.if_nameindex()}:
         env["GLOO_SOCKET_IFNAME"] = "lo"
-    preset = ["--quick"] if config == QUICK else []
-    if config not in (QUICK, FULL):
-        raise ValueError("run_local_pair runs the FULL or QUICK configuration")
     with tempfile.TemporaryDirectory(prefix="galaxy-link-") as tmp:
         out = Path(tmp) / "link.json"
-        procs = []
+        procs, logs = [], [Path(tmp) / f"rank_{rank}.log" for rank in (0, 1)]
         for rank in (0, 1):
             cmd = [sys.executable, "-m", "galaxy.compiler.profile.cli", "--link", f"127.0.0.1:{port}",
-                   "--rank", str(rank), "--timeout", f"{timeout_s:g}", "--threads", "1", *preset]
-            if rank == 0:
-                cmd += ["-o", str(out)]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                          text=True))
+                   "--rank", str(rank), "--timeout", f"{timeout_s:g}", "--threads", "1",
+                   *(["--quick"] if config == QUICK else []), *(["-o", str(out)] if rank == 0 else [])]
+            with logs[rank].open("w") as stderr:  # a file, not a pipe: a chatty rank never blocks
+                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
         deadline = time.monotonic() + timeout_s + 30  # + interpreter and torch start-up
+        try:
+            for rank, proc in enumerate(procs):
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise ProfileError(f"the local link probe did not finish in {timeout_s + 30:g} s; "
+                               f"rank {rank} was still running") from None
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         errors = []
         for rank, proc in enumerate(procs):
-            try:
-                _, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for p in procs:
-                    p.kill()
-                for p in procs:
-                    p.communicate()
-                raise ProfileError(f"the local link probe did not finish in {timeout_s + 30:g} s; "
-                                   f"rank {rank} was still running")
+            text = logs[rank].read_text(errors="replace")
             if proc.returncode != 0:
-                errors.append(f"rank {rank} exited with {proc.returncode}: {_last_line(stderr)}")
-            for line in stderr.splitlines():  # pass the ranks' warnings on
+                errors.append(f"rank {rank} exited with {proc.returncode}: {_last_line(text)}")
+            for line in text.splitlines():  # pass the ranks' warnings on
                 if line.startswith("WARNING"):
                     log.warning("local link probe rank %d: %s", rank, line.split(": ", 1)[-1])
         if errors:
