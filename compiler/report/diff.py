@@ -38,12 +38,17 @@ def diff_plans(old: PlanDocument, new: PlanDocument) -> str:
 def context_lines(old: PlanDocument, new: PlanDocument) -> list[str]:
     """Model, cluster, solver: what the two plans were made for and by."""
     a, b = old.plan, new.plan
-    lines = [_change("model", a.model, b.model, _summary_diff(old, new)),
-             _change("cluster", a.cluster, b.cluster, _cluster_diff(old, new))]
+    lines = [_change("model", _name(old.summary, a.model), _name(new.summary, b.model), _summary_diff(old, new)),
+             _change("cluster", _name(old.cluster, a.cluster), _name(new.cluster, b.cluster), _cluster_diff(old, new))]
     for name in ("solver", "objective", "wire_dtype", "microbatches"):
         if getattr(a, name) != getattr(b, name):
             lines.append(f"{name.replace('_', ' ')}: {getattr(a, name)} -> {getattr(b, name)}")
     return lines
+
+
+def _name(described, fallback: str) -> str:
+    """The name in the document's summary or cluster, else the one the plan records."""
+    return described.name if described is not None else fallback
 
 
 def _change(what: str, old: str, new: str, detail: str) -> str:
@@ -71,7 +76,7 @@ def cluster_differences(old: Cluster, new: Cluster, limit: int = 4) -> str:
         if d in old.names:
             found += [f"{d} {k} {o} -> {n}" for k, o, n in
                       _leaf_differences(asdict(old.device(d)), asdict(new.device(d)), "")]
-    links = ["name", "default_link", "link_overrides"]
+    links = ["default_link", "link_overrides"]
     found += [f"{k} {o} -> {n}" for k, o, n in _leaf_differences(
         {k: v for k, v in old.to_json().items() if k in links},
         {k: v for k, v in new.to_json().items() if k in links}, "")]
@@ -94,7 +99,9 @@ def _leaf_differences(old, new, where: str) -> list[tuple[str, object, object]]:
 
 
 def _short(value) -> object:
-    return f"[{len(value)} entries]" if isinstance(value, list) else value
+    if isinstance(value, list):
+        return f"[{len(value)} entries]"
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def device_lines(a: Plan, b: Plan) -> list[str]:

@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from galaxy.compiler.cost.latency import predict
-from galaxy.compiler.ir.cluster import Cluster
-from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.report.diff import cluster_differences, differences
 from galaxy.compiler.report.document import PlanDocument
 from galaxy.compiler.report.text import ms, ms_decimals
@@ -30,7 +27,7 @@ class Verdict:
 
 
 def check_regression(reference: PlanDocument, new: PlanDocument, max_regression_pct: float) -> Verdict:
-    mismatch = mismatch_reason(reference, new.summary, new.cluster, new.plan)
+    mismatch = mismatch_reason(reference, new)
     if mismatch:
         return Verdict(False, EXIT_NOT_COMPARABLE,
                        f"reference plan {reference.label} is not comparable: {mismatch}; "
@@ -50,22 +47,23 @@ def check_regression(reference: PlanDocument, new: PlanDocument, max_regression_
     return Verdict(True, 0, f"{what}, within +{max_regression_pct:g}%)")
 
 
-def mismatch_reason(reference: PlanDocument, summary: ModelSummary | None, cluster: Cluster | None,
-                    plan: Plan) -> str:
-    """Why the reference does not describe the same problem; "" if it does."""
+def mismatch_reason(reference: PlanDocument, new: PlanDocument) -> str:
+    """Why the reference does not describe the same problem as `new`; "" if it does."""
     reasons = []
-    if reference.summary is not None and summary is not None:
-        if reference.summary != summary:
-            reasons.append(f"it was made for another model summary ({differences(asdict(reference.summary), asdict(summary))})")
-    elif reference.plan.model != plan.model:
-        reasons.append(f"it was made for model {reference.plan.model}, not {plan.model}")
-    if reference.cluster is not None and cluster is not None:
-        if reference.cluster != cluster:
-            names = (f"{reference.cluster.name}, not {cluster.name}" if reference.cluster.name != cluster.name
-                     else f"another {cluster.name}")
-            reasons.append(f"it was made for cluster {names} ({cluster_differences(reference.cluster, cluster)})")
-    elif reference.plan.cluster != plan.cluster:
-        reasons.append(f"it was made for cluster {reference.plan.cluster}, not {plan.cluster}")
+    if reference.summary is not None and new.summary is not None:
+        if reference.summary != new.summary:
+            detail = differences(asdict(reference.summary), asdict(new.summary))
+            reasons.append(f"it was made for another model summary ({detail})")
+    elif reference.plan.model != new.plan.model:
+        reasons.append(f"it was made for model {reference.plan.model}, not {new.plan.model}")
+    if reference.cluster is not None and new.cluster is not None:
+        if reference.cluster != new.cluster:
+            old, now = reference.cluster.name, new.cluster.name
+            detail = cluster_differences(reference.cluster, new.cluster)
+            reasons.append(f"it was made for cluster {old + ', not ' + now if old != now else 'another ' + now}"
+                           + (f" ({detail})" if detail else ""))
+    elif reference.plan.cluster != new.plan.cluster:
+        reasons.append(f"it was made for cluster {reference.plan.cluster}, not {new.plan.cluster}")
     return "; ".join(reasons)
 
 

@@ -154,4 +154,5 @@ def _label_spans(ax, spans: list[Span], offset_s: float, width_s: float) -> None
         if width / width_s > 0.04:
             name = sp.block if width / width_s > 0.15 else short.get(sp.block, sp.block)
             runs = f" x{sp.runs}" if sp.runs > 1 else ""
-            ax.text((sp.start_s - offset_s + width / 2) * 1e3, -0.7, f"{name}{runs}", ha="center", va="center", fontsize=8)
+            centre_ms = (sp.start_s - offset_s + width / 2) * 1e3
+            ax.text(centre_ms, -0.7, f"{name}{runs}", ha="center", va="center", fontsize=8)

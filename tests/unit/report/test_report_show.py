@@ -1,0 +1,58 @@
+"""galaxy-plan show as text: shares, memory against limits, per-block times, notes."""
+from __future__ import annotations
+
+from report_fixtures import baseline, golden, pipeline
+
+from galaxy.compiler.cost import plan_memory_bytes
+from galaxy.compiler.report import PlanDocument, show_plan
+from galaxy.compiler.report.text import gib
+
+
+def rows(text: str, first: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.split()[:1] == [first]]
+
+
+def test_header_shares_memory_and_unused_devices():
+    doc = golden()
+    text = show_plan(doc)
+    assert text.splitlines()[0] == ("plan for bert-base on four-uneven: ilp, latency objective, wire float32, "
+                                    "1 stage, 2 of 4 devices")
+    assert "predicted latency 742.69 ms per forward" in text
+    assert "stage 0: layers 0-11 (12), 2 ranks, tiles 4, sequence-parallel connective blocks" in text
+    memory = plan_memory_bytes(doc.plan, doc.cost_table())
+    assert rows(text, "0")[0] == ["0", "dev-a", "8/12", "8/12", "2048/3072", "128/256",
+                                  *gib(memory["dev-a"]).split(), "8.00", "GiB", f"{memory['dev-a'] / 8 / 2**30:.0%}"]
+    assert rows(text, "1")[0][:6] == ["1", "dev-b", "4/12", "4/12", "1024/3072", "128/256"]
+    assert "not used: dev-c (4.00 GiB), dev-d (2.00 GiB)" in text
+
+
+def test_per_block_times_add_up_to_the_latency():
+    text = show_plan(golden())
+    blocks = {r[1]: r for r in rows(text, "0") if r[1] != "dev-a"}
+    assert set(blocks) == {"prologue", "attention", "connective", "mlp", "epilogue"}
+    assert blocks["attention"][2] == "x12" and blocks["epilogue"][2] == "x1"
+    total = [line.split() for line in text.splitlines() if line.split()[:1] == ["total"]][0]
+    assert total == ["total", "742.69", "100%"]
+    assert abs(sum(float(b[-2]) for b in blocks.values()) - 742.69) < 0.05
+
+
+def test_notes_say_why_devices_are_in_or_out():
+    text = show_plan(golden())
+    why = text[text.index("why (planner notes):"):]
+    assert "in  dev-a (rank 0" in why and "in  dev-b (rank 1" in why
+    assert "out dev-c" in why and "out dev-d" in why
+
+
+def test_pipeline_shows_each_stage_and_the_transfer():
+    text = show_plan(pipeline())
+    assert "2 stages" in text.splitlines()[0]
+    assert "stage 1: layers 6-11 (6), 2 ranks, tiles 1" in text
+    transfer = rows(text, "1")
+    assert any(r[1] == "transfer" and r[3:5] == ["-", "-"] for r in transfer)
+
+
+def test_bare_plan_shows_unknown_memory():
+    text = show_plan(PlanDocument(baseline(golden()).plan))
+    assert "of ? devices" in text.splitlines()[0]
+    assert "memory: unknown (a bare plan file has no model summary and cluster" in text
+    assert rows(text, "3")[0][-3:] == ["?", "?", "?"]
