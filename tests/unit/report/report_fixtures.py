@@ -1,4 +1,4 @@
-"""Plan documents for report tests: golden files (model summary + cluster + ILP plan), the same
+"""Plan documents for report tests: frozen golden plans (model summary + cluster + ILP plan), the same
 problem planned by a baseline, and a hand-written two-stage pipeline."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from galaxy.compiler.ir.plan import Plan, StageSplit
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.report import PlanDocument, read_plan_document
 
-GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "plans"
+DATA = Path(__file__).resolve().parent / "data"  # frozen plan documents (see data/README.md)
 
 
-def golden(name: str = "bert-base__four-uneven") -> PlanDocument:
+def golden(name: str = "bert-base__four-uneven") -> PlanDocument:  # a frozen golden plan
     """bert-base on four-uneven: the ILP uses dev-a and dev-b (8/4 heads), tiles 4, 742.69 ms."""
-    return replace(read_plan_document(GOLDEN / f"{name}.json"), path=name)
+    return replace(read_plan_document(DATA / f"{name}.json"), path=name)
 
 
 def baseline(doc: PlanDocument, solver: str = "even") -> PlanDocument:

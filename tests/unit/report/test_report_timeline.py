@@ -47,7 +47,7 @@ def test_transfers_come_first_and_only_busy_ranks_are_drawn():
                 and s.start_s >= next(sp.start_s for sp in spans if sp.block == "transfer")]
 
 
-@pytest.mark.parametrize("doc", [golden, pipeline, lambda: golden("llama-70b__eight-devices")])
+@pytest.mark.parametrize("doc", [golden, pipeline, lambda: golden("llama-base__home-3")])
 def test_png_is_written(tmp_path, doc):
     pytest.importorskip("matplotlib")
     out = write_timeline_png(doc().plan, tmp_path / "t.png")
