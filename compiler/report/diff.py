@@ -12,7 +12,7 @@ from galaxy.compiler.cost.latency import block_s
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.report.document import PlanDocument
-from galaxy.compiler.report.show import count
+from galaxy.compiler.report.show import runs_per_forward
 from galaxy.compiler.report.text import ms, ms_decimals, pct, signed_ms, table
 
 SHARES = (("heads", "heads_per_rank"), ("kv heads", "kv_heads_per_rank"),
@@ -172,7 +172,7 @@ def _cell(old, new) -> str:
 
 
 def _block_times(p: Plan) -> dict[tuple[int, str], float]:
-    return {(blk.stage, blk.block): block_s(blk) * count(p, blk) for blk in p.predicted_blocks}
+    return {(blk.stage, blk.block): block_s(blk) * runs_per_forward(p, blk) for blk in p.predicted_blocks}
 
 
 def block_lines(a: Plan, b: Plan, dec: int) -> list[str]:

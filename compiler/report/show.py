@@ -24,8 +24,8 @@ def show_plan(doc: PlanDocument) -> str:
 
 
 def share_lines(doc: PlanDocument) -> list[str]:
-    plan, table_ = doc.plan, doc.cost_table()
-    memory = plan_memory_bytes(plan, table_) if table_ else {}
+    plan, costs = doc.plan, doc.cost_table()
+    memory = plan_memory_bytes(plan, costs) if costs else {}
     limit = {d.name: d.mem_bytes for d in doc.cluster.devices} if doc.cluster else {}
     totals = _totals(plan)
     lines = []
@@ -43,7 +43,7 @@ def share_lines(doc: PlanDocument) -> list[str]:
     out = [d for d in (doc.cluster.devices if doc.cluster else ()) if d.name not in plan.devices]
     if out:
         lines.append("not used: " + ", ".join(f"{d.name} ({gib(d.mem_bytes)})" for d in out))
-    if not table_:
+    if not costs:
         lines.append("memory: unknown (a bare plan file has no model summary and cluster; "
                      "galaxy-compile --save-plan and bundles keep them)")
     return lines
@@ -59,7 +59,7 @@ def _memory_cells(used: int | None, limit: int | None) -> list[str]:
             f"{used / limit:.0%}" if used is not None and limit else "?"]
 
 
-def count(plan: Plan, block: BlockTime) -> int:
+def runs_per_forward(plan: Plan, block: BlockTime) -> int:
     """How many times a block runs per forward."""
     return len(plan.stages[block.stage].layers) if block.per_layer else 1
 
@@ -69,14 +69,13 @@ def block_lines(plan: Plan) -> list[str]:
     if not plan.predicted_blocks:
         return ["predicted time per block: none (the plan carries no prediction)"]
     dec = ms_decimals(plan.predicted_latency_s)
-    total = sum(block_s(b) * count(plan, b) for b in plan.predicted_blocks)
+    total = sum(block_s(b) * runs_per_forward(plan, b) for b in plan.predicted_blocks)
     ranks = list(range(plan.world_size))
     rows = []
     for b in plan.predicted_blocks:
-        stage_ranks = _block_ranks(plan, b)
-        per_rank = dict(zip(stage_ranks, b.compute_s_per_rank))
-        forward = block_s(b) * count(plan, b)
-        rows.append([str(b.stage), b.block, f"x{count(plan, b)}",
+        per_rank = dict(zip(plan.stages[b.stage].ranks, b.compute_s_per_rank))  # epilogue: stage 0's ranks
+        forward = block_s(b) * runs_per_forward(plan, b)
+        rows.append([str(b.stage), b.block, f"x{runs_per_forward(plan, b)}",
                      *(ms(per_rank[r], dec) if r in per_rank else "-" for r in ranks),
                      ms(max(b.comm_cpu_s_per_rank, default=0.0), dec), ms(b.comm_s, dec), ms(b.hidden_s, dec),
                      ms(block_s(b), dec), ms(forward, dec), f"{forward / total:.0%}" if total else "-"])
@@ -87,7 +86,3 @@ def block_lines(plan: Plan) -> list[str]:
              "block = slowest rank + link - hidden; per forward = block x runs):"]
             + table(header, rows))
 
-
-def _block_ranks(plan: Plan, block: BlockTime) -> tuple[int, ...]:
-    """The ranks a block's compute_s_per_rank is aligned with (epilogue: stage 0's ranks)."""
-    return plan.stages[block.stage].ranks

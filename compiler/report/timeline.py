@@ -16,6 +16,7 @@ from pathlib import Path
 
 from galaxy.compiler.cost.latency import block_s
 from galaxy.compiler.ir.plan import BlockTime, Plan
+from galaxy.compiler.report.show import runs_per_forward
 
 LINK_FIRST = ("epilogue", "transfer")  # blocks whose transfer precedes their compute
 COLOURS = {"prologue": "#9e9e9e", "attention": "#4c72b0", "connective": "#55a868", "mlp": "#dd8452",
@@ -47,8 +48,7 @@ def timeline_segments(plan: Plan) -> tuple[list[Segment], list[Span]]:
     segments, spans, t = [], [], 0.0
     for b in plan.predicted_blocks:
         segments += _block_segments(plan, b, t)
-        runs = len(plan.stages[b.stage].layers) if b.per_layer else 1
-        spans.append(Span(t, t + block_s(b), b.block, b.stage, runs))
+        spans.append(Span(t, t + block_s(b), b.block, b.stage, runs_per_forward(plan, b)))
         t += block_s(b)
     return [s for s in segments if s.duration_s > 0], spans
 
