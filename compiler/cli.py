@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from galaxy.compiler.errors import GalaxyError
-
-# galaxy.compiler.planner.SOLVERS, spelled out so the CLI starts without importing the solver;
-# tests/unit/test_cli.py checks the two agree.
-SOLVERS = ("ilp", "single", "even", "proportional", "pipeline-dp", "brute-force")
+from galaxy.compiler.planner import OBJECTIVES, SOLVERS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -43,9 +40,10 @@ def compile_parser() -> argparse.ArgumentParser:
                                        "file or a bundle directory)")
     parser.add_argument("--save-plan", help="also write the plan, with the model summary and cluster it was "
                                             "made for, to this JSON file (what galaxy-plan reads)")
-    parser.add_argument("--objective", choices=["latency", "throughput"], default="latency")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
     parser.add_argument("--solver", choices=SOLVERS, default="ilp",
-                        help="ilp (default) or a baseline split")
+                        help="ilp (default), a baseline split, pipeline-dp (whole layers per device) or "
+                             "brute-force (tiny models only)")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
     parser.add_argument("--capture", choices=["export", "symbolic"], default="export",

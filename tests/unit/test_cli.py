@@ -37,9 +37,14 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_solver_choices_are_every_solver_make_plan_supports():
-    assert cli.SOLVERS == SOLVERS
     action = next(a for a in cli.compile_parser()._actions if a.dest == "solver")
     assert tuple(action.choices) == SOLVERS
+
+
+@pytest.mark.parametrize("solver", [s for s in SOLVERS if s != "brute-force"])  # brute force: planner tests
+def test_every_solver_runs_from_the_command_line(solver, capsys):
+    assert compile_("--cluster", str(ROOT / "clusters/two-uneven.toml"), "--solver", solver) == 0
+    assert f"plan for gpt2-tiny on two-uneven ({solver}, latency)" in capsys.readouterr().out
 
 
 def test_save_plan_writes_the_plan_document(reference):
