@@ -49,17 +49,20 @@ def test_golden_plans_are_deterministic(case: Case):
 
 
 def test_update_rewrites_and_reports_the_change(tmp_path):
+    """The deliberate path: a stale file is rewritten, and the report says what changed."""
     case = next(c for c in CASES if c.name == "llama-base__home-3")
     shutil.copy(case.path(), tmp_path)
     data = json.loads(case.path(tmp_path).read_text())
-    data["plan"]["stages"][0]["tiles"] = 1
-    data["plan"]["predicted_latency_s"] *= 1.5
+    data["plan"]["stages"][0]["tiles"] = 3  # no planner picks 3 tiles
+    data["plan"]["predicted_latency_s"] = 9.0
     case.path(tmp_path).write_text(json.dumps(data))
 
     report = "\n".join(update([case], plans_dir=tmp_path))
 
-    assert "== llama-base__home-3: plan changed" in report
-    assert "tiles: 1 -> 2" in report
-    assert "predicted latency: 8755.64 ms -> 5837.09 ms" in report
-    assert case.path(tmp_path).read_text() == case.path().read_text()
-    assert "== llama-base__home-3: unchanged" in update([case], plans_dir=tmp_path)
+    new = read(case, tmp_path)
+    first = report.splitlines()[0]
+    assert first.startswith("== llama-base__home-3: ") and first.endswith("plan changed")
+    assert f"tiles: 3 -> {new.plan.stages[0].tiles}" in report
+    assert f"predicted latency: 9000.00 ms -> {new.plan.predicted_latency_s * 1e3:.2f} ms" in report
+    assert new.plan == replan(new)
+    assert update([case], plans_dir=tmp_path) == ["== llama-base__home-3: unchanged"]
