@@ -35,6 +35,8 @@ def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
 VARIANTS = {v.name: v for v in (
     Variant("local", "fastest device alone", lambda s, c: make_plan(s, c, solver="single")),
     Variant("megatron", "even TP, all-reduce, replicated connective, no overlap", _megatron),
+    Variant("proportional", "simple uneven HMP: shares in proportion to GFLOP/s, no overlap",
+            lambda s, c: make_plan(s, c, solver="proportional")),
     Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)",
             lambda s, c: make_plan(s, c, solver="pipeline-dp")),
     Variant("galaxy-no-overlap", "Galaxy ILP plan, plain collectives",

@@ -122,6 +122,7 @@ class EmulatedCluster:
         if any(share is not None and share <= 0 for share in self.cpu_shares):
             raise UsageError(f"cpu shares must be > 0 (or None), got {self.cpu_shares}")
         self.names = list(names or (f"rank{k}" for k in range(self.size)))
+        self.cpus = pin_to_cpus(self.cpu_shares, os.cpu_count() or 1)
         self.bandwidth = _matrix(bandwidth_bytes_per_s, self.size, "bandwidth_bytes_per_s")
         self.latency = _matrix(latency_s, self.size, "latency_s")
         self.base = f"gx{os.getpid()}-{next(_SEQUENCE)}"
@@ -176,10 +177,21 @@ class EmulatedCluster:
         if not self._started:
             raise UsageError("EmulatedCluster.wrap_command before start() (use it in a `with`)")
         inside = ["ip", "netns", "exec", self.namespace(rank), *argv]
-        if self.cpu_shares[rank] is None:
+        if self.cpus[rank] is not None:  # affinity is inherited by everything the rank starts
+            inside = ["taskset", "-c", str(self.cpus[rank]), *inside]
+        if not self._needs_quota(rank):
             return inside
         procs = self._cgroups.procs_file(self._cgroup_dir(rank))
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *inside]
+
+    def _needs_quota(self, rank: int) -> bool:
+        """A whole core of its own needs no quota: pinning gives exactly one core, without the
+        quota's periodic throttling (which delays messages that arrive while throttled)."""
+        share = self.cpu_shares[rank]
+        if share is None:
+            return False
+        alone = sum(1 for cpu in self.cpus if cpu == self.cpus[rank]) == 1
+        return not (share >= 1.0 and alone)
 
     def rank_env(self, rank: int) -> dict[str, str]:
         threads = str(self.threads(rank))
@@ -292,7 +304,7 @@ class EmulatedCluster:
             if self._cgroups.version == 2:
                 (parent / "cgroup.subtree_control").write_text("+cpu")
             for rank, share in enumerate(self.cpu_shares):
-                if share is not None:
+                if self._needs_quota(rank):
                     self._cgroup_dir(rank).mkdir()
                     self._created_cgroups.insert(0, self._cgroup_dir(rank))  # children first
                     self._cgroups.limit(self._cgroup_dir(rank), share)
@@ -343,6 +355,18 @@ class EmulatedCluster:
                 rows.append(f"  {self.names[i]} -> {self.names[j]}: {rate * 8 / 1e6:.1f} Mbit/s, "
                             f"{self.latency[i][j] * 1e3:.3g} ms")
         return "\n".join(rows)
+
+
+def pin_to_cpus(shares: Sequence[float | None], cpu_count: int) -> list[int | None]:
+    """A CPU for each device with a share: biggest shares first, each onto the least loaded CPU,
+    so devices compete for a core only when the shares add up to more than the machine has."""
+    load = [0.0] * cpu_count
+    cpus: list[int | None] = [None] * len(shares)
+    for rank in sorted((r for r, s in enumerate(shares) if s is not None), key=lambda r: (-shares[r], r)):
+        cpu = min(range(cpu_count), key=lambda c: (load[c], c))
+        cpus[rank] = cpu
+        load[cpu] += min(shares[rank], 1.0)
+    return cpus
 
 
 def cleanup_stale() -> list[str]:

@@ -8,9 +8,11 @@ from dataclasses import asdict, dataclass, field
 
 FORMAT_VERSION = 1
 
-# Measured on the reference machines: gloo copies plus TCP cost about 5 ns of CPU per byte
-# moved, on slow and fast devices alike (DESIGN.md). Used when a device gives no figure.
-DEFAULT_COMM_CPU_S_PER_BYTE = 5e-9
+# CPU a rank spends per byte it sends or receives (gloo copies, TCP). galaxy-profile measured
+# 0.2-0.3 ns/byte over loopback and the runtime's per-rank breakdown about 0.5 ns/byte in the
+# emulator (veth MTU 60000); the earlier 5 ns/byte (DESIGN.md) came with MTU 1500 and ranks
+# sharing a core. Used when a device gives no figure or profile.
+DEFAULT_COMM_CPU_S_PER_BYTE = 0.5e-9
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ Format (version 1; `clusters/README.md` has the same with examples):
                                        #   gflops / profile
     cpu_share = 1.0                    # optional, > 0: fraction of one core the emulator gives it (1.0)
     host = "192.168.1.20"              # optional, informational
-    comm_cpu_ns_per_byte = 5           # optional, >= 0: CPU time per byte moved; overrides the
-                                       #   profile's figure; default 5 ns (DEFAULT_COMM_CPU_S_PER_BYTE)
+    comm_cpu_ns_per_byte = 0.5         # optional, >= 0: CPU time per byte moved; overrides the
+                                       #   profile's figure; default 0.5 ns (DEFAULT_COMM_CPU_S_PER_BYTE)
 
     [links]                            # required: every pair of devices unless overridden
     bandwidth = "1 Gbit/s"             # > 0; bit/s, kbit/s, Mbit/s, Gbit/s, B/s, KB/s, MB/s, GB/s
