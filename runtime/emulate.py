@@ -358,14 +358,14 @@ class EmulatedCluster:
 
 
 def pin_to_cpus(shares: Sequence[float | None], cpu_count: int) -> list[int | None]:
-    """A CPU for each device with a share: biggest shares first, each onto the least loaded CPU,
-    so devices compete for a core only when the shares add up to more than the machine has."""
-    load = [0.0] * cpu_count
+    """A CPU of its own for each device when there are enough of them, else none (the quotas
+    alone then share the machine: devices pinned together on one CPU disturb each other)."""
+    limited = [r for r, share in enumerate(shares) if share is not None]
+    if len(limited) > cpu_count:
+        return [None] * len(shares)
     cpus: list[int | None] = [None] * len(shares)
-    for rank in sorted((r for r, s in enumerate(shares) if s is not None), key=lambda r: (-shares[r], r)):
-        cpu = min(range(cpu_count), key=lambda c: (load[c], c))
+    for cpu, rank in enumerate(limited):
         cpus[rank] = cpu
-        load[cpu] += min(shares[rank], 1.0)
     return cpus
 
 
