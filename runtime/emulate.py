@@ -52,6 +52,11 @@ MIN_CPU_QUOTA_US = 1_000  # the kernel's minimum
 # a pause is not faster than the rate (2 x MTU let 120 kB cross 100 Mbit/s in ~0.05 ms);
 # packets larger than it still pass, as htb runs into debt. docs/EMULATION.md, calibration.
 BURST_S, MIN_BURST_BYTES = 50e-6, 1600
+# Socket buffers that hold a whole ring step, so a transfer runs in the kernel while the rank
+# computes (TCP autotuning sizes them to the tiny bandwidth-delay product of a LAN, and then
+# every few KB wait for the rank's communication thread, which competes with its GEMM).
+# Real devices want the same: docs/EMULATION.md.
+SOCKET_BUFFERS = ("net.ipv4.tcp_wmem=4096 16777216 33554432", "net.ipv4.tcp_rmem=4096 16777216 33554432")
 MASTER_PORT = 29500  # free by construction: rank 0's namespace is new
 RANK_IFNAME = "gxnet"
 BRIDGE = "br0"
@@ -262,6 +267,7 @@ class EmulatedCluster:
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{self.address(rank)}/24", "dev", RANK_IFNAME])
             _run(["ip", "-n", ns, "link", "set", RANK_IFNAME, "up"])
+            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *SOCKET_BUFFERS])
         self.netem_available = _has_netem(self.namespace(0))
         for rank in range(self.size):
             self._shape(rank)
