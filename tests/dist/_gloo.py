@@ -91,3 +91,14 @@ def run_world(world_size: int, fn, *args, timeout_s: float = 60.0,
     if errors and not allow_errors:
         raise AssertionError("\n".join(f"rank {r} failed:\n{v}" for r, v in sorted(errors.items())))
     return [collected[r][1] for r in range(world_size)]
+
+
+_finished_worlds: dict[tuple, list] = {}
+
+
+def cached_world(world_size: int, fn, timeout_s: float = 90.0) -> list:
+    """run_world once per (function, world size): parametrised tests read the same run."""
+    key = (fn.__module__, fn.__name__, world_size)
+    if key not in _finished_worlds:
+        _finished_worlds[key] = run_world(world_size, fn, timeout_s=timeout_s)
+    return _finished_worlds[key]

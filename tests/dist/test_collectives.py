@@ -15,10 +15,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-try:  # tests/dist may or may not be a package
-    from ._gloo import free_port, run_world
-except ImportError:
-    from _gloo import free_port, run_world
+from _gloo import cached_world, free_port, run_world
 from galaxy.runtime import rendezvous
 from galaxy.runtime.collectives import (all_gather, all_gather_naive, broadcast_tensors,
                                         gather_tokens, reduce_scatter, reduce_scatter_naive)
@@ -120,13 +117,8 @@ def _same_keys(a: dict, b: dict) -> None:
     assert list(a) == list(b), (list(a), list(b))
 
 
-_worlds: dict[int, list] = {}
-
-
 def world_failures(world: int) -> list[dict]:
-    if world not in _worlds:
-        _worlds[world] = run_world(world, run_all_cases, timeout_s=90)
-    return _worlds[world]
+    return cached_world(world, run_all_cases)
 
 
 @pytest.mark.timeout(120)

@@ -14,10 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-try:  # tests/dist may or may not be a package
-    from ._gloo import run_world
-except ImportError:
-    from _gloo import run_world
+from _gloo import cached_world
 from galaxy.runtime.collectives import all_gather, reduce_scatter
 from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter
 from galaxy.runtime.ring import Ring
@@ -99,13 +96,8 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
     return failures
 
 
-_worlds: dict[int, list] = {}
-
-
 def world_failures(world: int) -> list[dict]:
-    if world not in _worlds:
-        _worlds[world] = run_world(world, run_all_cases, timeout_s=90)
-    return _worlds[world]
+    return cached_world(world, run_all_cases)
 
 
 @pytest.mark.timeout(120)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from cost_fixtures import bert_base_summary
+from summaries import bert_base_summary
 
 from galaxy.compiler.cost.flops import ELEMENTWISE_WEIGHT, SOFTMAX_FLOPS_PER_SCORE
 from galaxy.compiler.cost.table import build_cost_table, choose_column_unit

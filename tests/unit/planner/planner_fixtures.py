@@ -6,19 +6,14 @@ import random
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.cluster import Cluster, Device, Link
 from galaxy.compiler.ir.summary import ModelSummary
+from summaries import bert_base_summary
 
 GIB = 2 ** 30
 
 
 def bert_base(seq_len: int = 256) -> ModelSummary:
     """BERT-base, fp32: hidden 768, 12 heads, intermediate 3072, 12 layers."""
-    H, V = 768, 30522
-    return ModelSummary(
-        name="bert-base", batch=1, seq_len=seq_len, hidden=H, n_layers=12, heads=12, kv_heads=12, head_dim=64,
-        intermediate=3072, gated_mlp=False, attention_bias=True, mlp_bias=True, dtype_bytes=4,
-        prologue_param_bytes=4 * ((V + 512 + 2) * H + 2 * H), prologue_flops=10.0 * seq_len * H,
-        epilogue_param_bytes=4 * (H * H + H), epilogue_flops=2.0 * H * H,
-        connective_param_bytes_per_layer=4 * 6 * H)
+    return bert_base_summary(seq_len)
 
 
 def llama_70b(seq_len: int = 512) -> ModelSummary:
