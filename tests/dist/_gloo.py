@@ -102,3 +102,19 @@ def cached_world(world_size: int, fn, timeout_s: float = 90.0) -> list:
     if key not in _finished_worlds:
         _finished_worlds[key] = run_world(world_size, fn, timeout_s=timeout_s)
     return _finished_worlds[key]
+
+
+def make(shape, tokens: int, seed: int, count: int = 1) -> list:
+    """The same random tensors on every rank; "T" in `shape` stands for `tokens`."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    size = [tokens if s == "T" else s for s in shape]
+    return [torch.randn(size, generator=gen) for _ in range(count)]
+
+
+def check(failures: dict, op: str, case: str, fn) -> None:
+    """Run one assertion inside a rank; record its failure for the parent to assert, per op."""
+    try:
+        fn()
+    except Exception as exc:  # recorded and asserted in the parent, per operation
+        failures[op].append(f"{case}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from _gloo import cached_world, free_port, run_world
+from _gloo import cached_world, check, free_port, make, run_world
 from galaxy.runtime import rendezvous
 from galaxy.runtime.collectives import (all_gather, all_gather_naive, broadcast_tensors,
                                         gather_tokens, reduce_scatter, reduce_scatter_naive)
@@ -44,20 +43,6 @@ def cases(world: int):
         for split in SPLITS[world]:
             yield f"ring{order} split{split} bsh", order, split, (2, "T", 3), 1
     yield f"split{SPLITS[world][0]} th", RING_ORDERS[world][0], SPLITS[world][0], ("T", 3), 0
-
-
-def make(shape, tokens: int, seed: int, count: int = 1) -> list[torch.Tensor]:
-    """The same random tensors on every rank."""
-    gen = torch.Generator().manual_seed(seed)
-    size = [tokens if s == "T" else s for s in shape]
-    return [torch.randn(size, generator=gen) for _ in range(count)]
-
-
-def check(failures: dict, op: str, case: str, fn) -> None:
-    try:
-        fn()
-    except Exception as exc:  # recorded and asserted in the parent, per operation
-        failures[op].append(f"{case}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
 
 
 def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:

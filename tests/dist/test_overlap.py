@@ -7,14 +7,13 @@ Tolerances, stated once:
 """
 from __future__ import annotations
 
-import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from _gloo import cached_world
+from _gloo import cached_world, check, make
 from galaxy.runtime.collectives import all_gather, reduce_scatter
 from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter
 from galaxy.runtime.ring import Ring
@@ -41,19 +40,6 @@ def cases(world: int):
                        (2, "T", IN_FEATURES), 1)
     yield (f"split{SPLITS[world][0]} tiles2 th", RING_ORDERS[world][0], SPLITS[world][0], 2,
            ("T", IN_FEATURES), 0)
-
-
-def make(shape, tokens: int, seed: int, count: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    size = [tokens if s == "T" else s for s in shape]
-    return [torch.randn(size, generator=gen) for _ in range(count)]
-
-
-def check(failures: dict, op: str, case: str, fn) -> None:
-    try:
-        fn()
-    except Exception as exc:  # recorded and asserted in the parent, per operation
-        failures[op].append(f"{case}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
 
 
 def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
