@@ -50,6 +50,18 @@ def _expect(x: torch.Tensor, dim: int, tokens: int, what: str, ring: Ring) -> No
                          f"got shape {tuple(x.shape)}")
 
 
+def _post_ring_receives(like: torch.Tensor, dim: int, sizes: list[int], wire: torch.dtype, ring: Ring,
+                        chunk_at_step, what: str) -> dict[int, Transfer]:
+    """Post every ring step's receive up front (from the previous rank), skipping empty chunks."""
+    recvs: dict[int, Transfer] = {}
+    for step in range(ring.size - 1):
+        chunk = chunk_at_step(step)
+        if sizes[chunk]:
+            buffer = like.new_empty(with_tokens(like, dim, sizes[chunk]), dtype=wire)
+            recvs[step] = irecv(buffer, ring.prev_rank, ring, step, f"{what} step {step}")
+    return recvs
+
+
 @timed("all_gather")
 def all_gather(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring, dim: int = 1,
                wire_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -65,12 +77,8 @@ def all_gather(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring
     n, me, wire = ring.size, ring.index, wire_dtype or x_local.dtype
     starts = offsets(sizes)
     out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes)))
-    recvs: dict[int, Transfer] = {}
-    for step in range(n - 1):
-        chunk = (me - step - 1) % n
-        if sizes[chunk]:
-            buffer = x_local.new_empty(with_tokens(x_local, dim, sizes[chunk]), dtype=wire)
-            recvs[step] = irecv(buffer, ring.prev_rank, ring, step, f"all_gather step {step}")
+    recvs = _post_ring_receives(x_local, dim, sizes, wire, ring, lambda step: (me - step - 1) % n,
+                                "all_gather")
     in_hand = x_local.to(wire).contiguous()
     out.narrow(dim, starts[me], sizes[me]).copy_(in_hand)
     sends = []
@@ -108,12 +116,8 @@ def reduce_scatter(x_partial: torch.Tensor, tokens_per_rank: Sequence[int], ring
     def own(chunk: int) -> torch.Tensor:
         return x_partial.narrow(dim, starts[chunk], sizes[chunk])
 
-    recvs: dict[int, Transfer] = {}
-    for step in range(n - 1):
-        chunk = (me - step - 2) % n
-        if sizes[chunk]:
-            buffer = x_partial.new_empty(with_tokens(x_partial, dim, sizes[chunk]), dtype=wire)
-            recvs[step] = irecv(buffer, ring.prev_rank, ring, step, f"reduce_scatter step {step}")
+    recvs = _post_ring_receives(x_partial, dim, sizes, wire, ring, lambda step: (me - step - 2) % n,
+                                "reduce_scatter")
     sends = []
     for step in range(n - 1):
         chunk = (me - step - 1) % n

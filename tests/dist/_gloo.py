@@ -118,3 +118,10 @@ def check(failures: dict, op: str, case: str, fn) -> None:
         fn()
     except Exception as exc:  # recorded and asserted in the parent, per operation
         failures[op].append(f"{case}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+
+def assert_op_passed(world_size: int, fn, op: str) -> None:
+    """Fail with every rank's recorded failures of `op` in the cached run of `fn`."""
+    failures = [f"rank {rank}: {text}" for rank, per_op in enumerate(cached_world(world_size, fn))
+                for text in per_op[op]]
+    assert not failures, "\n".join(failures)
