@@ -41,6 +41,7 @@ class CostTable:
     # per device, seconds per layer
     flops_per_s: tuple[float, ...]
     attention_s_per_group: tuple[float, ...]  # all attention work of one KV group
+    # The GEMMs transfers hide behind, times the device's overlap efficiency:
     attention_in_s_per_group: tuple[float, ...]  # its QKV projections (hide the AllGather)
     attention_out_s_per_group: tuple[float, ...]  # its output projection (hide the ReduceScatter)
     mlp_s_per_column: tuple[float, ...]
@@ -122,6 +123,10 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
     def per_device(flops: float) -> tuple[float, ...]:
         return tuple(flops / d.flops_per_s for d in devs)
 
+    def hiding(flops: float) -> tuple[float, ...]:
+        """GEMM seconds during which a device's transfers progress (its overlap efficiency)."""
+        return tuple(flops / d.flops_per_s * d.overlap_efficiency for d in devs)
+
     sdpa_flops_per_group = 4.0 * summary.batch * summary.seq_len ** 2 * summary.head_dim \
         * summary.heads_per_kv_group
 
@@ -140,11 +145,11 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
         wire_dtype=WIRE_DTYPES.get(wire_dtype_bytes, f"{wire_dtype_bytes}-byte"),
         flops_per_s=tuple(d.flops_per_s for d in devs),
         attention_s_per_group=tuple(attention_s(d) for d in devs),
-        attention_in_s_per_group=per_device(fl.attention_in_per_group),
-        attention_out_s_per_group=per_device(fl.attention_out_per_group),
+        attention_in_s_per_group=hiding(fl.attention_in_per_group),
+        attention_out_s_per_group=hiding(fl.attention_out_per_group),
         mlp_s_per_column=per_device(fl.mlp_per_column),
-        mlp_in_s_per_column=per_device(fl.mlp_in_per_column),
-        mlp_out_s_per_column=per_device(fl.mlp_out_per_column),
+        mlp_in_s_per_column=hiding(fl.mlp_in_per_column),
+        mlp_out_s_per_column=hiding(fl.mlp_out_per_column),
         connective_s_per_token=per_device(fl.connective_per_token),
         prologue_s=per_device(summary.prologue_flops),
         epilogue_s=per_device(summary.epilogue_flops),

@@ -27,6 +27,9 @@ class Device:
     # SDPA rate (its two matrix products per second, softmax in the time) from a profile;
     # 0.0: attention scores are charged at flops_per_s like every GEMM (cost/table.py)
     attention_flops_per_s: float = 0.0
+    # Fraction of its overlappable GEMM time during which this device's transfers progress.
+    # 1.0 with spare cores; measured lower on a single core under a CPU quota (docs/EMULATION.md).
+    overlap_efficiency: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ Format (version 1; `clusters/README.md` has the same with examples):
                                        #   galaxy-profile writes (docs/PROFILING.md); exactly one of
                                        #   gflops / profile
     cpu_share = 1.0                    # optional, > 0: fraction of one core the emulator gives it (1.0)
+    overlap_efficiency = 1.0           # optional, 0-1: share of its GEMM time that transfers can hide behind
     host = "192.168.1.20"              # optional, informational
     comm_cpu_ns_per_byte = 0.5         # optional, >= 0: CPU time per byte moved; overrides the
                                        #   profile's figure; default 0.5 ns (DEFAULT_COMM_CPU_S_PER_BYTE)
@@ -57,7 +58,8 @@ BANDWIDTH_UNITS = {"bit/s": 1 / 8, "kbit/s": 1e3 / 8, "Mbit/s": 1e6 / 8, "Gbit/s
 LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 TOP_KEYS = {"format_version", "name", "description", "devices", "links"}
-DEVICE_KEYS = {"name", "memory", "gflops", "profile", "cpu_share", "host", "comm_cpu_ns_per_byte"}
+DEVICE_KEYS = {"name", "memory", "gflops", "profile", "cpu_share", "host", "comm_cpu_ns_per_byte",
+               "overlap_efficiency"}
 LINK_KEYS = {"bandwidth", "latency", "override"}
 OVERRIDE_KEYS = {"between", "bandwidth", "latency"}
 # Every key galaxy-profile writes (compiler/profile/report.py); the reader uses the rates, the
@@ -157,6 +159,7 @@ class _Reader:
             comm_cpu_s_per_byte=comm,
             profile=profile,
             attention_flops_per_s=attention_flops,
+            overlap_efficiency=self.fraction(raw.get("overlap_efficiency", 1.0), f"{where}.overlap_efficiency"),
         )
 
     def profile(self, relative: str, where: str) -> tuple[float, float, float]:
@@ -248,6 +251,12 @@ class _Reader:
         if value < 0 or (positive and value == 0):
             self.fail(where, f"{context}must be {'> 0' if positive else '>= 0'}, got {value!r}")
         return float(value)
+
+    def fraction(self, value: Any, where: str) -> float:
+        number = self.number(value, where)
+        if number > 1:
+            self.fail(where, f"must be between 0 and 1, got {value!r}")
+        return number
 
     def quantity(self, value: Any, where: str, units: dict[str, float], example: str, positive: bool) -> float:
         match = _QUANTITY_RE.match(value) if isinstance(value, str) else None
