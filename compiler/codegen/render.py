@@ -30,6 +30,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
 def _loop_layers(program: RankProgram) -> range | None:
     """Layers the loop runs; the model's last layer is written out after it (the head follows)."""
     stage = program.stage
@@ -50,6 +54,7 @@ def render_rank(program: RankProgram) -> str:
         st=program.stage,
         tokens_phrase="this rank's tokens" if program.sequence_parallel else "every token",
         loop_layers=_loop_layers(program),
+        layer_span=_span(program.stage.first_layer, program.stage.end_layer - 1),
     )
     source = re.sub(r"\n{4,}", "\n\n\n", source)  # macros end in a newline of their own
     try:
