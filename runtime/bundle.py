@@ -138,3 +138,13 @@ def _read_json(bundle_dir: Path, name: str) -> dict:
         raise BundleIntegrityError(name, f"has format_version {version!r}; this runtime reads "
                                          f"{FORMAT_VERSION}")
     return data
+
+
+def layer_weights(weights: Mapping[str, torch.Tensor], n_layers: int) -> list[dict[str, torch.Tensor]]:
+    """One dict per layer: "layers.3.mlp.in.weight" -> result[3]["mlp.in.weight"]."""
+    layers: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+    for key, tensor in weights.items():
+        if key.startswith("layers."):
+            _, index, name = key.split(".", 2)
+            layers[int(index)][name] = tensor
+    return layers

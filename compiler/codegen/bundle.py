@@ -3,10 +3,12 @@
     bundle/
       plan.json  manifest.json  rank_<k>.py  weights/rank_<k>.safetensors
       inputs/example.safetensors  reference/outputs.safetensors  galaxy_runtime/
+
+File names and the manifest format come from the runtime (galaxy.runtime.bundle), which reads
+them back on every device.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -14,19 +16,10 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from galaxy.runtime import bundle as layout
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FORMAT_VERSION = 1
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy_runtime(dest: Path) -> None:
@@ -42,21 +35,17 @@ def write_bundle(out_dir: str | Path, plan_document: dict, sources: dict[int, st
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    (out / "weights").mkdir(parents=True)
-    (out / "inputs").mkdir()
-    (out / "reference").mkdir()
-    (out / "plan.json").write_text(json.dumps(plan_document, indent=2, sort_keys=True) + "\n")
+    for folder in ("weights", "inputs", "reference"):
+        (out / folder).mkdir(parents=True)
+    (out / layout.PLAN).write_text(json.dumps(plan_document, indent=2, sort_keys=True) + "\n")
     for rank, source in sorted(sources.items()):
-        (out / f"rank_{rank}.py").write_text(source)
-        save_file(weights[rank], str(out / "weights" / f"rank_{rank}.safetensors"))
-    save_file({k: v.contiguous() for k, v in example_inputs.items()}, str(out / "inputs" / "example.safetensors"))
-    save_file({k: v.contiguous() for k, v in reference_outputs.items()},
-              str(out / "reference" / "outputs.safetensors"))
-    _copy_runtime(out / "galaxy_runtime")
+        (out / layout.rank_module(rank)).write_text(source)
+        layout.save_tensors(out / layout.rank_weights(rank), weights[rank])
+    layout.save_tensors(out / layout.EXAMPLE_INPUTS, example_inputs)
+    layout.save_tensors(out / layout.REFERENCE_OUTPUTS, reference_outputs)
+    _copy_runtime(out / layout.RUNTIME_DIR)
     files = sorted(p for p in out.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    manifest = {"format_version": BUNDLE_FORMAT_VERSION,
-                "files": {str(p.relative_to(out)): sha256_of(p) for p in files}}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    layout.write_manifest(out, (str(p.relative_to(out)) for p in files))
     size = sum(p.stat().st_size for p in files)
     log.info("wrote bundle %s: %d files, %.1f MiB", out, len(files), size / 2**20)
     return out

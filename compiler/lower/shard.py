@@ -15,7 +15,7 @@ from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram, StagePosition
 from galaxy.compiler.lower.layer_code import LayerCode
 from galaxy.compiler.lower.regions import LayerNamer, check_layers_match, relative_weight_name
-from galaxy.compiler.lower.weights import attention_weights, mlp_weights, owned
+from galaxy.compiler.lower.weights import attention_weights, mlp_weights
 from galaxy.compiler.codegen.emit import emit_nodes
 from galaxy.compiler.passes.prologue import epilogue_statics, layer_inputs, layer_statics, needed_nodes
 from galaxy.runtime.splits import offsets
@@ -37,11 +37,13 @@ def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: 
     nodes = {n.name: n for n in captured.graph_module.graph.nodes}
     layer_code = LayerCode(graph, captured, nodes)
     check_layers_match(graph, layer_code.functions)
-    return [_lower_rank(rank, graph, captured, plan, layer_code, source) for rank in range(plan.world_size)]
+    shared = {f.name: f for f in layer_code.functions(layer_code.first)}
+    return [_lower_rank(rank, graph, captured, plan, layer_code, shared, source)
+            for rank in range(plan.world_size)]
 
 
 def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, plan: Plan,
-                code: LayerCode, source: str) -> LoweredRank:
+                code: LayerCode, fns: dict[str, FunctionCode], source: str) -> LoweredRank:
     stage_index = plan.stage_of_rank(rank)
     stage = plan.stages[stage_index]
     i = stage.ranks.index(rank)
@@ -60,7 +62,6 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     for layer in graph.layers[stage.first_layer:stage.end_layer]:
         weights.update(_layer_weights(layer, captured, heads, kv_heads, columns))
 
-    fns = {f.name: f for f in code.functions(code.first)}
     needed = set(layer_statics(graph))
     if rank == 0 or not stage.sequence_parallel:  # rank 0 scatters the embeddings to its stage
         needed |= set(layer_inputs(graph))
@@ -113,7 +114,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         output_names=graph.output_names,
         weight_file=f"weights/rank_{rank}.safetensors",
     )
-    return LoweredRank(program, owned(weights))
+    return LoweredRank(program, weights)
 
 
 def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range,

@@ -59,8 +59,3 @@ def mlp_weights(mlp: MLPBlock, tensors, columns: range) -> dict[str, torch.Tenso
     if mlp.down.bias:
         out["mlp.down.bias"] = tensors[mlp.down.bias]
     return out
-
-
-def owned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous copies that share no storage (safetensors refuses shared tensors)."""
-    return {k: v.detach().contiguous().clone() for k, v in tensors.items()}
