@@ -37,6 +37,8 @@ VARIANTS = {v.name: v for v in (
     Variant("megatron", "even TP, all-reduce, replicated connective, no overlap", _megatron),
     Variant("proportional", "simple uneven HMP: shares in proportion to GFLOP/s, no overlap",
             lambda s, c: make_plan(s, c, solver="proportional")),
+    Variant("sequence", "sequence parallelism only: every weight everywhere, keys/values all-gathered",
+            lambda s, c: make_plan(s, c, solver="sequence")),
     Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)",
             lambda s, c: make_plan(s, c, solver="pipeline-dp")),
     Variant("galaxy-no-overlap", "Galaxy ILP plan, plain collectives",

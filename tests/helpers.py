@@ -29,16 +29,19 @@ def captured_tiny(kind: str, seq_len: int | None = None):
 
 def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_weights, tiles: int = 1,
                 wire_dtype: str = "float32", sequence_parallel: bool = True) -> Plan:
-    """A hand-written plan: shares proportional to the given per-rank weights (0 allowed)."""
+    """A hand-written plan: shares proportional to the given per-rank weights (0 allowed).
+    heads_weights=None (with columns_weights=None): sequence parallelism only."""
     n = len(tokens_weights)
     group = summary.heads // summary.kv_heads
-    kv = split_sizes(summary.kv_heads, heads_weights)
+    tensor_parallel = heads_weights is not None
+    kv = split_sizes(summary.kv_heads, heads_weights) if tensor_parallel else [summary.kv_heads] * n
+    columns = split_sizes(summary.intermediate, columns_weights) if tensor_parallel else [summary.intermediate] * n
     stage = StageSplit(
         ranks=tuple(range(n)), first_layer=0, end_layer=summary.n_layers,
         heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
-        columns_per_rank=tuple(split_sizes(summary.intermediate, columns_weights)),
+        columns_per_rank=tuple(columns),
         tokens_per_rank=tuple(split_sizes(summary.seq_len, tokens_weights)), tiles=tiles,
-        sequence_parallel=sequence_parallel)
+        sequence_parallel=sequence_parallel, tensor_parallel=tensor_parallel)
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(n)),
                 stages=(stage,), solver="manual", wire_dtype=wire_dtype)
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,

@@ -41,6 +41,14 @@ def _loop_layers(program: RankProgram) -> range | None:
     return range(stage.first_layer, end) if end > stage.first_layer else None
 
 
+def _sequence_mask(program: RankProgram) -> str:
+    """The attention mask of a rank that runs only its own queries (no tensor parallelism): a
+    causal model needs it written out, since is_causal would align the rows to the first token."""
+    masks = [f'static["{program.attention.mask}"]'] if program.attention.mask else []
+    masks += ['static["causal"]'] if program.attention.is_causal else []
+    return " & ".join(masks) or "None"
+
+
 def render_rank(program: RankProgram) -> str:
     start = offsets(program.tokens_per_rank)[program.stage.ring_index]
     wire_dtype = _WIRE_DTYPES[program.wire_dtype]
@@ -53,6 +61,8 @@ def render_rank(program: RankProgram) -> str:
         mlp_input=program.mlp_input,
         st=program.stage,
         tokens_phrase="this rank's tokens" if program.sequence_parallel else "every token",
+        layer_static="static" if program.tensor_parallel else "rows",
+        sequence_mask=_sequence_mask(program),
         loop_layers=_loop_layers(program),
         layer_span=_span(program.stage.first_layer, program.stage.end_layer - 1),
     )

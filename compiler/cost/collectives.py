@@ -42,17 +42,19 @@ def ring_step_s(table: "CostTable", ring: Sequence[int], chunk_bytes: float) -> 
                 for a, b in ring_links(ring)), default=0.0)
 
 
-def ring_collective_s(table: "CostTable", ring: Sequence[int], max_tokens: int, tiles: int = 1) -> float:
-    """Link time of one ring AllGather or ReduceScatter, all tiles included."""
-    chunk = max_tokens * table.token_wire_bytes / tiles
+def ring_collective_s(table: "CostTable", ring: Sequence[int], max_tokens: int, tiles: int = 1,
+                      token_bytes: float | None = None) -> float:
+    """Link time of one ring AllGather or ReduceScatter, all tiles included (`token_bytes`: bytes
+    per token if not one token of the hidden stream)."""
+    chunk = max_tokens * (token_bytes or table.token_wire_bytes) / tiles
     return tiles * (len(ring) - 1) * ring_step_s(table, ring, chunk) if len(ring) > 1 else 0.0
 
 
-def collective_cpu_s(table: "CostTable", device: int, ring_size: int) -> float:
+def collective_cpu_s(table: "CostTable", device: int, ring_size: int, token_bytes: float | None = None) -> float:
     """CPU seconds `device` spends moving the bytes of one ring collective of `ring_size` ranks."""
     if ring_size < 2:
         return 0.0
-    moved = 2 * (ring_size - 1) / ring_size * table.tokens * table.token_wire_bytes
+    moved = 2 * (ring_size - 1) / ring_size * table.tokens * (token_bytes or table.token_wire_bytes)
     return table.comm_cpu_s_per_byte[device] * moved
 
 

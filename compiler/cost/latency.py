@@ -19,6 +19,12 @@ communication work, so that CPU time adds to its compute):
     mlp      = max_r (C[r] c[d] + cpu[r]) + exposed(t, min_r C[r] c_in[d]) + exposed(t, min_r C[r] c_out[d])
     layer    = att + con + mlp
 
+Sequence parallelism only (tensor_parallel false: every rank holds every weight and runs whole
+layers on its x[r] tokens; attention all-gathers keys and values, 2 / g hidden-stream bytes a token):
+
+    att      = max_r (x[r] / S Gtot a[d] + kappa[d] 2 (n - 1)/n S b 2/g) + ring(1) at 2 b / g a token
+    mlp      = max_r  x[r] / S Ctot c[d]
+
 Once per forward:
 
     prologue = max over ranks of stage 0 of P[d]                           (replicated, whole sequence)
@@ -66,6 +72,8 @@ def total_latency_s(plan: Plan, blocks: Sequence[BlockTime]) -> float:
 
 
 def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
+    if not stage.tensor_parallel:
+        return _sequence_parallel_blocks(table, i, stage, ring)
     n, x, t = len(ring), stage.tokens_per_rank, stage.tiles
     ring_s = ring_collective_s(table, ring, max(x), t)
     cpu = tuple(2 * collective_cpu_s(table, d, n) for d in ring)
@@ -84,6 +92,19 @@ def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) 
         BlockTime(i, "connective", tuple(xj * table.connective_s_per_token[d] for xj, d in zip(x, ring))),
         tp_block("mlp", stage.columns_per_rank, table.mlp_s_per_column,
                  table.mlp_in_s_per_column, table.mlp_out_s_per_column),
+    ]
+
+
+def _sequence_parallel_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
+    x, share = stage.tokens_per_rank, [xj / table.tokens for xj in stage.tokens_per_rank]
+    kv_bytes = 2 * table.token_wire_bytes / table.heads_per_group  # one token's keys and values
+    gather_s = ring_collective_s(table, ring, max(x), token_bytes=kv_bytes)
+    cpu = tuple(collective_cpu_s(table, d, len(ring), token_bytes=kv_bytes) for d in ring)
+    attention = tuple(f * table.kv_groups * table.attention_s_per_group[d] + c for f, d, c in zip(share, ring, cpu))
+    return [
+        BlockTime(i, "attention", attention, comm_s=gather_s, comm_cpu_s_per_rank=cpu),
+        BlockTime(i, "connective", tuple(xj * table.connective_s_per_token[d] for xj, d in zip(x, ring))),
+        BlockTime(i, "mlp", tuple(f * table.columns * table.mlp_s_per_column[d] for f, d in zip(share, ring))),
     ]
 
 

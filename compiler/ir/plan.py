@@ -38,10 +38,23 @@ class StageSplit:
     # holds every token, connective blocks run replicated, tensor-parallel blocks end in an
     # all-reduce (tokens_per_rank is then unused).
     sequence_parallel: bool = True
+    # False: sequence parallelism only, the other baseline: every rank holds every weight
+    # (heads/columns_per_rank are then all the model's) and runs whole layers on its own
+    # tokens; attention all-gathers keys and values, the layer's only collective.
+    tensor_parallel: bool = True
 
     @property
     def layers(self) -> range:
         return range(self.first_layer, self.end_layer)
+
+    @property
+    def parallelism(self) -> str:
+        """How the stage shares a layer, in words."""
+        if not self.tensor_parallel:
+            return "sequence parallelism only (every weight on every rank)"
+        if not self.sequence_parallel:
+            return "tensor parallelism, replicated connective blocks (Megatron-style)"
+        return "hybrid: tensor-parallel attention and MLP, sequence-parallel connective blocks"
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,11 @@ def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_
         for name, total in (("heads_per_rank", heads), ("kv_heads_per_rank", kv_heads),
                             ("columns_per_rank", intermediate), ("tokens_per_rank", seq_len)):
             values = getattr(s, name)
-            if sum(values) != total or min(values) < 0:
+            if not s.tensor_parallel and name != "tokens_per_rank":
+                if set(values) != {total}:
+                    raise PlanFileError(f"stage {i}: without tensor parallelism every rank holds all "
+                                        f"{total} {name.removesuffix('_per_rank')}, not {list(values)}")
+            elif sum(values) != total or min(values) < 0:
                 raise PlanFileError(f"stage {i}: {name} {list(values)} must be >= 0 and sum to {total}")
         group = heads // kv_heads
         for h, kv in zip(s.heads_per_rank, s.kv_heads_per_rank):
@@ -158,6 +175,9 @@ def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_
         if not s.sequence_parallel and (len(plan.stages) > 1 or s.tiles > 1):
             raise PlanFileError(f"stage {i}: replicated connective blocks (sequence_parallel false) "
                                 "need a one-stage plan without tiles")
+        if not s.tensor_parallel and (not s.sequence_parallel or s.tiles > 1 or min(s.tokens_per_rank) < 1):
+            raise PlanFileError(f"stage {i}: sequence parallelism only (tensor_parallel false) needs "
+                                "sequence_parallel true, tiles 1 and at least one token per rank")
         covered.extend(s.layers)
     if covered != list(range(n_layers)):
         raise PlanFileError(f"stages cover layers {covered[:3]}..., expected 0..{n_layers - 1} in order")

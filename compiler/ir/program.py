@@ -93,6 +93,8 @@ class RankProgram:
     columns_per_rank: tuple[int, ...]
     tiles: int
     sequence_parallel: bool  # False: Megatron-style, replicated connective + all-reduce
+    tensor_parallel: bool  # False: sequence parallelism only, every weight on every rank
+    query_row_statics: tuple[str, ...]  # prologue values sliced to this rank's query rows (no TP)
     wire_dtype: str
     attention: AttentionCode
     mlp: MLPCode

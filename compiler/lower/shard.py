@@ -48,9 +48,11 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     stage = plan.stages[stage_index]
     i = stage.ranks.index(rank)
     att, mlp = code.first.attention, code.first.mlp
-    heads = _range(stage.heads_per_rank, i)
-    kv_heads = _range(stage.kv_heads_per_rank, i)
-    columns = _range(stage.columns_per_rank, i)
+    if stage.tensor_parallel:
+        heads, kv_heads = _range(stage.heads_per_rank, i), _range(stage.kv_heads_per_rank, i)
+        columns = _range(stage.columns_per_rank, i)
+    else:  # sequence parallelism only: every rank holds every weight
+        heads, kv_heads, columns = range(att.heads), range(att.kv_heads), range(mlp.intermediate)
     position = StagePosition(
         index=stage_index, count=len(plan.stages), ring_index=i, first_layer=stage.first_layer,
         end_layer=stage.end_layer,
@@ -101,7 +103,9 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
         tokens_per_rank=stage.tokens_per_rank, heads_per_rank=stage.heads_per_rank,
         kv_heads_per_rank=stage.kv_heads_per_rank, columns_per_rank=stage.columns_per_rank,
-        tiles=stage.tiles, sequence_parallel=stage.sequence_parallel, wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
+        tiles=stage.tiles, sequence_parallel=stage.sequence_parallel, tensor_parallel=stage.tensor_parallel,
+        query_row_statics=() if stage.tensor_parallel else _query_row_statics(graph, code),
+        wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
         transforms=tuple(fns[k] for k in ("q_transform", "k_transform", "v_transform") if k in fns),
         prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
         epilogue=epilogue, layer_entries=namer.entries,
@@ -115,6 +119,25 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         weight_file=f"weights/rank_{rank}.safetensors",
     )
     return LoweredRank(program, weights)
+
+
+def _query_row_statics(graph: TransformerGraph, code: LayerCode) -> tuple[str, ...]:
+    """Prologue values attention reads per query position (masks, rotary tables): a rank that runs
+    only its own queries keeps their rows, along dim -2 as in q's [batch, heads, seq, dim]."""
+    att = code.first.attention
+    names = [att.mask] if att.mask else []
+    for region in (att.q_transform, att.k_transform, att.v_transform):
+        names += [n for n in region.inputs[1:] if n in graph.prologue.outputs] if region.nodes else []
+    rows = []
+    for name in dict.fromkeys(names):
+        shape = tuple(code.nodes[name].meta["val"].shape)
+        if len(shape) >= 2 and shape[-2] == graph.seq_len:
+            rows.append(name)
+        elif len(shape) < 2 or shape[-2] != 1:
+            raise UntraceableModelError(f"sequence parallelism only needs the query rows of {name} "
+                                        f"(shape {list(shape)}) along dim -2; plan it with tensor "
+                                        "parallelism instead", "", name)
+    return tuple(rows)
 
 
 def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range,

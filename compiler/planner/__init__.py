@@ -3,7 +3,7 @@
     make_plan(summary, cluster, objective="latency", solver="ilp", time_limit_s=60.0) -> Plan
 
 solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
-pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
+sequence | pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
 to an EdgePipe-style pipeline of whole layers and says so in Plan.notes.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.planner.baselines import even_plan, proportional_plan, single_device_plan
+from galaxy.compiler.planner.baselines import even_plan, proportional_plan, sequence_plan, single_device_plan
 from galaxy.compiler.planner.brute_force import brute_force_plan
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
@@ -24,7 +24,7 @@ from galaxy.compiler.planner.solve import plan_ilp
 
 log = logging.getLogger(__name__)
 
-SOLVERS = ("ilp", "single", "even", "proportional", "pipeline-dp", "brute-force")
+SOLVERS = ("ilp", "single", "even", "proportional", "sequence", "pipeline-dp", "brute-force")
 OBJECTIVES = ("latency", "throughput")
 
 __all__ = ["OBJECTIVES", "SOLVERS", "make_plan", "plan_from_table"]
@@ -52,6 +52,8 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
         return even_plan(table, objective)
     if solver == "proportional":
         return proportional_plan(table, objective)
+    if solver == "sequence":
+        return sequence_plan(table, objective)
     if solver == "pipeline-dp":
         return pipeline_dp_plan(table, objective)
     if solver == "brute-force":

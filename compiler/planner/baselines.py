@@ -3,11 +3,15 @@
 - single:        the fastest device that holds the whole model, alone
 - even:          Megatron-style: every device, equal heads (KV groups), columns and tokens
 - proportional:  every device, heads/columns/tokens in proportion to flops_per_s
+- sequence:      sequence parallelism only: the fastest k devices that hold the whole model
+                 (k by predicted latency), tokens in inverse proportion to each one's time
+                 per token; every device keeps every weight
 (`pipeline_dp.py` has the EdgePipe-style pipeline.) None of them overlaps (tiles = 1), and none
 returns a plan that does not fit: they raise InfeasiblePlanError with the shortfall.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Sequence
 
@@ -15,13 +19,17 @@ from galaxy.compiler.cost.memory import memory_shortfall_bytes
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.planner.assemble import Split, hmp_plan, ring_order
+from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
 
+log = logging.getLogger(__name__)
+
 WHAT = {"single": "the fastest device that holds the whole model, alone",
         "even": "every device, equal heads, columns and tokens (Megatron-style), no overlap",
-        "proportional": "every device, heads, columns and tokens in proportion to GFLOP/s, no overlap"}
+        "proportional": "every device, heads, columns and tokens in proportion to GFLOP/s, no overlap",
+        "sequence": "sequence parallelism only: whole layers on each device's own tokens, every weight "
+                    "on every device, keys and values all-gathered"}
 
 
 def require_fit(plan: Plan, table: CostTable) -> Plan:
@@ -71,3 +79,40 @@ def even_plan(table: CostTable, objective: str = "latency") -> Plan:
 def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
     order = table.speed_order()
     return weighted_split(table, order, order[0], [table.flops_per_s[d] for d in order], "proportional", objective)
+
+
+def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
+    """Sequence parallelism only over the k fastest devices that hold the model, best k."""
+    order = table.speed_order()
+    best: Plan | None = None
+    for k in range(1, len(order) + 1):
+        try:
+            plan = _sequence_split(table, order[:k], objective)
+        except InfeasiblePlanError as err:
+            log.debug("sequence parallelism over %d devices: %s", k, err)
+            continue
+        if best is None or plan.predicted_latency_s < best.predicted_latency_s:
+            best = plan
+    if best is None:
+        return single_device_plan(table, objective=objective)  # raises with each device's shortfall
+    used = {table.index(name) for name in best.devices}
+    why_out = {d: "adding it does not lower the predicted latency, or it cannot hold the whole model"
+               for d in range(table.n_devices) if d not in used}
+    notes = (f"sequence baseline: {WHAT['sequence']}", block_note(best), *device_notes(table, best, why_out))
+    return replace(best, notes=notes)
+
+
+def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Plan:
+    per_token_s = [(table.kv_groups * table.attention_s_per_group[d] + table.columns * table.mlp_s_per_column[d])
+                   / table.tokens + table.connective_s_per_token[d] for d in used]
+    tokens = split_sizes(table.tokens, [1 / u for u in per_token_s])
+    if min(tokens) < 1:
+        raise InfeasiblePlanError(f"{len(used)} devices: the slowest gets no token", {})
+    split = Split(used=tuple(used), head=used[0], groups={}, columns={}, tokens=dict(zip(used, tokens)))
+    plan = build_hmp_plan(table, split, "sequence", objective)
+    ring = ring_order(table, used, used[0])
+    n = len(ring)
+    stage = replace(plan.stages[0], tensor_parallel=False, heads_per_rank=(table.heads,) * n,
+                    kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
+                    tokens_per_rank=tuple(split.tokens[d] for d in ring))
+    return require_fit(with_prediction(replace(plan, stages=(stage,)), table), table)

@@ -131,10 +131,9 @@ def stage_lines(a: Plan, b: Plan) -> list[str]:
         lines.append(f"stages: {len(a.stages)} -> {len(b.stages)}, layers {bounds(a)} -> {bounds(b)}")
     if tiles(a) != tiles(b):
         lines.append(f"tiles: {tiles(a)} -> {tiles(b)}")
-    modes = [tuple(s.sequence_parallel for s in p.stages) for p in (a, b)]
+    modes = ["; ".join(dict.fromkeys(s.parallelism for s in p.stages)) for p in (a, b)]
     if modes[0] != modes[1]:
-        lines.append("connective blocks: " + " -> ".join(
-            "sequence-parallel" if all(m) else "replicated" for m in modes))
+        lines.append(f"parallelism: {modes[0]} -> {modes[1]}")
     return lines
 
 

@@ -30,9 +30,8 @@ def share_lines(doc: PlanDocument) -> list[str]:
     totals = _totals(plan)
     lines = []
     for i, stage in enumerate(plan.stages):
-        mode = "sequence-parallel connective blocks" if stage.sequence_parallel else "replicated connective blocks"
         lines.append(f"stage {i}: layers {stage.first_layer}-{stage.end_layer - 1} ({len(stage.layers)}), "
-                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {mode}")
+                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {stage.parallelism}")
         rows = []
         for j, rank in enumerate(stage.ranks):
             name = plan.devices[rank]

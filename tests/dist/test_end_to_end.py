@@ -69,9 +69,7 @@ def test_fp16_on_the_wire(tmp_path, tiny_models, tiles):
         assert result.outputs[name].dtype == expected.dtype
 
 
-@pytest.mark.parametrize("method", ["export", "symbolic"])
-def test_plain_pytorch_model_without_a_template(tmp_path, method):
-    """models/custom.py is no HF model: it compiles from its graph patterns alone."""
+def _custom_model(method: str = "export"):
     from galaxy.compiler.capture.load import load_model
     from galaxy.compiler.capture.trace import capture
     from galaxy.compiler.passes.recognise import recognise
@@ -79,8 +77,23 @@ def test_plain_pytorch_model_without_a_template(tmp_path, method):
     from helpers import MODELS
     captured = capture(load_model(str(MODELS / "custom.py"), size="tiny"), method=method)
     graph = recognise(captured)
-    summary = summarise(graph, captured)
-    _run(tmp_path, (captured, graph, summary), manual_plan(summary, [2, 1, 1], [1, 2, 1], [1, 1, 2]))
+    return captured, graph, summarise(graph, captured)
+
+
+@pytest.mark.parametrize("method", ["export", "symbolic"])
+def test_plain_pytorch_model_without_a_template(tmp_path, method):
+    """models/custom.py is no HF model: it compiles from its graph patterns alone."""
+    model = _custom_model(method)
+    _run(tmp_path, model, manual_plan(model[2], [2, 1, 1], [1, 2, 1], [1, 1, 2]))
+
+
+@pytest.mark.parametrize("kind,tokens", [("bert", [3, 2, 1]), ("gpt2", [1, 1]), ("llama", [5, 2, 1, 1]),
+                                         ("custom", [1, 2, 1])])
+def test_sequence_parallel_only_baseline(tmp_path, tiny_models, kind, tokens):
+    """Every rank holds every weight and runs its own tokens; masks, rotary tables and the
+    causal mask (custom.py uses is_causal=True) are cut to each rank's query rows."""
+    model = _custom_model() if kind == "custom" else tiny_models[kind]
+    _run(tmp_path, model, manual_plan(model[2], None, None, tokens))
 
 
 PIPELINES = {

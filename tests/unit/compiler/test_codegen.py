@@ -74,3 +74,14 @@ def test_pipeline_stages_hand_over_between_leaders(llama):
     assert "send_to_ranks([x, residual]" in sources[1]
     assert "receive_whole(" in _function(sources[2], "forward")
     assert "def epilogue(" in sources[0] and "def epilogue(" not in sources[2]
+
+
+def test_sequence_parallel_only_plans_gather_keys_and_values_once_per_layer(llama):
+    summary = llama[2]
+    source = _sources(llama, manual_plan(summary, None, None, [2, 1]))[1]
+    attention, mlp = _function(source, "attention"), _function(source, "mlp")
+    assert attention.count("all_gather(") == 1 and "torch.cat([k, v]" in attention
+    assert "reduce_scatter" not in source and "all_gather" not in mlp
+    # RoPE tables and the mask keep this rank's query rows; the whole-sequence values stay for the head.
+    assert "QUERY_ROW_STATICS = [" in source and "layer(w, x, residual, rows, ring)" in source
+    assert "sequence parallelism only" in source.split('"""')[1]

@@ -69,3 +69,18 @@ def test_latency_is_the_sum_of_block_times(toy):
     plan = hmp(2)
     latency, blocks = predict(plan, toy)
     assert latency == pytest.approx(sum(block_s(b) * (2 if b.per_layer else 1) for b in blocks), rel=1e-12)
+
+
+def test_sequence_parallel_only(toy):
+    """Whole layers on 3 and 1 tokens; one all-gather of keys and values (2 / g = 2 hidden-stream
+    bytes a token) per layer, no collective after attention or the MLP."""
+    stage = StageSplit((0, 1), 0, 2, (2, 2), (2, 2), (4, 4), (3, 1), tensor_parallel=False)
+    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=(stage,), solver="manual")
+    gather = 1 * (0.01 + 1e-4 * 3 * 2000)  # one step, largest chunk 3 tokens of 2000 B
+    cpu_a, cpu_b = 1e-4 * 8000, 2e-4 * 8000  # kappa x 2(n-1)/n x S x 2000 B
+    attention = max(3 / 4 * 2 * 1.0 + cpu_a, 1 / 4 * 2 * 2.0 + cpu_b) + gather
+    mlp = max(3 / 4 * 4 * 0.5, 1 / 4 * 4 * 1.0)
+    expected = 0.2 + 2 * (attention + max(0.03, 0.02) + mlp) + 0.41
+    latency, blocks = predict(plan, toy)
+    assert latency == pytest.approx(expected, rel=1e-12)
+    assert [b.comm_s for b in blocks[1:4]] == pytest.approx([gather, 0.0, 0.0])

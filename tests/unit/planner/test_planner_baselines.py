@@ -75,3 +75,23 @@ def test_pipeline_dp_matches_exhaustive(seed):
             pipeline_dp_plan(table)
         return
     assert pipeline_dp_plan(table).predicted_latency_s == pytest.approx(expected, rel=1e-12)
+
+
+def test_sequence_only_baseline_splits_tokens_by_speed_and_keeps_every_weight(bert):
+    from galaxy.compiler.cost.table import build_cost_table
+    from galaxy.compiler.planner.baselines import sequence_plan
+    table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=10_000))
+    stage = sequence_plan(table).stages[0]
+    assert not stage.tensor_parallel and stage.tiles == 1
+    assert set(stage.heads_per_rank) == {12} and set(stage.columns_per_rank) == {3072}
+    tokens = dict(zip(sequence_plan(table).devices, stage.tokens_per_rank))
+    assert tokens["a"] > tokens.get("b", 0) >= tokens.get("c", 0) and sum(tokens.values()) == 256
+
+
+def test_sequence_only_baseline_leaves_out_devices_that_cannot_hold_the_model(bert):
+    from galaxy.compiler.cost.table import build_cost_table
+    from galaxy.compiler.planner.baselines import sequence_plan
+    table = build_cost_table(bert, make_cluster([("a", 4, 20), ("b", 0.3, 20)], mbit_per_s=10_000))
+    plan = sequence_plan(table)
+    assert plan.devices == ("a",)
+    assert any(n.startswith("out b") for n in plan.notes)

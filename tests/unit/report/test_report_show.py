@@ -18,7 +18,8 @@ def test_header_shares_memory_and_unused_devices():
     assert text.splitlines()[0] == ("plan for bert-base on four-uneven: ilp, latency objective, wire float32, "
                                     "1 stage, 2 of 4 devices")
     assert "predicted latency 742.69 ms per forward" in text
-    assert "stage 0: layers 0-11 (12), 2 ranks, tiles 4, sequence-parallel connective blocks" in text
+    assert ("stage 0: layers 0-11 (12), 2 ranks, tiles 4, hybrid: tensor-parallel attention and MLP, "
+            "sequence-parallel connective blocks") in text
     memory = plan_memory_bytes(doc.plan, doc.cost_table())
     assert rows(text, "0")[0] == ["0", "dev-a", "8/12", "8/12", "2048/3072", "128/256",
                                   *gib(memory["dev-a"]).split(), "8.00", "GiB", f"{memory['dev-a'] / 8 / 2**30:.0%}"]
