@@ -41,9 +41,12 @@ VARIANTS = {v.name: v for v in (
             lambda s, c: make_plan(s, c, solver="sequence")),
     Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)",
             lambda s, c: make_plan(s, c, solver="pipeline-dp")),
-    Variant("galaxy-no-overlap", "Galaxy ILP plan, plain collectives",
-            lambda s, c: make_plan(s, c, tile_choices=(1,))),
-    Variant("galaxy", "Galaxy ILP plan with tile-based overlap", lambda s, c: make_plan(s, c)),
+    Variant("galaxy-no-overlap", "Galaxy's hybrid (HMP) ILP plan, plain collectives",
+            lambda s, c: make_plan(s, c, tile_choices=(1,), sequence_only=False)),
+    Variant("galaxy-hmp", "Galaxy's hybrid (HMP) ILP plan with tile-based overlap",
+            lambda s, c: make_plan(s, c, sequence_only=False)),
+    Variant("galaxy", "Galaxy's planner: the HMP plan or, if faster and it fits, sequence parallelism only",
+            lambda s, c: make_plan(s, c)),
     Variant("galaxy-fp16", "Galaxy with fp16 activations on the wire (max error stated)", _galaxy_fp16),
 )}
 

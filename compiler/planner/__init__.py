@@ -4,7 +4,10 @@
 
 solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
 sequence | pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
-to an EdgePipe-style pipeline of whole layers and says so in Plan.notes.
+to an EdgePipe-style pipeline of whole layers and says so in Plan.notes. With
+`sequence_only=True` (the default) the ILP's hybrid plan also competes with the sequence-parallel-
+only plan, which needs every used device to hold the whole model but gathers only keys and
+values, once a layer: the lower predicted latency wins.
 """
 from __future__ import annotations
 
@@ -32,20 +35,23 @@ __all__ = ["OBJECTIVES", "SOLVERS", "make_plan", "plan_from_table"]
 
 def make_plan(summary: ModelSummary, cluster: Cluster, objective: str = "latency", solver: str = "ilp",
               time_limit_s: float = 60.0, *, wire_dtype_bytes: int = 4, backend: str = "cbc",
-              tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+              tile_choices: tuple[int, ...] = TILE_CHOICES, sequence_only: bool = True) -> Plan:
     table = build_cost_table(summary, cluster, wire_dtype_bytes)
-    plan = plan_from_table(table, objective, solver, time_limit_s, backend=backend, tile_choices=tile_choices)
+    plan = plan_from_table(table, objective, solver, time_limit_s, backend=backend, tile_choices=tile_choices,
+                           sequence_only=sequence_only)
     validate_plan(plan, heads=summary.heads, kv_heads=summary.kv_heads, intermediate=summary.intermediate,
                   seq_len=summary.seq_len, n_layers=summary.n_layers)
     return plan
 
 
 def plan_from_table(table: CostTable, objective: str = "latency", solver: str = "ilp", time_limit_s: float = 60.0,
-                    *, backend: str = "cbc", tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+                    *, backend: str = "cbc", tile_choices: tuple[int, ...] = TILE_CHOICES,
+                    sequence_only: bool = True) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if solver == "ilp":
-        return _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
+        plan = _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
+        return _or_sequence_only(plan, table, objective) if sequence_only else plan
     if solver == "single":
         return single_device_plan(table, objective=objective)
     if solver == "even":
@@ -77,3 +83,19 @@ def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, back
         plan = replace(plan, notes=("throughput: a single-stage plan serves one request at a time, so the ILP "
                                     "minimises its latency", *plan.notes))
     return plan
+
+
+def _or_sequence_only(plan: Plan, table: CostTable, objective: str) -> Plan:
+    """The sequence-parallel-only plan instead, if it fits and is predicted faster."""
+    try:
+        sequence = sequence_plan(table, objective)
+    except InfeasiblePlanError:
+        return plan
+    if len(sequence.devices) < 2 or sequence.predicted_latency_s >= plan.predicted_latency_s:
+        return plan
+    log.info("sequence parallelism only beats the hybrid plan: %.1f ms vs %.1f ms",
+             sequence.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
+    why = (f"sequence parallelism only: predicted {sequence.predicted_latency_s * 1e3:.1f} ms against "
+           f"{plan.predicted_latency_s * 1e3:.1f} ms for the best hybrid plan ({plan.solver}); every used device "
+           "holds the whole model, and a layer gathers only keys and values, once")
+    return replace(sequence, solver=plan.solver, notes=(why, *sequence.notes[1:]))

@@ -15,7 +15,7 @@ import logging
 from dataclasses import replace
 from typing import Sequence
 
-from galaxy.compiler.cost.memory import memory_shortfall_bytes
+from galaxy.compiler.cost.memory import memory_shortfall_bytes, rank_memory_bytes
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
@@ -96,7 +96,9 @@ def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
     if best is None:
         return single_device_plan(table, objective=objective)  # raises with each device's shortfall
     used = {table.index(name) for name in best.devices}
-    why_out = {d: "adding it does not lower the predicted latency, or it cannot hold the whole model"
+    whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
+    why_out = {d: (f"cannot hold the whole model ({fmt_bytes(whole)} or more, has {fmt_bytes(table.mem_bytes[d])})"
+                   if table.mem_bytes[d] < whole else "adding it does not lower the predicted latency")
                for d in range(table.n_devices) if d not in used}
     notes = (f"sequence baseline: {WHAT['sequence']}", block_note(best), *device_notes(table, best, why_out))
     return replace(best, notes=notes)

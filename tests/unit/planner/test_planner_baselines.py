@@ -95,3 +95,20 @@ def test_sequence_only_baseline_leaves_out_devices_that_cannot_hold_the_model(be
     plan = sequence_plan(table)
     assert plan.devices == ("a",)
     assert any(n.startswith("out b") for n in plan.notes)
+
+
+@pytest.mark.parametrize("memory_gib", [4, 0.3])
+def test_ilp_takes_sequence_parallelism_only_when_it_fits_and_is_faster(bert, memory_gib):
+    # 2 ms a ring step, as on the emulator: four collectives a layer cost more than one
+    cluster = make_cluster([("a", memory_gib, 20), ("b", memory_gib, 12), ("c", memory_gib, 7)], mbit_per_s=1000,
+                           latency_s=2e-3)
+    hybrid = make_plan(bert, cluster, sequence_only=False)
+    chosen = make_plan(bert, cluster)
+    if memory_gib < 0.5:  # BERT-base's 0.44 GB of weights fit on no device alone
+        assert chosen == hybrid
+        return
+    sequence = make_plan(bert, cluster, solver="sequence")
+    assert sequence.predicted_latency_s < hybrid.predicted_latency_s
+    assert not chosen.stages[0].tensor_parallel and chosen.solver == "ilp"
+    assert chosen.predicted_latency_s == sequence.predicted_latency_s
+    assert chosen.notes[0].startswith("sequence parallelism only: predicted")
