@@ -4,7 +4,9 @@
 
 solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
 pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
-to an EdgePipe-style pipeline of whole layers and says so in Plan.notes.
+to an EdgePipe-style pipeline of whole layers and says so in Plan.notes. With objective
+"throughput" the ILP's plan competes with the pipeline DP's on time per request when requests
+stream (planner/throughput.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from galaxy.compiler.planner.brute_force import brute_force_plan
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 from galaxy.compiler.planner.solve import plan_ilp
+from galaxy.compiler.planner.throughput import throughput_plan
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
                     *, backend: str = "cbc", tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if solver == "ilp" and objective == "throughput":
+        return throughput_plan(table, backend, time_limit_s, tile_choices)
     if solver == "ilp":
         return _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
     if solver == "single":
@@ -62,7 +67,7 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
 def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, backend: str,
                      tile_choices: tuple[int, ...]) -> Plan:
     try:
-        plan = plan_ilp(table, objective, backend, time_limit_s, tile_choices)
+        return plan_ilp(table, objective, backend, time_limit_s, tile_choices)
     except InfeasiblePlanError as err:
         try:
             pipe = pipeline_dp_plan(table, objective)
@@ -71,7 +76,3 @@ def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, back
         log.info("no single-stage plan fits; using a pipeline of whole layers")
         return replace(pipe, notes=(f"no single-stage plan fits ({err}); a pipeline of whole layers does",
                                     *pipe.notes))
-    if objective == "throughput":
-        plan = replace(plan, notes=("throughput: a single-stage plan serves one request at a time, so the ILP "
-                                    "minimises its latency", *plan.notes))
-    return plan
