@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                    "max_abs_error": max((result.max_abs_error or {}).values(), default=None),
                    "within_tolerance": result.within_tolerance}
             log.info("%s %g Mbit/s: %.3f requests/s (predicted %.3f), within tolerance %s", objective, mbit,
-                     row["median_requests_per_s"], 1 / row["predicted_s_per_request"], result.within_tolerance)
+                     row["median_requests_per_s"], predicted_rate(row), result.within_tolerance)
             rows.append(row)
             (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     (args.out / "results.md").write_text(table(rows, args))
@@ -68,21 +68,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"{args.model} on {args.cluster} (emulated), {args.requests} requests streamed, median of "
-             f"{args.repeat} stream(s) after 1 warmup request. Plan: stages as ranks per stage "
-             "(1+1+1 = three one-device stages). Predicted requests/s = 1 / busiest stage's time "
-             "(a one-stage plan: 1 / its latency).", "",
-             "| link | objective | plan (ranks per stage) | requests/s | predicted requests/s | pred. error "
+             f"{args.repeat} stream(s) after 1 warmup request. Plan: ranks per stage (1+1+1 = three "
+             "one-device stages). Predicted steady state = 1 / the busiest stage's time per request (a "
+             "one-stage plan: 1 / its latency); predicted for M requests = M / (latency + (M - 1) x "
+             "busiest stage), the pipeline filling and draining once.", "",
+             "| link | objective | plan | requests/s | predicted, M requests | pred. error | predicted, steady "
              "| latency per request (s) | vs latency plan | max abs error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     latency_rate = {r["mbit"]: r["median_requests_per_s"] for r in rows if r["objective"] == "latency"}
     for r in rows:
-        rate, predicted = r["median_requests_per_s"], 1 / r["predicted_s_per_request"]
+        rate, steady, predicted = r["median_requests_per_s"], 1 / r["predicted_s_per_request"], predicted_rate(r)
         err = f"{r['max_abs_error']:.1e}" if r["max_abs_error"] is not None else "-"
         ok = "" if r["within_tolerance"] else " (NOT within tolerance)"
         lines.append(f"| {r['mbit']:g} Mbit/s | {r['objective']} | {'+'.join(map(str, r['stages']))} "
-                     f"| {rate:.3f} | {predicted:.3f} | {100 * (predicted - rate) / rate:+.0f}% "
+                     f"| {rate:.3f} | {predicted:.3f} | {100 * (predicted - rate) / rate:+.0f}% | {steady:.3f} "
                      f"| {r['median_latency_s']:.2f} | {rate / latency_rate[r['mbit']]:.2f}x | {err}{ok} |")
     return "\n".join(lines) + "\n"
+
+
+def predicted_rate(row: dict) -> float:
+    """Requests/s predicted for a stream of M: the first takes the latency, each later one a slot."""
+    m = row["requests"]
+    return m / (row["predicted_latency_s"] + (m - 1) * row["predicted_s_per_request"])
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -96,8 +103,8 @@ def plot(rows: list[dict], path: Path) -> None:
         items = [next(r for r in rows if r["mbit"] == b and r["objective"] == objective) for b in bandwidths]
         xs = [j + 0.4 * i for j in range(len(bandwidths))]
         ax.bar(xs, [r["median_requests_per_s"] for r in items], 0.4, label=f"{objective} plan, measured")
-        ax.scatter(xs, [1 / r["predicted_s_per_request"] for r in items], color="black", marker="_", s=400,
-                   label="predicted" if i == 0 else None, zorder=3)
+        ax.scatter(xs, [predicted_rate(r) for r in items], color="black", marker="_", s=400,
+                   label=f"predicted for {items[0]['requests']} requests" if i == 0 else None, zorder=3)
     ax.set_xticks([j + 0.2 for j in range(len(bandwidths))], [f"{b:g} Mbit/s" for b in bandwidths])
     ax.set_ylabel("requests per second")
     ax.set_title(f"{rows[0]['model']} on {rows[0]['cluster']}: streaming {rows[0]['requests']} requests")

@@ -6,9 +6,7 @@ import torch
 from galaxy.runtime.stream import pack_requests, pipelined, unpack_requests
 
 
-def test_pipelined_runs_start_lag_requests_ahead_and_yields_in_order():
-    events = []
-
+def _recording(events: list[str]):
     def start(inputs, weights, ctx):
         events.append(f"S{inputs}")
         return inputs
@@ -16,16 +14,19 @@ def test_pipelined_runs_start_lag_requests_ahead_and_yields_in_order():
     def finish(held, weights, ctx):
         events.append(f"F{held}")
         return held * 10
+    return start, finish
 
-    outputs = list(pipelined(iter(range(4)), start, finish, {}, None, lag=2))
+
+def test_pipelined_runs_start_lag_requests_ahead_and_yields_in_order():
+    events: list[str] = []
+    outputs = list(pipelined(iter(range(4)), *_recording(events), {}, None, lag=2))
     assert outputs == [0, 10, 20, 30]
     assert events == ["S0", "S1", "S2", "F0", "S3", "F1", "F2", "F3"]
 
 
 def test_lag_zero_is_one_request_at_a_time():
-    events = []
-    list(pipelined(range(2), lambda i, w, c: events.append(f"S{i}") or i,
-                   lambda i, w, c: events.append(f"F{i}"), {}, None, lag=0))
+    events: list[str] = []
+    list(pipelined(range(2), *_recording(events), {}, None, lag=0))
     assert events == ["S0", "F0", "S1", "F1"]
 
 
