@@ -27,6 +27,7 @@ from galaxy.compiler.codegen.bundle import write_bundle
 from galaxy.compiler.codegen.render import render_rank
 from galaxy.compiler.errors import GalaxyError
 from galaxy.compiler.ir.cluster_file import load_cluster
+from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.lower.shard import lower
 from galaxy.compiler.passes.recognise import recognise
 from galaxy.compiler.passes.summarise import summarise
@@ -44,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model_spec in args.models.split(","):
         kind, size = model_spec.split(":")
-        log.info("capturing %s %s", kind, size)
-        captured = capture(load_model(str(REPO / "models" / f"{kind}.py"), size=size, seq_len=args.seq_len))
-        graph = recognise(captured)
-        summary = summarise(graph, captured)
+        captured, graph, summary = capture_model(kind, size, args.seq_len)
         for cluster_name in args.clusters.split(","):
             base = load_cluster(REPO / "clusters" / f"{cluster_name}.toml")
             for mbit in (float(b) for b in args.bandwidths.split(",")):
@@ -72,14 +70,7 @@ def _run_variant(name, summary, cluster, graph, captured, args) -> dict:
         log.warning("%s: no plan: %s", name, exc)
         return {"error": str(exc).splitlines()[0]}
     with tempfile.TemporaryDirectory(prefix="galaxy-bench-") as scratch:
-        lowered = lower(graph, captured, plan, "benchmark")
-        sources = {r.program.rank: render_rank(r.program) for r in lowered}
-        document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
-                    "cluster": cluster.to_json(), "input_names": list(graph.input_names),
-                    "output_names": list(graph.output_names), "source": "benchmark"}
-        bundle = write_bundle(Path(scratch) / "bundle", document, sources,
-                              {r.program.rank: r.weights for r in lowered},
-                              captured.example_inputs, captured.reference_outputs)
+        bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, cluster, graph, captured)
         result = run_emulated(bundle, repeat=args.repeat, warmup=1, timeout_s=args.timeout)
     lat = result.latencies_s
     stage_ranks = [len(s.ranks) for s in plan.stages]
@@ -90,6 +81,25 @@ def _run_variant(name, summary, cluster, graph, captured, args) -> dict:
             "within_tolerance": result.within_tolerance, "used_devices": plan.world_size,
             "stages": stage_ranks, "tiles": [s.tiles for s in plan.stages], "wire_dtype": plan.wire_dtype,
             "wall_s": time.perf_counter() - started}
+
+
+def capture_model(kind: str, size: str, seq_len: int):
+    """models/<kind>.py at `size`: (captured, graph, summary)."""
+    log.info("capturing %s %s", kind, size)
+    captured = capture(load_model(str(REPO / "models" / f"{kind}.py"), size=size, seq_len=seq_len))
+    graph = recognise(captured)
+    return captured, graph, summarise(graph, captured)
+
+
+def write_plan_bundle(out: Path, plan: Plan, summary, cluster, graph, captured) -> Path:
+    """Lower, render and bundle `plan` (with the cluster, so the emulator can run it)."""
+    lowered = lower(graph, captured, plan, "benchmark")
+    sources = {r.program.rank: render_rank(r.program) for r in lowered}
+    document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
+                "cluster": cluster.to_json(), "input_names": list(graph.input_names),
+                "output_names": list(graph.output_names), "source": "benchmark"}
+    return write_bundle(out, document, sources, {r.program.rank: r.weights for r in lowered},
+                        captured.example_inputs, captured.reference_outputs)
 
 
 def _parse(argv):

@@ -1,13 +1,18 @@
 """What a generated rank module runs: `sys.exit(run_rank(RANK, forward))`.
 
-    python rank_<k>.py --master HOST:PORT [--input IN] [--output OUT] [--timeout S]
-                       [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
+    python rank_<k>.py --master HOST:PORT [--input IN [IN ...]] [--output OUT] [--timeout S]
+                       [--requests M] [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
 
 (or torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of --master).
 Steps: verify this rank's files against manifest.json, load plan and weights, join the
 gloo group, broadcast rank 0's inputs, then run `forward(inputs, weights, ctx)` under
 torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0 writes the
 outputs and reports latencies. Runtime errors end the process with one line on stderr.
+
+With --requests M > 1 the M requests (the input files in turn) stream through the stages
+(runtime/stream.py): one barrier, then every rank runs its stream; rank 0 reports requests/s
+and each request's latency, and writes request i's output `name` as `i/name`. --repeat N
+streams N times.
 
 Exit codes: 0 success; 2 this rank's own problem (bundle, command line, rendezvous); 4 a
 peer failed or timed out (the message names it: look there first); 1 a bug (traceback).
@@ -32,6 +37,8 @@ from .collectives import broadcast_tensors
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
 from .ring import Ring
+from .stages import Handoff
+from .stream import Stream, StreamRun, pack_requests, sequential, timed_stream, unpack_requests
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class RankContext:
     stage_ranks: tuple[tuple[int, ...], ...]  # plan["plan"]["stages"][i]["ranks"]
     plan: dict  # the whole plan.json
     bundle_dir: Path
+    handoff: Handoff  # this rank's sends and receives between pipeline stages
 
     def ring(self, stage_index: int = 0) -> Ring:
         """The ranks of pipeline stage `stage_index`, in ring order, seen from this rank."""
@@ -68,12 +76,16 @@ class RankContext:
         return Ring(tuple(range(self.world_size)), self.rank, self.timeout_s, self.device_names)
 
 
-def run_rank(rank: int, forward: Forward, argv: list[str] | None = None) -> int:
-    """Run this rank of the bundle that holds `forward`'s module; returns the exit code."""
+def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream: Stream | None = None) -> int:
+    """Run this rank of the bundle that holds `forward`'s module; returns the exit code.
+
+    `stream(requests, weights, ctx)` yields the outputs of many requests; default: `forward`
+    once per request (rank 0 of a pipeline passes its own, overlapping the stages).
+    """
     args = _parse_args(rank, argv)
     _setup_logging(rank, args.log_level)
     try:
-        return _run(rank, forward, args)
+        return _run(rank, forward, stream or sequential(forward), args)
     except GalaxyRuntimeError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"galaxy rank {rank}: error: {message}\n")
@@ -85,7 +97,7 @@ def run_rank(rank: int, forward: Forward, argv: list[str] | None = None) -> int:
         rendezvous.close()
 
 
-def _run(rank: int, forward: Forward, args: argparse.Namespace) -> int:
+def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) -> int:
     bundle_dir = find_bundle_dir(forward)
     bundle.verify_manifest(bundle_dir, bundle.rank_files(bundle_dir, rank))
     plan = bundle.load_plan(bundle_dir)
@@ -96,17 +108,27 @@ def _run(rank: int, forward: Forward, args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
     log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
+    world = Ring(tuple(range(world_size)), rank, args.timeout, devices)
     ctx = RankContext(rank, world_size, devices, args.timeout,
-                      tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir)
-    inputs = None
+                      tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
+    packed = None
     if rank == 0:  # before joining, so a wrong input fails fast and alone
-        inputs = bundle.load_tensors(args.input or bundle_dir / bundle.EXAMPLE_INPUTS)
-        check_inputs(inputs, bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS))
+        example = bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS)
+        files = [bundle.load_tensors(path) for path in args.input] if args.input else [example]
+        for inputs in files:
+            check_inputs(inputs, example)
+        packed = pack_requests(files)
     rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
-    inputs = broadcast_tensors(inputs, ctx.world())
-    latencies, outputs = _timed_runs(forward, inputs, weights, ctx, args.warmup, args.repeat)
-    if rank == 0:
-        _report(outputs, latencies, args)
+    files = unpack_requests(broadcast_tensors(packed, ctx.world()))
+    requests = args.requests or len(files)
+    if requests > 1:
+        runs = _streamed_runs(forward, stream, [files[i % len(files)] for i in range(requests)], weights, ctx, args)
+        if rank == 0:
+            _report_stream(runs, args)
+    else:
+        latencies, outputs = _timed_runs(forward, files[0], weights, ctx, args.warmup, args.repeat)
+        if rank == 0:
+            _report(outputs, latencies, args)
     barrier(ctx.world(), "the final barrier")
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
@@ -132,6 +154,7 @@ def _timed_runs(forward, inputs, weights, ctx, warmup: int, repeat: int):
         start = time.perf_counter()
         with torch.inference_mode():
             outputs = forward(inputs, weights, ctx)
+        ctx.handoff.flush()
         elapsed = time.perf_counter() - start
         if timing.ENABLED:
             log.info("rank %d: run %d: %s", ctx.rank, run, timing.describe(timing.take(), elapsed))
@@ -141,10 +164,45 @@ def _timed_runs(forward, inputs, weights, ctx, warmup: int, repeat: int):
     return latencies, outputs
 
 
-def _report(outputs, latencies: list[float], args: argparse.Namespace) -> None:
+def _streamed_runs(forward: Forward, stream: Stream, requests: list[dict], weights, ctx,
+                   args: argparse.Namespace) -> list[StreamRun]:
+    """Warmup requests one at a time, then one barrier and the stream, --repeat times."""
+    _timed_runs(forward, requests[0], weights, ctx, args.warmup, 0)
+    runs = []
+    for run in range(args.repeat):
+        barrier(ctx.world(), f"the barrier before stream {run}")
+        runs.append(timed_stream(stream, requests, weights, ctx))
+        log.debug("rank %d: stream %d took %.4f s", ctx.rank, run, runs[-1].wall_s)
+    return runs
+
+
+def _report_stream(runs: list[StreamRun], args: argparse.Namespace) -> None:
+    for outputs in runs[-1].outputs:
+        _check_outputs(outputs)
+    rates = [run.requests_per_s for run in runs]
+    latencies = [s for run in runs for s in run.latencies_s]
+    log.info("%d requests streamed %d time(s): median %.3f requests/s; per-request latency median %.2f ms, "
+             "max %.2f ms", len(runs[-1].outputs), len(runs), statistics.median(rates),
+             1e3 * statistics.median(latencies), 1e3 * max(latencies))
+    if args.output:
+        bundle.save_tensors(args.output, {f"{i}/{name}": tensor for i, outputs in enumerate(runs[-1].outputs)
+                                          for name, tensor in outputs.items()})
+        log.info("wrote the outputs of %d requests to %s", len(runs[-1].outputs), args.output)
+    if args.timings_json:
+        Path(args.timings_json).write_text(json.dumps({
+            "latencies_s": latencies, "median_s": statistics.median(latencies),
+            "requests": len(runs[-1].outputs), "stream_s": [run.wall_s for run in runs],
+            "requests_per_s": rates}))
+
+
+def _check_outputs(outputs) -> None:
     if not isinstance(outputs, Mapping) or not outputs:
         raise GalaxyRuntimeError(f"forward returned {type(outputs).__name__} on rank 0, expected "
                                  "a dict of output tensors by name")
+
+
+def _report(outputs, latencies: list[float], args: argparse.Namespace) -> None:
+    _check_outputs(outputs)
     if latencies:
         log.info("latency over %d runs: median %.2f ms, min %.2f ms, max %.2f ms", len(latencies),
                  1e3 * statistics.median(latencies), 1e3 * min(latencies), 1e3 * max(latencies))
@@ -193,16 +251,20 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
                                      description=f"Run rank {rank} of a Galaxy bundle.")
     parser.add_argument("--master", metavar="HOST:PORT",
                         help="rank 0's address and a free port (default: MASTER_ADDR/MASTER_PORT)")
-    parser.add_argument("--input", metavar="IN.safetensors",
-                        help="input tensors by name (rank 0; default: inputs/example.safetensors)")
+    parser.add_argument("--input", metavar="IN.safetensors", nargs="+",
+                        help="input tensors by name, one file per request (rank 0; default: "
+                             "inputs/example.safetensors)")
     parser.add_argument("--output", metavar="OUT.safetensors",
                         help="write the output tensors by name (rank 0)")
     parser.add_argument("--timeout", type=_positive_float, default=120.0, metavar="S",
                         help="give up on a peer after S seconds (default: 120)")
     parser.add_argument("--connect-timeout", type=_positive_float, metavar="S",
                         help="rendezvous timeout (default: --timeout)")
+    parser.add_argument("--requests", type=_positive_int, metavar="M",
+                        help="stream M requests, the input files in turn (default: one per input file); "
+                             "every rank must get the same M")
     parser.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
-                        help="timed forward runs (default: 1)")
+                        help="timed forward runs, or streams of M requests (default: 1)")
     parser.add_argument("--warmup", type=_non_negative_int, default=0, metavar="N",
                         help="untimed forward runs first (default: 0)")
     parser.add_argument("--timings-json", metavar="PATH",

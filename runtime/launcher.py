@@ -1,11 +1,14 @@
 """galaxy-run: start every rank of a bundle, supervise them, report latency and accuracy.
 
-    galaxy-run BUNDLE --local [--input IN] [--output OUT] [--repeat N] [--warmup N]
-                              [--timeout S] [--threads N] [--overall-timeout S]
+    galaxy-run BUNDLE --local [--input IN [IN ...]] [--output OUT] [--requests M] [--repeat N]
+                              [--warmup N] [--timeout S] [--threads N] [--overall-timeout S]
     galaxy-run BUNDLE --emulate [--cluster-json CLUSTER.json] [same options]
 
 `--local` runs each rank as `python BUNDLE/rank_<k>.py --master 127.0.0.1:<free port>` on
-this machine. `run_ranks` is the mechanism both modes share: an emulator (runtime/emulate.py,
+this machine. `--requests M` streams M requests (the input files in turn, default the
+example input) through the pipeline stages and reports requests/s.
+
+`run_ranks` is the mechanism both modes share: an emulator (runtime/emulate.py,
 `--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
 its network namespace and cgroup, and per-rank environment (GLOO_SOCKET_IFNAME).
 
@@ -30,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -49,6 +52,7 @@ _BLAME_GRACE_S = 2.0  # after a first failure, how long to wait for the rank tha
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                   "MASTER_PORT", "GROUP_RANK")
 
+InputPaths = str | Path | Sequence[str | Path] | None  # one input file, or one per request
 WrapCommand = Callable[[int, list[str]], list[str]]  # (rank, argv) -> argv to execute
 OnLine = Callable[[int, str], None]  # (rank, one line of the rank's output)
 
@@ -63,19 +67,21 @@ class LaunchError(GalaxyRuntimeError):
 
 @dataclass
 class RunResult:
-    outputs: dict[str, torch.Tensor]
-    latencies_s: list[float]
-    max_abs_error: dict[str, float] | None  # vs the reference, when it was compared
+    outputs: dict[str, torch.Tensor]  # of the (first) request
+    latencies_s: list[float]  # per run, or per request when requests streamed
+    max_abs_error: dict[str, float] | None  # vs the reference, when it was compared (worst request)
     within_tolerance: bool | None = None
     tolerance: tuple[float, float] | None = None  # (atol, rtol) used for the comparison
+    request_outputs: list[dict[str, torch.Tensor]] | None = None  # streamed: every request's outputs
+    requests_per_s: list[float] | None = None  # streamed: one per stream (--repeat)
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.latencies_s)
 
 
-def run_local(bundle_dir: str | Path, *, input_path: str | Path | None = None,
-              output_path: str | Path | None = None, repeat: int = 1, warmup: int = 0,
+def run_local(bundle_dir: str | Path, *, input_path: InputPaths = None,
+              output_path: str | Path | None = None, requests: int | None = None, repeat: int = 1, warmup: int = 0,
               timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
               threads: int | None = None, overall_timeout_s: float | None = None,
               on_line: OnLine | None = None) -> RunResult:
@@ -88,14 +94,14 @@ def run_local(bundle_dir: str | Path, *, input_path: str | Path | None = None,
         world_size = len(bundle.load_plan(bundle_dir)["plan"]["devices"])
         threads = max(1, (os.cpu_count() or 1) // world_size)
     return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=free_port(),
-                     input_path=input_path, output_path=output_path, repeat=repeat,
+                     input_path=input_path, output_path=output_path, requests=requests, repeat=repeat,
                      warmup=warmup, timeout_s=timeout_s, env=env, threads=threads,
                      overall_timeout_s=overall_timeout_s, on_line=on_line)
 
 
 def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
-                 input_path: str | Path | None = None, output_path: str | Path | None = None,
-                 repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
+                 input_path: InputPaths = None, output_path: str | Path | None = None,
+                 requests: int | None = None, repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
                  env: Mapping[str, str] | None = None, threads: int | None = None,
                  overall_timeout_s: float | None = None,
                  on_line: OnLine | None = None) -> RunResult:
@@ -124,7 +130,7 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
         return run_ranks(bundle_dir, master_addr=emulator.master_addr,
                          master_port=emulator.master_port, wrap_command=wrap,
                          rank_env=emulator.rank_env, input_path=input_path,
-                         output_path=output_path, repeat=repeat, warmup=warmup,
+                         output_path=output_path, requests=requests, repeat=repeat, warmup=warmup,
                          timeout_s=timeout_s, env=env, threads=threads,
                          overall_timeout_s=overall_timeout_s, on_line=on_line)
 
@@ -132,13 +138,15 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
 def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
               wrap_command: WrapCommand | None = None,
               rank_env: Callable[[int], Mapping[str, str]] | None = None,
-              input_path: str | Path | None = None, output_path: str | Path | None = None,
-              repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
+              input_path: InputPaths = None, output_path: str | Path | None = None,
+              requests: int | None = None, repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
               env: Mapping[str, str] | None = None, threads: int | None = None,
               overall_timeout_s: float | None = None, on_line: OnLine | None = None) -> RunResult:
     """Start one process per rank, wait for all, kill all if one fails; collect the results.
 
-    The overall timeout defaults to timeout_s * (2 + warmup + repeat).
+    `requests` > 1 streams that many requests (the input files in turn; default one per file)
+    `repeat` times.
+    The overall timeout defaults to timeout_s * (2 + warmup + repeat * requests).
     """
     bundle_dir = Path(bundle_dir).resolve()
     plan = bundle.load_plan(bundle_dir)
@@ -146,12 +154,14 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
     for rank in range(len(devices)):
         if not (bundle_dir / bundle.rank_module(rank)).is_file():
             raise UsageError(f"{bundle_dir} lacks {bundle.rank_module(rank)}; is it a Galaxy bundle?")
-    overall = overall_timeout_s or timeout_s * (2 + warmup + repeat)
+    inputs = _input_paths(input_path)
+    requests = requests or max(1, len(inputs))
+    overall = overall_timeout_s or timeout_s * (2 + warmup + repeat * requests)
     with tempfile.TemporaryDirectory(prefix="galaxy-run-") as scratch:
         outputs_file = Path(output_path) if output_path else Path(scratch) / "outputs.safetensors"
         timings_file = Path(scratch) / "timings.json"
         common = ["--master", f"{master_addr}:{master_port}", "--timeout", f"{timeout_s:g}",
-                  "--repeat", str(repeat), "--warmup", str(warmup)]
+                  "--requests", str(requests), "--repeat", str(repeat), "--warmup", str(warmup)]
         if threads:
             common += ["--threads", str(threads)]
         commands = []
@@ -159,34 +169,54 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
             argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *common]
             if rank == 0:
                 argv += ["--output", str(outputs_file), "--timings-json", str(timings_file)]
-                if input_path:
-                    argv += ["--input", str(Path(input_path).resolve())]
+                if inputs:
+                    argv += ["--input", *inputs]
             commands.append(wrap_command(rank, argv) if wrap_command else argv)
         envs = [_child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
         _supervise(commands, envs, devices, overall, on_line or _log_line(devices))
-        outputs = bundle.load_tensors(outputs_file)
-        latencies = json.loads(timings_file.read_text())["latencies_s"]
-    result = RunResult(outputs, latencies, None)
+        result = _read_result(bundle.load_tensors(outputs_file), json.loads(timings_file.read_text()), requests)
     reference = bundle_dir / bundle.REFERENCE_OUTPUTS
-    if input_path is None and reference.is_file():
+    if not inputs and reference.is_file():
         wire = plan["plan"].get("wire_dtype", "float32")
         compare_with_reference(result, bundle.load_tensors(reference),
                                TOLERANCE_BY_WIRE_DTYPE.get(wire, TOLERANCE_BY_WIRE_DTYPE["float32"]))
     return result
 
 
+def _input_paths(input_path: InputPaths) -> list[str]:
+    if input_path is None:
+        return []
+    paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def _read_result(saved: dict[str, torch.Tensor], timings: dict, requests: int) -> RunResult:
+    """Rank 0's outputs file and timings; a stream's outputs are saved as `i/name` per request."""
+    if requests == 1:
+        return RunResult(saved, timings["latencies_s"], None)
+    per_request: list[dict[str, torch.Tensor]] = [{} for _ in range(requests)]
+    for key, tensor in saved.items():
+        i, name = key.split("/", 1)
+        per_request[int(i)][name] = tensor
+    return RunResult(per_request[0], timings["latencies_s"], None, request_outputs=per_request,
+                     requests_per_s=timings["requests_per_s"])
+
+
 def compare_with_reference(result: RunResult, reference: Mapping[str, torch.Tensor],
                            tolerance: tuple[float, float]) -> None:
-    """Fill result.max_abs_error / within_tolerance (torch.allclose with atol, rtol)."""
+    """Fill result.max_abs_error / within_tolerance (torch.allclose with atol, rtol); with several
+    requests (all of the example input), the worst request counts."""
     atol, rtol = tolerance
     errors, within = {}, True
-    for name, expected in sorted(reference.items()):
-        actual = result.outputs.get(name)
-        if actual is None or actual.shape != expected.shape:
-            errors[name], within = float("inf"), False
-            continue
-        errors[name] = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
-        within = within and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol)
+    for outputs in result.request_outputs or [result.outputs]:
+        for name, expected in sorted(reference.items()):
+            actual = outputs.get(name)
+            if actual is None or actual.shape != expected.shape:
+                errors[name], within = float("inf"), False
+                continue
+            error = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
+            errors[name] = max(error, errors.get(name, 0.0))
+            within = within and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol)
     result.max_abs_error, result.within_tolerance, result.tolerance = errors, within, tolerance
 
 
@@ -354,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(message)s")
-    options = dict(input_path=args.input, output_path=args.output, repeat=args.repeat,
+    options = dict(input_path=args.input, output_path=args.output, requests=args.requests,
+                   repeat=args.repeat,
                    warmup=args.warmup, timeout_s=args.timeout, threads=args.threads,
                    overall_timeout_s=args.overall_timeout)
     try:
@@ -374,9 +405,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _summary(result: RunResult, output: str | None) -> str:
     lat = result.latencies_s
-    rows = [f"latency: median {1e3 * result.median_s:.2f} ms over {len(lat)} run(s) "
-            f"(min {1e3 * min(lat):.2f} ms, max {1e3 * max(lat):.2f} ms)"]
-    if output:
+    if result.requests_per_s:
+        rows = [f"throughput: {statistics.median(result.requests_per_s):.3f} requests/s "
+                f"({len(result.request_outputs)} requests streamed, median of {len(result.requests_per_s)} stream(s))",
+                f"latency per request: median {1e3 * result.median_s:.2f} ms "
+                f"(min {1e3 * min(lat):.2f} ms, max {1e3 * max(lat):.2f} ms)"]
+    else:
+        rows = [f"latency: median {1e3 * result.median_s:.2f} ms over {len(lat)} run(s) "
+                f"(min {1e3 * min(lat):.2f} ms, max {1e3 * max(lat):.2f} ms)"]
+    if output and result.request_outputs:
+        rows.append(f"outputs of {len(result.request_outputs)} requests written to {output} "
+                    f"(request i's output NAME as i/NAME)")
+    elif output:
         rows.append(f"outputs {sorted(result.outputs)} written to {output}")
     if result.max_abs_error is not None:
         atol, rtol = result.tolerance
@@ -393,10 +433,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--local", action="store_true", help="every rank on this machine (loopback)")
     mode.add_argument("--emulate", action="store_true",
                       help="every rank in its own emulated device (network namespace, cgroup)")
-    parser.add_argument("--input", metavar="IN.safetensors",
-                        help="input tensors by name (default: the bundle's example inputs)")
+    parser.add_argument("--input", metavar="IN.safetensors", nargs="+",
+                        help="input tensors by name, one file per request (default: the bundle's example inputs)")
     parser.add_argument("--output", metavar="OUT.safetensors", help="write output tensors by name")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="timed runs (default 1)")
+    parser.add_argument("--requests", type=int, metavar="M",
+                        help="stream M requests through the pipeline stages, the input files in turn "
+                             "(default: one per input file)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="timed runs, or streams of M requests (default 1)")
     parser.add_argument("--warmup", type=int, default=0, metavar="N", help="untimed runs first")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="S",
                         help="a rank gives up on a peer after S seconds (default 120)")
@@ -407,8 +451,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --emulate: the cluster to emulate (default: plan.json's)")
     parser.add_argument("--quiet", action="store_true", help="do not stream the ranks' logs")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error("--repeat must be >= 1, --warmup >= 0 and --timeout > 0")
+    if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0 or (args.requests is not None and args.requests < 1):
+        parser.error("--requests and --repeat must be >= 1, --warmup >= 0 and --timeout > 0")
     if args.cluster_json and not args.emulate:
         parser.error("--cluster-json only applies with --emulate")
     return args

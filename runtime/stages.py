@@ -3,6 +3,14 @@
 A stage's ranks hold the hidden states split by tokens. Handing over: the stage's leader
 (ring index 0) gathers each tensor whole and sends it to every rank of the next stage, which
 keep their own tokens. Shapes are fixed at compile time, so receivers allocate them up front.
+
+Sends are asynchronous: while requests stream (runtime/stream.py) a stage hands request i on
+and starts on request i+1 while the next stage is still busy, and the last stage hands the
+head's inputs back to rank 0 while rank 0 is running stage 0 of a later request. Blocking
+sends would deadlock that chain (gloo completes a send only once its receive is posted). A
+`Handoff` waits for the previous request's sends (with the timeout, naming the peer) before
+posting the next, so at most one request per destination is in flight, and `flush()` waits
+for the last ones at the end.
 """
 from __future__ import annotations
 
@@ -11,25 +19,38 @@ from typing import Sequence
 import torch
 
 from .collectives import gather_tokens
-from .p2p import recv, send
+from .p2p import Transfer, irecv, isend
 from .ring import Ring
 
-_TAG = 7  # keeps stage hand-offs apart from ring traffic on the same pair of ranks
+_TAG = 7  # tensor i of a hand-off travels with tag _TAG + i; stage pairs never carry ring traffic
 
 
-def send_to_ranks(tensors: Sequence[torch.Tensor | None], tokens_per_rank: Sequence[int], ring: Ring,
-                  world: Ring, destinations: Sequence[int], what: str) -> None:
-    """Gather each tensor on this stage's leader, which sends it whole to every destination rank."""
-    whole = [gather_tokens(t, tokens_per_rank, ring, dst=0) for t in tensors]
-    if ring.index != 0:
-        return
-    for dst in destinations:
-        for i, tensor in enumerate(whole):
-            send(tensor.contiguous(), dst, world, f"{what} [{i}]", tag=_TAG)
+class Handoff:
+    """This rank's hand-offs between stages, over `world` (all ranks; its timeout applies)."""
 
+    def __init__(self, world: Ring):
+        self.world = world
+        self._in_flight: list[Transfer] = []
 
-def receive_whole(shapes: Sequence[Sequence[int]], source: int, world: Ring, what: str,
-                  dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Receive whole tensors of the given shapes from `source` (the previous stage's leader)."""
-    return [recv(torch.empty(tuple(shape), dtype=dtype), source, world, f"{what} [{i}]", tag=_TAG)
-            for i, shape in enumerate(shapes)]
+    def send(self, tensors: Sequence[torch.Tensor | None], tokens_per_rank: Sequence[int], ring: Ring,
+             destinations: Sequence[int], what: str) -> None:
+        """Gather each tensor on this stage's leader, which posts it whole to every destination rank."""
+        whole = [gather_tokens(t, tokens_per_rank, ring, dst=0) for t in tensors]
+        if ring.index != 0:
+            return
+        self.flush()  # the previous request's hand-off: its buffers are free once these complete
+        self._in_flight = [isend(tensor.contiguous(), dst, self.world, _TAG + i, f"{what} [{i}]")
+                           for dst in destinations for i, tensor in enumerate(whole)]
+
+    def receive(self, shapes: Sequence[Sequence[int]], source: int, what: str,
+                dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        """Whole tensors of the given shapes from `source` (another stage's leader)."""
+        pending = [irecv(torch.empty(tuple(shape), dtype=dtype), source, self.world, _TAG + i, f"{what} [{i}]")
+                   for i, shape in enumerate(shapes)]
+        return [transfer.wait() for transfer in pending]
+
+    def flush(self) -> None:
+        """Wait until every posted send has been received."""
+        in_flight, self._in_flight = self._in_flight, []
+        for transfer in in_flight:
+            transfer.wait()

@@ -65,6 +65,8 @@ def render_rank(program: RankProgram) -> str:
         sequence_mask=_sequence_mask(program),
         loop_layers=_loop_layers(program),
         layer_span=_span(program.stage.first_layer, program.stage.end_layer - 1),
+        # Rank 0 of a pipeline: the head waits for the last stage, so start and finish are apart.
+        split_head=bool(program.epilogue) and program.stage.count > 1,
     )
     source = re.sub(r"\n{4,}", "\n\n\n", source)  # macros end in a newline of their own
     try:

@@ -81,6 +81,9 @@ class Plan:
     wire_dtype: str = "float32"  # dtype of activations on the wire
     microbatches: int = 1
     predicted_latency_s: float = 0.0
+    # Throughput plans: steady-state seconds per request with requests streaming through the
+    # stages (cost/throughput.py). None (and absent from the JSON) for latency plans.
+    predicted_s_per_request: float | None = None
     predicted_blocks: tuple[BlockTime, ...] = ()
     notes: tuple[str, ...] = ()  # why devices are in or out, solver status
     format_version: int = FORMAT_VERSION
@@ -97,7 +100,10 @@ class Plan:
 
     # --- serialisation -------------------------------------------------------------------
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["predicted_s_per_request"] is None:  # latency plans keep their JSON unchanged
+            del data["predicted_s_per_request"]
+        return data
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -134,7 +140,9 @@ class Plan:
 
     def __str__(self) -> str:
         rows = [f"plan for {self.model} on {self.cluster} ({self.solver}, {self.objective}): "
-                f"predicted {self.predicted_latency_s * 1e3:.1f} ms"]
+                f"predicted {self.predicted_latency_s * 1e3:.1f} ms"
+                + (f", {self.predicted_s_per_request * 1e3:.1f} ms per request streaming"
+                   if self.predicted_s_per_request is not None else "")]
         for i, stage in enumerate(self.stages):
             rows.append(f"  stage {i}: layers {stage.first_layer}-{stage.end_layer - 1}, tiles {stage.tiles}")
             rows.append(f"    {'rank':<5}{'device':<14}{'heads':>6}{'kv':>4}{'columns':>9}{'tokens':>8}")

@@ -7,7 +7,8 @@ sequence | pipeline-dp | brute-force (tiny models only). If no single-stage plan
 to an EdgePipe-style pipeline of whole layers and says so in Plan.notes. With
 `sequence_only=True` (the default) the ILP's hybrid plan also competes with the sequence-parallel-
 only plan, which needs every used device to hold the whole model but gathers only keys and
-values, once a layer: the lower predicted latency wins.
+values, once a layer: the lower predicted latency wins. With objective "throughput" that plan
+competes with the pipeline DP's on time per request when requests stream (planner/throughput.py).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.planner.baselines import even_plan, proportional_plan, sequence_plan, single_device_plan
+from galaxy.compiler.planner.baselines import (even_plan, or_sequence_only, proportional_plan, sequence_plan,
+                                               single_device_plan)
 from galaxy.compiler.planner.brute_force import brute_force_plan
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 from galaxy.compiler.planner.solve import plan_ilp
+from galaxy.compiler.planner.throughput import throughput_plan
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,11 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
                     sequence_only: bool = True) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if solver == "ilp" and objective == "throughput":
+        return throughput_plan(table, backend, time_limit_s, tile_choices, sequence_only)
     if solver == "ilp":
         plan = _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
-        return _or_sequence_only(plan, table, objective) if sequence_only else plan
+        return or_sequence_only(plan, table) if sequence_only else plan
     if solver == "single":
         return single_device_plan(table, objective=objective)
     if solver == "even":
@@ -70,7 +75,7 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
 def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, backend: str,
                      tile_choices: tuple[int, ...]) -> Plan:
     try:
-        plan = plan_ilp(table, objective, backend, time_limit_s, tile_choices)
+        return plan_ilp(table, objective, backend, time_limit_s, tile_choices)
     except InfeasiblePlanError as err:
         try:
             pipe = pipeline_dp_plan(table, objective)
@@ -79,23 +84,3 @@ def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, back
         log.info("no single-stage plan fits; using a pipeline of whole layers")
         return replace(pipe, notes=(f"no single-stage plan fits ({err}); a pipeline of whole layers does",
                                     *pipe.notes))
-    if objective == "throughput":
-        plan = replace(plan, notes=("throughput: a single-stage plan serves one request at a time, so the ILP "
-                                    "minimises its latency", *plan.notes))
-    return plan
-
-
-def _or_sequence_only(plan: Plan, table: CostTable, objective: str) -> Plan:
-    """The sequence-parallel-only plan instead, if it fits and is predicted faster."""
-    try:
-        sequence = sequence_plan(table, objective)
-    except InfeasiblePlanError:
-        return plan
-    if len(sequence.devices) < 2 or sequence.predicted_latency_s >= plan.predicted_latency_s:
-        return plan
-    log.info("sequence parallelism only beats the hybrid plan: %.1f ms vs %.1f ms",
-             sequence.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
-    why = (f"sequence parallelism only: predicted {sequence.predicted_latency_s * 1e3:.1f} ms against "
-           f"{plan.predicted_latency_s * 1e3:.1f} ms for the best hybrid plan ({plan.solver}); every used device "
-           "holds the whole model, and a layer gathers only keys and values, once")
-    return replace(sequence, solver=plan.solver, notes=(why, *sequence.notes[1:]))

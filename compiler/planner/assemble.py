@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.cost.throughput import s_per_request
 from galaxy.compiler.ir.plan import Plan, StageSplit
 
 
@@ -59,5 +60,7 @@ def hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "late
 
 
 def with_prediction(plan: Plan, table: CostTable) -> Plan:
+    """Predicted latency and block times; throughput plans also get their time per request."""
     latency, blocks = predict(plan, table)
-    return replace(plan, predicted_latency_s=latency, predicted_blocks=blocks)
+    per_request = s_per_request(plan, blocks) if plan.objective == "throughput" else None
+    return replace(plan, predicted_latency_s=latency, predicted_blocks=blocks, predicted_s_per_request=per_request)

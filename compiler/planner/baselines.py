@@ -118,3 +118,22 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Pl
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
     return require_fit(with_prediction(replace(plan, stages=(stage,)), table), table)
+
+
+def or_sequence_only(plan: Plan, table: CostTable) -> Plan:
+    """The sequence-parallel-only plan instead of the ILP's single-stage `plan`, if it fits and is
+    predicted faster."""
+    if len(plan.stages) > 1:
+        return plan
+    try:
+        sequence = sequence_plan(table, plan.objective)
+    except InfeasiblePlanError:
+        return plan
+    if len(sequence.devices) < 2 or sequence.predicted_latency_s >= plan.predicted_latency_s:
+        return plan
+    log.info("sequence parallelism only beats the hybrid plan: %.1f ms vs %.1f ms",
+             sequence.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
+    why = (f"sequence parallelism only: predicted {sequence.predicted_latency_s * 1e3:.1f} ms against "
+           f"{plan.predicted_latency_s * 1e3:.1f} ms for the best hybrid plan ({plan.solver}); every used device "
+           "holds the whole model, and a layer gathers only keys and values, once")
+    return replace(sequence, solver=plan.solver, notes=(why, *sequence.notes[1:]))

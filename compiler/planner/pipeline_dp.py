@@ -9,11 +9,13 @@ terms are those of `cost/latency.py` for one-rank stages:
     ends(f, l)      = P[f] + E[f] + (alpha[l][f] + beta[l][f] S b + kappa[f] S b  if l != f)
 
     latency    = ends(d_0, d_last) + sum_i stage(d_i, n_i) + sum_{i>0} transfer(d_{i-1}, d_i)
-    throughput = max(P[f] + stage_0, max_{i>0} transfer_i + stage_i, ends - P[f])   (bottleneck)
+    throughput = max(stage_0 + ends(d_0, d_last), max_{i>0} transfer_i + stage_i)   (bottleneck:
+                 rank 0 runs the prologue, its layers and the head of every request; cost/throughput.py)
 
 DP over (first device f, last device j, layers placed l): best[j][l] = min over earlier i and
 l' < l of best[i][l'] (+ or max) transfer(i, j) + stage(j, l - l'), subject to each device's
-memory (cost/memory.py) for the layers it holds.
+memory (cost/memory.py) for the layers it holds. For throughput the first stage's term also
+holds the head, which depends on the last device, so the DP runs once per first-stage size n_0.
 """
 from __future__ import annotations
 
@@ -49,37 +51,19 @@ def max_layers(table: CostTable, d: int, first: bool) -> int:
 
 
 def pipeline_dp_plan(table: CostTable, objective: str = "latency") -> Plan:
-    combine = max if objective == "throughput" else (lambda x, y: x + y)
-    full = table.tokens * table.token_wire_bytes
     L, order = table.n_layers, table.speed_order()
-
-    def transfer(p: int, d: int) -> float:
-        return table.alpha_s[p][d] + table.beta_s_per_byte[p][d] * full + table.comm_cpu_s_per_byte[d] * full
-
     best_cost, best_path = float("inf"), None
-    position = {d: i for i, d in enumerate(order)}
     for fi, f in enumerate(order):
         cap = {d: max_layers(table, d, d == f) for d in order}
-        cells: dict[tuple[int, int], _Cell] = {}
-        for n in range(1, cap[f] + 1):
-            cells[(f, n)] = _Cell(table.prologue_s[f] + n * layer_s(table, f), None)
-        for ji in range(fi + 1, len(order)):
-            j = order[ji]
-            for (i, placed), cell in sorted(cells.items()):
-                if position[i] >= ji:
+        for seeds, first_s in _seeds(table, f, cap[f], objective):
+            cells = _extend(table, order, fi, cap, seeds, objective)
+            for (j, placed), cell in sorted(cells.items()):
+                if placed != L:
                     continue
-                for n in range(1, min(cap[j], L - placed) + 1):
-                    cost = combine(cell.cost, transfer(i, j) + n * layer_s(table, j))
-                    key = (j, placed + n)
-                    if key not in cells or cost < cells[key].cost:
-                        cells[key] = _Cell(cost, (i, placed))
-        for (j, placed), cell in sorted(cells.items()):
-            if placed != L:
-                continue
-            back = 0.0 if j == f else transfer(j, f)
-            cost = combine(cell.cost, table.epilogue_s[f] + back)
-            if cost < best_cost:
-                best_cost, best_path = cost, _path(cells, (j, L))
+                ends = table.epilogue_s[f] + (0.0 if j == f else _transfer_s(table, j, f))
+                cost = max(cell.cost, first_s + ends) if objective == "throughput" else cell.cost + ends
+                if cost < best_cost:
+                    best_cost, best_path = cost, _path(cells, (j, L))
     if best_path is None:
         need = rank_memory_bytes(table, 1, table.kv_groups, table.columns, table.tokens, False, False)
         shortfall = {name: need - table.mem_bytes[d] for d, name in enumerate(table.devices)
@@ -88,6 +72,44 @@ def pipeline_dp_plan(table: CostTable, objective: str = "latency") -> Plan:
                                   f"needs {fmt_bytes(need)} on a device, and together the devices that hold one "
                                   "do not hold them all", shortfall)
     return _plan(table, best_path, objective)
+
+
+def _transfer_s(table: CostTable, p: int, d: int) -> float:
+    full = table.tokens * table.token_wire_bytes
+    return table.alpha_s[p][d] + table.beta_s_per_byte[p][d] * full + table.comm_cpu_s_per_byte[d] * full
+
+
+def _seeds(table: CostTable, f: int, cap: int, objective: str):
+    """(first-stage cells, first stage's own seconds) to start the DP from.
+
+    Latency: one DP whose cells carry the first stage's time. Throughput: one DP per first-stage
+    size n, its cells carrying only the later stages' bottleneck; the first stage's time is
+    added to the head's at the end.
+    """
+    own = [table.prologue_s[f] + n * layer_s(table, f) for n in range(cap + 1)]
+    if objective == "throughput":
+        for n in range(1, cap + 1):
+            yield {(f, n): _Cell(0.0, None)}, own[n]
+    else:
+        yield {(f, n): _Cell(own[n], None) for n in range(1, cap + 1)}, 0.0
+
+
+def _extend(table: CostTable, order: list[int], fi: int, cap: dict[int, int], cells: dict[tuple[int, int], _Cell],
+            objective: str) -> dict[tuple[int, int], _Cell]:
+    """Add later stages, devices in speed order after the first: cells keyed (last device, layers placed)."""
+    combine = max if objective == "throughput" else (lambda x, y: x + y)
+    position = {d: i for i, d in enumerate(order)}
+    for ji in range(fi + 1, len(order)):
+        j = order[ji]
+        for (i, placed), cell in sorted(cells.items()):
+            if position[i] >= ji:
+                continue
+            for n in range(1, min(cap[j], table.n_layers - placed) + 1):
+                cost = combine(cell.cost, _transfer_s(table, i, j) + n * layer_s(table, j))
+                key = (j, placed + n)
+                if key not in cells or cost < cells[key].cost:
+                    cells[key] = _Cell(cost, (i, placed))
+    return cells
 
 
 def _path(cells: dict[tuple[int, int], _Cell], end: tuple[int, int]) -> list[tuple[int, int]]:

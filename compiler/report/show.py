@@ -15,12 +15,22 @@ def show_plan(doc: PlanDocument) -> str:
              f"wire {plan.wire_dtype}, {len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''}, "
              f"{plan.world_size} of {len(doc.cluster.devices) if doc.cluster else '?'} devices",
              f"predicted latency {ms(plan.predicted_latency_s, ms_decimals(plan.predicted_latency_s))} ms "
-             "per forward", ""]
+             "per forward", *throughput_lines(plan), ""]
     lines += share_lines(doc)
     lines += [""] + block_lines(plan)
     if plan.notes:
         lines += ["", "why (planner notes):", *(f"  {n}" for n in plan.notes)]
     return "\n".join(lines)
+
+
+def throughput_lines(plan: Plan) -> list[str]:
+    """Throughput plans: requests per second when requests stream through the stages."""
+    per_request = plan.predicted_s_per_request
+    if per_request is None:
+        return []
+    return [f"predicted throughput {1 / per_request:.2f} requests/s "
+            f"({ms(per_request, ms_decimals(per_request))} ms per request, requests streaming through "
+            f"{len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''})"]
 
 
 def share_lines(doc: PlanDocument) -> list[str]:

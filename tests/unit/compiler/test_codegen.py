@@ -71,8 +71,8 @@ def test_pipeline_stages_hand_over_between_leaders(llama):
     summary = llama[2]
     sources = _sources(llama, pipeline_plan(summary, [(1, [1, 1]), (1, [1])]))
     assert "STAGE = 0" in sources[0] and "STAGE = 1" in sources[2]
-    assert "send_to_ranks([x, residual]" in sources[1]
-    assert "receive_whole(" in _function(sources[2], "forward")
+    assert "ctx.handoff.send([x, residual]" in sources[1]
+    assert "ctx.handoff.receive(" in _function(sources[2], "forward")
     assert "def epilogue(" in sources[0] and "def epilogue(" not in sources[2]
 
 
@@ -85,3 +85,16 @@ def test_sequence_parallel_only_plans_gather_keys_and_values_once_per_layer(llam
     # RoPE tables and the mask keep this rank's query rows; the whole-sequence values stay for the head.
     assert "QUERY_ROW_STATICS = [" in source and "layer(w, x, residual, rows, ring)" in source
     assert "sequence parallelism only" in source.split('"""')[1]
+
+
+def test_pipeline_rank_0_streams_with_the_head_apart(llama):
+    """Rank 0 of a pipeline: start (stage 0) and finish (the head) apart, and a stream of both."""
+    summary = llama[2]
+    sources = _sources(llama, pipeline_plan(summary, [(1, [1, 1]), (1, [1])]))
+    assert "ctx.handoff.send(" in _function(sources[0], "start")
+    assert "ctx.handoff.receive(" in _function(sources[0], "finish")
+    assert "pipelined(requests, start, finish, weights, ctx, lag=1)" in _function(sources[0], "stream")
+    assert "run_rank(RANK, forward, stream=stream)" in sources[0]
+    assert "def stream(" not in sources[1] and "def stream(" not in sources[2]
+    single = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1]))[0]
+    assert "def stream(" not in single and "handoff" not in single

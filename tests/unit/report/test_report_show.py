@@ -57,3 +57,15 @@ def test_bare_plan_shows_unknown_memory():
     assert "of ? devices" in text.splitlines()[0]
     assert "memory: unknown (a bare plan file has no model summary and cluster" in text
     assert rows(text, "3")[0][-3:] == ["?", "?", "?"]
+
+
+def test_throughput_plan_shows_requests_per_second():
+    from dataclasses import replace
+
+    from galaxy.compiler.planner.assemble import with_prediction
+    doc = pipeline()
+    plan = with_prediction(replace(doc.plan, objective="throughput"), doc.cost_table())
+    text = show_plan(PlanDocument(plan, doc.summary, doc.cluster, "pipeline"))
+    line = next(line for line in text.splitlines() if line.startswith("predicted throughput"))
+    assert f"{1 / plan.predicted_s_per_request:.2f} requests/s" in line and "through 2 stages" in line
+    assert "predicted throughput" not in show_plan(doc)

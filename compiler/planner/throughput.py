@@ -1,0 +1,67 @@
+"""Objective "throughput": the plan that serves the most requests per second when they stream.
+
+A single-stage plan serves one request at a time, so its time per request is its latency (the
+ILP minimises it). A pipeline works on several requests at once and serves one per slot of its
+busiest stage (cost/throughput.py); the pipeline DP minimises that bottleneck. We take whichever
+predicts less time per request; on a tie the single stage (lower latency, fewer hand-offs).
+
+Pipeline stages here hold one device each (EdgePipe-style). Stage groups, several devices running
+HMP inside one stage, are valid plans (codegen and runtime run them) but are not searched.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.cost.throughput import stage_busy_s
+from galaxy.compiler.errors import InfeasiblePlanError
+from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.planner.baselines import or_sequence_only
+from galaxy.compiler.planner.explain import fmt_s
+from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
+from galaxy.compiler.planner.solve import plan_ilp
+
+log = logging.getLogger(__name__)
+
+
+def throughput_plan(table: CostTable, backend: str, time_limit_s: float, tile_choices: tuple[int, ...],
+                    sequence_only: bool = True) -> Plan:
+    single, pipe, single_error = None, None, None
+    try:
+        single = plan_ilp(table, "throughput", backend, time_limit_s, tile_choices)
+        single = or_sequence_only(single, table) if sequence_only else single
+    except InfeasiblePlanError as err:
+        single_error = err
+    try:
+        pipe = pipeline_dp_plan(table, "throughput")
+    except InfeasiblePlanError:
+        if single is None:
+            raise single_error from None
+    return choose_for_throughput(single, pipe)
+
+
+def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
+    """The plan with less predicted time per request, with a note saying why (one may be None)."""
+    if pipe is None or len(pipe.stages) == 1:
+        why = ("no pipeline of whole layers fits" if pipe is None else
+               "the best pipeline of whole layers is a single stage")
+        return _noted(single, f"throughput: a single-stage plan, one request at a time: {why}")
+    pipe_s = pipe.predicted_s_per_request
+    busy = stage_busy_s(pipe, pipe.predicted_blocks)
+    slowest = max(range(len(busy)), key=busy.__getitem__)
+    pipe_text = (f"the {len(pipe.stages)}-stage pipeline serves a request every {fmt_s(pipe_s)} "
+                 f"({1 / pipe_s:.2f}/s; busiest: stage {slowest} on {pipe.devices[pipe.stages[slowest].ranks[0]]}, "
+                 f"stages busy {', '.join(fmt_s(b) for b in busy)}; latency {fmt_s(pipe.predicted_latency_s)})")
+    if single is None:
+        return _noted(pipe, f"throughput: no single-stage plan fits; {pipe_text}")
+    single_text = (f"the best single-stage plan ({single.world_size} device{'s' if single.world_size > 1 else ''}) "
+                   f"one every {fmt_s(single.predicted_s_per_request)} (its latency)")
+    if pipe_s < single.predicted_s_per_request:
+        log.info("throughput objective: a %d-stage pipeline", len(pipe.stages))
+        return _noted(pipe, f"throughput: chose the pipeline: {pipe_text}; {single_text}")
+    return _noted(single, f"throughput: chose the single stage: {single_text}; {pipe_text}")
+
+
+def _noted(plan: Plan, note: str) -> Plan:
+    return replace(plan, notes=(note, *plan.notes))

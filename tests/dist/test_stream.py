@@ -1,0 +1,122 @@
+"""Many requests stream through a pipeline, its stages overlapped, as real gloo processes.
+
+Every request has inputs of its own (other tokens; for BERT also a padding mask, so each rank's
+prologue differs per request) and each output must match the eager model on those inputs.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from galaxy.compiler.capture.load import load_model
+from galaxy.compiler.capture.trace import capture, flatten_outputs
+from galaxy.compiler.passes.recognise import recognise
+from galaxy.compiler.passes.summarise import summarise
+from galaxy.runtime import bundle as rt_bundle
+from galaxy.runtime.launcher import LaunchError, run_local
+from helpers import ATOL, RTOL, build_bundle, manual_plan, pipeline_plan
+
+pytestmark = pytest.mark.dist
+
+REQUESTS = 5
+# HF configs with the tiny models' shapes but four layers, so three stages have work.
+CONFIGS = {
+    "bert": {"model_type": "bert", "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 6,
+             "intermediate_size": 384, "vocab_size": 512, "max_position_embeddings": 32},
+    "llama": {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 6,
+              "num_key_value_heads": 3, "intermediate_size": 256, "vocab_size": 512,
+              "max_position_embeddings": 32},
+}
+PIPELINES = {
+    "two-stages": [(2, [1]), (2, [1])],
+    "three-stages-hmp": [(1, [2, 1]), (2, [1]), (1, [1, 1])],
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """kind -> (eager module, captured, graph, summary), all from one load."""
+    built = {}
+    for kind, config in CONFIGS.items():
+        folder = tmp_path_factory.mktemp(kind)
+        (folder / "config.json").write_text(json.dumps(config))
+        loaded = load_model(str(folder / "config.json"))
+        captured = capture(loaded)
+        graph = recognise(captured)
+        built[kind] = (loaded.module, captured, graph, summarise(graph, captured))
+    return built
+
+
+def request_inputs(example: dict[str, torch.Tensor], n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+    """n different requests shaped like the example: other tokens; a padding mask where there is one."""
+    generator = torch.Generator().manual_seed(1)
+    requests = []
+    for i in range(n):
+        inputs = {"input_ids": torch.randint(0, vocab, example["input_ids"].shape, generator=generator)}
+        if "attention_mask" in example:
+            mask = torch.ones_like(example["attention_mask"])
+            mask[:, mask.shape[1] - 3 * i:] = 0  # request i pads its last 3i tokens
+            inputs["attention_mask"] = mask
+        requests.append({**example, **inputs})
+    return requests
+
+
+def _stream_and_check(tmp_path, model, plan, requests: int = REQUESTS):
+    module, captured, graph, summary = model
+    bundle = build_bundle(tmp_path / "bundle", captured, graph, summary, plan)
+    inputs = request_inputs(captured.example_inputs, requests, module.config.vocab_size)
+    files = []
+    for i, request in enumerate(inputs):
+        files.append(tmp_path / f"request_{i}.safetensors")
+        rt_bundle.save_tensors(files[-1], request)
+    result = run_local(bundle, input_path=files, timeout_s=60)
+    assert len(result.request_outputs) == requests and len(result.latencies_s) == requests
+    assert result.requests_per_s[0] > 0
+    for request, outputs in zip(inputs, result.request_outputs):
+        with torch.no_grad():
+            expected = flatten_outputs(module(**request), captured.output_names)
+        assert set(outputs) == set(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(outputs[name], value, atol=ATOL, rtol=RTOL)
+    return result
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("shape", list(PIPELINES))
+def test_pipeline_streams_different_requests(tmp_path, models, kind, shape):
+    _stream_and_check(tmp_path, models[kind], pipeline_plan(models[kind][3], PIPELINES[shape]))
+
+
+def test_one_stage_plan_streams_one_request_after_another(tmp_path, models):
+    summary = models["bert"][3]
+    _stream_and_check(tmp_path, models["bert"], manual_plan(summary, [2, 1], [1, 1], [1, 2]), requests=4)
+
+
+def test_example_input_repeated_is_checked_against_the_reference(tmp_path, models):
+    _, captured, graph, summary = models["llama"]
+    bundle = build_bundle(tmp_path / "bundle", captured, graph, summary,
+                          pipeline_plan(summary, PIPELINES["two-stages"]))
+    result = run_local(bundle, requests=4, repeat=2, timeout_s=60)
+    assert result.within_tolerance and len(result.request_outputs) == 4 and len(result.requests_per_s) == 2
+
+
+def test_a_stage_that_dies_mid_stream_is_named(tmp_path, models):
+    """Rank 2 (the last stage) crashes on its third request: the launcher names it, nobody hangs."""
+    _, captured, graph, summary = models["bert"]
+    bundle = build_bundle(tmp_path / "bundle", captured, graph, summary,
+                          pipeline_plan(summary, [(2, [1, 1]), (2, [1])]))
+    module = bundle / rt_bundle.rank_module(2)
+    source = module.read_text().replace(
+        "def forward(inputs, weights, ctx):\n",
+        "CALLS = []\n\n\ndef forward(inputs, weights, ctx):\n"
+        "    CALLS.append(1)\n    if len(CALLS) == 3:\n        import os\n        os._exit(9)\n", 1)
+    module.write_text(source)
+    rt_bundle.write_manifest(bundle, rt_bundle.read_manifest(bundle))
+    started = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        run_local(bundle, requests=6, timeout_s=20)
+    assert info.value.rank == 2 and "exit code 9" in str(info.value)
+    assert time.monotonic() - started < 20  # peers notice the closed connection; no timeout needed
