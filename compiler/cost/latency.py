@@ -71,6 +71,23 @@ def total_latency_s(plan: Plan, blocks: Sequence[BlockTime]) -> float:
     return sum(block_s(b) * (len(plan.stages[b.stage].layers) if b.per_layer else 1) for b in blocks)
 
 
+def stage_layer_s(table: CostTable, stage: StageSplit, ring: Sequence[int]) -> float:
+    """Seconds of one layer of `stage` over the devices `ring` (att + con + mlp above)."""
+    return sum(block_s(b) for b in _layer_blocks(table, 0, stage, list(ring)))
+
+
+def transfer_s(table: CostTable, src: Sequence[int], dst: Sequence[int], tokens: Sequence[int]) -> float:
+    """Seconds of the hand-off from the stage on `src` to the stage on `dst` (its tokens per rank)."""
+    return block_s(_transfer(table, 0, list(src), list(dst), tokens))
+
+
+def epilogue_s(table: CostTable, head: int, senders: Sequence[tuple[int, int]], own_tokens: int) -> float:
+    """Seconds of the head on device `head`: its inputs come from `senders` (device, tokens), `own_tokens`
+    are already there."""
+    cpu, link = _head_return(table, head, senders, own_tokens)
+    return table.epilogue_s[head] + cpu + link
+
+
 def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
     if not stage.tensor_parallel:
         return _sequence_parallel_blocks(table, i, stage, ring)
@@ -120,8 +137,14 @@ def _epilogue(plan: Plan, table: CostTable) -> BlockTime:
     last = plan.stages[-1]
     senders = [(table.index(plan.devices[r]), x) for r, x in zip(last.ranks, last.tokens_per_rank) if r != 0]
     own = dict(zip(last.ranks, last.tokens_per_rank)).get(0, 0)
-    cpu = table.comm_cpu_s_per_byte[head] * (table.tokens - own) * table.token_wire_bytes
+    cpu, link = _head_return(table, head, senders, own)
     first = plan.stages[0].ranks
     return BlockTime(0, "epilogue", tuple(table.epilogue_s[head] + cpu if r == 0 else 0.0 for r in first),
-                     comm_s=gather_link_s(table, head, senders), per_layer=False,
+                     comm_s=link, per_layer=False,
                      comm_cpu_s_per_rank=tuple(cpu if r == 0 else 0.0 for r in first))
+
+
+def _head_return(table: CostTable, head: int, senders: Sequence[tuple[int, int]], own: int) -> tuple[float, float]:
+    """(CPU seconds on the head, link seconds) to bring the head's inputs to it."""
+    cpu = table.comm_cpu_s_per_byte[head] * (table.tokens - own) * table.token_wire_bytes
+    return cpu, gather_link_s(table, head, senders)

@@ -4,11 +4,13 @@
 
 solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
 sequence | pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
-to an EdgePipe-style pipeline of whole layers and says so in Plan.notes. With
-`sequence_only=True` (the default) the ILP's hybrid plan also competes with the sequence-parallel-
-only plan, which needs every used device to hold the whole model but gathers only keys and
-values, once a layer: the lower predicted latency wins. With objective "throughput" that plan
-competes with the pipeline DP's on time per request when requests stream (planner/throughput.py).
+to a pipeline of whole layers whose stages are device groups running HMP (pipeline_dp.py) and says
+so in Plan.notes. With `sequence_only=True` (the default) the ILP's hybrid plan also competes with
+the sequence-parallel-only plan, which needs every used device to hold the whole model but gathers
+only keys and values, once a layer: the lower predicted latency wins. The winner then competes
+with the pipeline DP's plan (choose.py): a pipeline wins when it predicts a lower latency. With
+objective "throughput" the single stage competes with the pipeline DP's on time per request when
+requests stream (planner/throughput.py).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner.baselines import (even_plan, or_sequence_only, proportional_plan, sequence_plan,
                                                single_device_plan)
 from galaxy.compiler.planner.brute_force import brute_force_plan
+from galaxy.compiler.planner.choose import or_pipeline
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 from galaxy.compiler.planner.solve import plan_ilp
@@ -56,7 +59,7 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
         return throughput_plan(table, backend, time_limit_s, tile_choices, sequence_only)
     if solver == "ilp":
         plan = _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
-        return or_sequence_only(plan, table) if sequence_only else plan
+        return or_pipeline(or_sequence_only(plan, table) if sequence_only else plan, table)
     if solver == "single":
         return single_device_plan(table, objective=objective)
     if solver == "even":

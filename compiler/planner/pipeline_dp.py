@@ -1,136 +1,240 @@
-"""EdgePipe-style baseline: whole layers in contiguous stages, one device per stage, by DP.
+"""Pipelines of whole layers whose stages are device groups running HMP, by DP over stage boundaries.
 
-Devices are taken in speed order (any may be skipped); the first stage's device is rank 0
-(prologue, epilogue, input and output). With d_i the device of stage i and n_i its layers, the
-terms are those of `cost/latency.py` for one-rank stages:
+Search space: the groups of `stage_groups.py` (runs of at most MAX_GROUP_DEVICES consecutive
+devices of the speed order, each with its fixed HMP split, layer time t[g] and memory caps). A
+pipeline is a sequence of disjoint groups in speed order (any device may be skipped), each running
+a contiguous range of at least one layer within its cap; the first group's fastest device is
+rank 0 (input, prologue, head). One-device groups are EdgePipe's stages. Every term is
+cost/latency.py's for that plan (h = rank 0, S tokens, b token wire bytes, x[r] a rank's tokens):
 
-    stage(d, n)     = n (Gtot a[d] + columns c[d] + S k_con[d])
-    transfer(p, d)  = alpha[p][d] + beta[p][d] S b + kappa[d] S b
-    ends(f, l)      = P[f] + E[f] + (alpha[l][f] + beta[l][f] S b + kappa[f] S b  if l != f)
+    own(f, n)      = max_{d in f} P[d] + n t[f]                           (prologue + first stage)
+    transfer(p, g) = max_{a in p, b in g} (alpha[a][b] + beta[a][b] S b) + max_{b in g} kappa[b] x[b] b
+    ends(f, z)     = E[h] + kappa[h] (S - own tokens) b + sum_{r in z, r != h} alpha[r][h] + beta[r][h] x[r] b
+                     (own tokens: h's when the pipeline is the one stage f, else 0)
 
-    latency    = ends(d_0, d_last) + sum_i stage(d_i, n_i) + sum_{i>0} transfer(d_{i-1}, d_i)
-    throughput = max(stage_0 + ends(d_0, d_last), max_{i>0} transfer_i + stage_i)   (bottleneck:
-                 rank 0 runs the prologue, its layers and the head of every request; cost/throughput.py)
+    latency    = own(f, n_0) + ends(f, z) + sum_{i>0} (transfer(g_{i-1}, g_i) + n_i t[g_i])
+    throughput = max(own(f, n_0) + ends(f, z), max_{i>0} transfer(g_{i-1}, g_i) + n_i t[g_i])
+                 (the busiest stage; stage 0 also runs the head and waits for its inputs: cost/throughput.py)
 
-DP over (first device f, last device j, layers placed l): best[j][l] = min over earlier i and
-l' < l of best[i][l'] (+ or max) transfer(i, j) + stage(j, l - l'), subject to each device's
-memory (cost/memory.py) for the layers it holds. For throughput the first stage's term also
-holds the head, which depends on the last device, so the DP runs once per first-stage size n_0.
+DP, once per first group f: chain[g][r] = the least sum (latency) or max (throughput) of the later
+stages' terms over chains of groups after f that end in g and hold r layers:
+
+    chain[f][0] = 0;  chain[g][r] = min over p (f, or a group between f and g), n in 1..cap[g]:
+                                    chain[p][r - n] (+ | max) (transfer(p, g) + n t[g])
+
+and the plan is the least own(f, n_0) (+ | max) ends(f, z) ... over n_0 and the last group z, with
+r = L - n_0 (the caps depend only on a stage's layer count, so one DP serves every n_0). For each
+pair (p, g) the min over n is a sliding-window minimum over r (`_window`), so a first group costs
+O(pairs of groups x L): about 0.1 s for 8 devices and 80 layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from typing import Iterator
 
+from galaxy.compiler.cost.latency import epilogue_s, transfer_s
 from galaxy.compiler.cost.memory import rank_memory_bytes
 from galaxy.compiler.cost.table import CostTable
-from galaxy.compiler.errors import InfeasiblePlanError
-from galaxy.compiler.ir.plan import Plan, StageSplit
+from galaxy.compiler.errors import InfeasiblePlanError, SolverError
+from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import with_prediction
-from galaxy.compiler.planner.explain import fmt_bytes
+from galaxy.compiler.planner.explain import fmt_bytes, fmt_s
+from galaxy.compiler.planner.stage_groups import MAX_GROUP_DEVICES, StageGroup, stage_groups
+
+log = logging.getLogger(__name__)
+
+INF = float("inf")
 
 
 @dataclass(frozen=True)
-class _Cell:
-    cost: float
-    prev: tuple[int, int] | None  # (device, layers placed) of the stage before
+class PipelineChoice:
+    """The DP's answer: `stages` as (index into `groups`, layers), and its own estimate of the objective."""
+
+    groups: tuple[StageGroup, ...]
+    stages: tuple[tuple[int, int], ...]
+    estimate_s: float
 
 
-def layer_s(table: CostTable, d: int) -> float:
-    return (table.kv_groups * table.attention_s_per_group[d] + table.columns * table.mlp_s_per_column[d]
-            + table.tokens * table.connective_s_per_token[d])
+@dataclass
+class _Chain:
+    cost: list[float]  # by layers r held after the first stage
+    back: list[tuple[int, int] | None]  # (previous group, this group's layers)
 
 
-def max_layers(table: CostTable, d: int, first: bool) -> int:
-    def fits(n: int) -> bool:
-        return rank_memory_bytes(table, n, table.kv_groups, table.columns, table.tokens, first, first) \
-            <= table.mem_bytes[d]
-    n = 0
-    while n < table.n_layers and fits(n + 1):
-        n += 1
-    return n
+def pipeline_dp_plan(table: CostTable, objective: str = "latency", max_group_devices: int = MAX_GROUP_DEVICES) -> Plan:
+    choice = search_pipeline(table, objective, max_group_devices)
+    plan = build_pipeline_plan(table, choice, objective)
+    got = plan.predicted_s_per_request if objective == "throughput" else plan.predicted_latency_s
+    if abs(got - choice.estimate_s) > 1e-9 * max(got, 1e-12):
+        raise SolverError(f"pipeline DP estimate {choice.estimate_s!r} s differs from predict() {got!r} s: "
+                          "its terms are out of date with cost/latency.py")
+    return plan
 
 
-def pipeline_dp_plan(table: CostTable, objective: str = "latency") -> Plan:
-    L, order = table.n_layers, table.speed_order()
-    best_cost, best_path = float("inf"), None
-    for fi, f in enumerate(order):
-        cap = {d: max_layers(table, d, d == f) for d in order}
-        for seeds, first_s in _seeds(table, f, cap[f], objective):
-            cells = _extend(table, order, fi, cap, seeds, objective)
-            for (j, placed), cell in sorted(cells.items()):
-                if placed != L:
-                    continue
-                ends = table.epilogue_s[f] + (0.0 if j == f else _transfer_s(table, j, f))
-                cost = max(cell.cost, first_s + ends) if objective == "throughput" else cell.cost + ends
-                if cost < best_cost:
-                    best_cost, best_path = cost, _path(cells, (j, L))
-    if best_path is None:
-        need = rank_memory_bytes(table, 1, table.kv_groups, table.columns, table.tokens, False, False)
-        shortfall = {name: need - table.mem_bytes[d] for d, name in enumerate(table.devices)
-                     if table.mem_bytes[d] < need}
-        raise InfeasiblePlanError(f"no pipeline of whole layers fits {table.model} on {table.cluster}: one layer "
-                                  f"needs {fmt_bytes(need)} on a device, and together the devices that hold one "
-                                  "do not hold them all", shortfall)
-    return _plan(table, best_path, objective)
+def search_pipeline(table: CostTable, objective: str = "latency",
+                    max_group_devices: int = MAX_GROUP_DEVICES) -> PipelineChoice:
+    """The best pipeline in the search space of the module docstring."""
+    groups = tuple(stage_groups(table, max_group_devices))
+    transfers: dict[tuple[int, int], float] = {}
+    best: PipelineChoice | None = None
+    for fi, first in enumerate(groups):
+        if first.cap_first < 1:
+            continue
+        chains = _chains(table, groups, fi, objective, transfers)
+        for cost, n0, last in _finishes(table, groups, fi, chains, objective):
+            if best is None or cost < best.estimate_s:
+                later = _path(chains, last, table.n_layers - n0) if last != fi else ()
+                best = PipelineChoice(groups, ((fi, n0), *later), cost)
+    if best is None:
+        raise _no_pipeline(table)
+    log.info("pipeline DP (%s): %d stages on %s, %.4f s", objective, len(best.stages),
+             ", ".join("+".join(table.devices[d] for d in groups[g].ring) for g, _ in best.stages), best.estimate_s)
+    return best
 
 
-def _transfer_s(table: CostTable, p: int, d: int) -> float:
-    full = table.tokens * table.token_wire_bytes
-    return table.alpha_s[p][d] + table.beta_s_per_byte[p][d] * full + table.comm_cpu_s_per_byte[d] * full
-
-
-def _seeds(table: CostTable, f: int, cap: int, objective: str):
-    """(first-stage cells, first stage's own seconds) to start the DP from.
-
-    Latency: one DP whose cells carry the first stage's time. Throughput: one DP per first-stage
-    size n, its cells carrying only the later stages' bottleneck; the first stage's time is
-    added to the head's at the end.
-    """
-    own = [table.prologue_s[f] + n * layer_s(table, f) for n in range(cap + 1)]
-    if objective == "throughput":
-        for n in range(1, cap + 1):
-            yield {(f, n): _Cell(0.0, None)}, own[n]
-    else:
-        yield {(f, n): _Cell(own[n], None) for n in range(1, cap + 1)}, 0.0
-
-
-def _extend(table: CostTable, order: list[int], fi: int, cap: dict[int, int], cells: dict[tuple[int, int], _Cell],
-            objective: str) -> dict[tuple[int, int], _Cell]:
-    """Add later stages, devices in speed order after the first: cells keyed (last device, layers placed)."""
-    combine = max if objective == "throughput" else (lambda x, y: x + y)
-    position = {d: i for i, d in enumerate(order)}
-    for ji in range(fi + 1, len(order)):
-        j = order[ji]
-        for (i, placed), cell in sorted(cells.items()):
-            if position[i] >= ji:
+def _chains(table: CostTable, groups: tuple[StageGroup, ...], fi: int, objective: str,
+            transfers: dict[tuple[int, int], float]) -> dict[int, _Chain]:
+    """chain[g] for every group g after the first group `fi` (the DP of the module docstring)."""
+    L = table.n_layers
+    chains = {fi: _Chain([0.0] + [INF] * L, [None] * (L + 1))}
+    for gi, group in enumerate(groups):
+        if group.start < groups[fi].end:
+            continue
+        cost, back = [INF] * (L + 1), [None] * (L + 1)
+        for pi, chain in list(chains.items()):
+            if groups[pi].end > group.start:
                 continue
-            for n in range(1, min(cap[j], table.n_layers - placed) + 1):
-                cost = combine(cell.cost, _transfer_s(table, i, j) + n * layer_s(table, j))
-                key = (j, placed + n)
-                if key not in cells or cost < cells[key].cost:
-                    cells[key] = _Cell(cost, (i, placed))
-    return cells
+            if (pi, gi) not in transfers:
+                transfers[pi, gi] = transfer_s(table, groups[pi].ring, group.ring, group.tokens())
+            values, layers = _window(chain.cost, transfers[pi, gi], group.layer_s, group.cap, objective)
+            for r in range(1, L + 1):
+                if values[r] < cost[r]:
+                    cost[r], back[r] = values[r], (pi, layers[r])
+        chains[gi] = _Chain(cost, back)
+    return chains
 
 
-def _path(cells: dict[tuple[int, int], _Cell], end: tuple[int, int]) -> list[tuple[int, int]]:
-    """[(device, layers placed after its stage), ...] from the first stage to the last."""
-    path, key = [], end
-    while key is not None:
-        path.append(key)
-        key = cells[key].prev
-    return path[::-1]
+def _window(prev: list[float], enter_s: float, layer_s: float, cap: int, objective: str
+            ) -> tuple[list[float], list[int]]:
+    """out[r] = min over n in 1..min(cap, r) of prev[r - n] (+ | max) (enter_s + n layer_s), and that n.
+
+    Latency: prev[r'] - r' layer_s is a sliding-window minimum (a deque of increasing keys).
+    Throughput: a candidate r' is dominated by a later one with prev no larger, so the kept ones
+    have increasing prev and decreasing stage time; the best is where the two cross (bisection).
+    """
+    size = len(prev)
+    out, arg = [INF] * size, [0] * size
+    kept: list[int] = []
+    head = 0
+    for r in range(1, size):
+        new = r - 1
+        if prev[new] < INF:
+            key = _key(prev, new, layer_s, objective)
+            while len(kept) > head and _key(prev, kept[-1], layer_s, objective) >= key:
+                kept.pop()
+            kept.append(new)
+        while head < len(kept) and kept[head] < r - cap:
+            head += 1
+        if head == len(kept):
+            continue
+        if objective == "throughput":
+            best = _crossing(prev, kept, head, r, enter_s, layer_s)
+            out[r] = max(prev[best], enter_s + (r - best) * layer_s)
+        else:
+            best = kept[head]
+            out[r] = prev[best] + enter_s + (r - best) * layer_s
+        arg[r] = r - best
+    return out, arg
 
 
-def _plan(table: CostTable, path: list[tuple[int, int]], objective: str) -> Plan:
-    stages, first = [], 0
-    for rank, (d, end) in enumerate(path):
-        stages.append(StageSplit(ranks=(rank,), first_layer=first, end_layer=end,
-                                 heads_per_rank=(table.heads,), kv_heads_per_rank=(table.kv_groups,),
-                                 columns_per_rank=(table.columns,), tokens_per_rank=(table.tokens,)))
-        first = end
-    notes = tuple(f"stage {i}: {table.devices[d]} runs layers {s.first_layer}-{s.end_layer - 1}"
-                  for i, ((d, _), s) in enumerate(zip(path, stages)))
-    plan = Plan(model=table.model, cluster=table.cluster, devices=tuple(table.devices[d] for d, _ in path),
-                stages=tuple(stages), solver="pipeline-dp", objective=objective, wire_dtype=table.wire_dtype,
-                notes=notes)
-    return with_prediction(plan, table)
+def _key(prev: list[float], r: int, layer_s: float, objective: str) -> float:
+    return prev[r] if objective == "throughput" else prev[r] - r * layer_s
+
+
+def _crossing(prev: list[float], kept: list[int], head: int, r: int, enter_s: float, layer_s: float) -> int:
+    """Among kept[head:] (prev increasing, stage time decreasing) the r' with the least max of both."""
+    lo, hi = head, len(kept) - 1
+    while lo < hi:  # first index where prev reaches the stage time
+        mid = (lo + hi) // 2
+        if prev[kept[mid]] >= enter_s + (r - kept[mid]) * layer_s:
+            hi = mid
+        else:
+            lo = mid + 1
+    options = [kept[lo]] + ([kept[lo - 1]] if lo > head else [])
+    return min(options, key=lambda c: (max(prev[c], enter_s + (r - c) * layer_s), -c))
+
+
+def _finishes(table: CostTable, groups: tuple[StageGroup, ...], fi: int, chains: dict[int, _Chain],
+              objective: str) -> Iterator[tuple[float, int, int]]:
+    """(objective, first-stage layers, last group) of every pipeline starting with group `fi`."""
+    first, L = groups[fi], table.n_layers
+    pro = max(table.prologue_s[d] for d in first.ring)
+    head = first.ring[0]
+    ends = {gi: _ends_s(table, head, groups[gi], gi == fi) for gi in chains}
+    for n0 in range(1, min(first.cap_first, L) + 1):
+        own = pro + n0 * first.layer_s
+        if n0 == L:
+            yield own + ends[fi], L, fi
+            continue
+        for gi, chain in chains.items():
+            later = chain.cost[L - n0]
+            if gi == fi or later == INF:
+                continue
+            stage0 = own + ends[gi]
+            cost = max(stage0, later) if objective == "throughput" else stage0 + later
+            yield cost, n0, gi
+
+
+def _ends_s(table: CostTable, head: int, last: StageGroup, single: bool) -> float:
+    senders = [(d, x) for d, x in zip(last.ring, last.tokens()) if d != head]
+    return epilogue_s(table, head, senders, last.split.tokens[head] if single else 0)
+
+
+def _path(chains: dict[int, _Chain], gi: int, r: int) -> tuple[tuple[int, int], ...]:
+    """(group, layers) of the stages after the first, first to last, of the chain ending in (gi, r)."""
+    path = []
+    while chains[gi].back[r] is not None:
+        prev, n = chains[gi].back[r]
+        path.append((gi, n))
+        gi, r = prev, r - n
+    return tuple(path[::-1])
+
+
+def build_pipeline_plan(table: CostTable, choice: PipelineChoice, objective: str) -> Plan:
+    """The Plan of `choice`: ranks numbered stage by stage, each group's ring in its order; predicted."""
+    stages, devices, first = [], [], 0
+    for gi, layers in choice.stages:
+        group = choice.groups[gi]
+        ranks = tuple(range(len(devices), len(devices) + len(group.ring)))
+        stages.append(group.stage(table, ranks, first, first + layers))
+        devices.extend(table.devices[d] for d in group.ring)
+        first += layers
+    plan = Plan(model=table.model, cluster=table.cluster, devices=tuple(devices), stages=tuple(stages),
+                solver="pipeline-dp", objective=objective, wire_dtype=table.wire_dtype)
+    return replace(with_prediction(plan, table), notes=tuple(_notes(table, choice, objective)))
+
+
+def _notes(table: CostTable, choice: PipelineChoice, objective: str) -> list[str]:
+    sizes = sorted({len(g.ring) for g in choice.groups})
+    notes = [f"pipeline DP ({objective}): stages on groups of 1-{sizes[-1]} consecutive devices in speed order, "
+             f"{len(choice.groups)} candidate groups, each HMP-split for its least layer time; "
+             f"best {fmt_s(choice.estimate_s)}" + (" per request" if objective == "throughput" else "")]
+    first = 0
+    for i, (gi, layers) in enumerate(choice.stages):
+        group = choice.groups[gi]
+        names = "+".join(table.devices[d] for d in group.ring)
+        cap = group.cap_first if i == 0 else group.cap
+        what = "HMP over its ring" if len(group.ring) > 1 else "alone"
+        notes.append(f"stage {i}: {names} runs layers {first}-{first + layers - 1} ({what}, "
+                     f"{fmt_s(group.layer_s)} a layer; its memory holds {cap} of {table.n_layers})")
+        first += layers
+    return notes
+
+
+def _no_pipeline(table: CostTable) -> InfeasiblePlanError:
+    need = rank_memory_bytes(table, 1, table.kv_groups, table.columns, table.tokens, False, False)
+    shortfall = {name: need - table.mem_bytes[d] for d, name in enumerate(table.devices) if table.mem_bytes[d] < need}
+    return InfeasiblePlanError(f"no pipeline of whole layers fits {table.model} on {table.cluster}: one layer needs "
+                               f"{fmt_bytes(need)} on a device alone, and no groups of devices hold them all",
+                               shortfall)

@@ -5,8 +5,9 @@ ILP minimises it). A pipeline works on several requests at once and serves one p
 busiest stage (cost/throughput.py); the pipeline DP minimises that bottleneck. We take whichever
 predicts less time per request; on a tie the single stage (lower latency, fewer hand-offs).
 
-Pipeline stages here hold one device each (EdgePipe-style). Stage groups, several devices running
-HMP inside one stage, are valid plans (codegen and runtime run them) but are not searched.
+A pipeline stage is a device group running HMP over its own ring, or one device alone
+(EdgePipe-style); the DP searches groups of consecutive devices in speed order
+(planner/pipeline_dp.py, planner/stage_groups.py).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
     busy = stage_busy_s(pipe, pipe.predicted_blocks)
     slowest = max(range(len(busy)), key=busy.__getitem__)
     pipe_text = (f"the {len(pipe.stages)}-stage pipeline serves a request every {fmt_s(pipe_s)} "
-                 f"({1 / pipe_s:.2f}/s; busiest: stage {slowest} on {pipe.devices[pipe.stages[slowest].ranks[0]]}, "
+                 f"({1 / pipe_s:.2f}/s; busiest: stage {slowest} on "
+                 f"{'+'.join(pipe.devices[r] for r in pipe.stages[slowest].ranks)}, "
                  f"stages busy {', '.join(fmt_s(b) for b in busy)}; latency {fmt_s(pipe.predicted_latency_s)})")
     if single is None:
         return _noted(pipe, f"throughput: no single-stage plan fits; {pipe_text}")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import random
+from typing import Iterator
 
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.cluster import Cluster, Device, Link
+from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 from summaries import bert_base_summary
 
@@ -72,3 +74,30 @@ def random_table(rng: random.Random, n: int, groups: int = 2, units: int = 2, to
         weight_bytes_per_group=w_group, weight_bytes_per_column=w_col, connective_bytes_per_layer=50,
         act_bytes_per_group=500, act_bytes_per_column=40, act_bytes_per_token=100, buffer_bytes=800,
         prologue_bytes=700, epilogue_bytes=rng.choice([0, 3000]))
+
+
+def every_pipeline(table: CostTable, max_group_devices: int) -> Iterator[Plan]:
+    """The pipeline DP's search space, exhaustively: every sequence of disjoint stage groups in speed
+    order, every split of the layers into them (>= 1 each); only plans that fit in memory."""
+    from galaxy.compiler.cost.memory import memory_shortfall_bytes
+    from galaxy.compiler.planner.brute_force import compositions
+    from galaxy.compiler.planner.pipeline_dp import PipelineChoice, build_pipeline_plan
+    from galaxy.compiler.planner.stage_groups import stage_groups
+
+    groups = tuple(stage_groups(table, max_group_devices))
+
+    def chains(after: int) -> Iterator[tuple[int, ...]]:
+        for gi, group in enumerate(groups):
+            if group.start >= after:
+                yield (gi,)
+                for rest in chains(group.end):
+                    yield (gi, *rest)
+
+    for chain in chains(0):
+        if len(chain) > table.n_layers:
+            continue
+        for sizes in compositions(table.n_layers - len(chain), len(chain)):
+            choice = PipelineChoice(groups, tuple((gi, n + 1) for gi, n in zip(chain, sizes)), 0.0)
+            plan = build_pipeline_plan(table, choice, "throughput")
+            if not memory_shortfall_bytes(plan, table):
+                yield plan

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from itertools import combinations
 
 import pytest
-from planner_fixtures import make_cluster, random_table
+from planner_fixtures import every_pipeline, make_cluster, random_table
 
-from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.errors import InfeasiblePlanError
-from galaxy.compiler.ir.plan import Plan, StageSplit
+from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner import SOLVERS, make_plan
 from galaxy.compiler.planner.baselines import even_plan, proportional_plan, single_device_plan
-from galaxy.compiler.planner.brute_force import compositions
-from galaxy.compiler.planner.pipeline_dp import max_layers, pipeline_dp_plan
+from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan, search_pipeline
 
 CLUSTER = [("a", 4, 20), ("b", 2, 12), ("c", 2, 7)]
 
@@ -44,37 +41,44 @@ def test_baseline_that_does_not_fit_raises(bert):
     assert set(info.value.shortfall_bytes_by_device) == {"a", "b"}
 
 
-def exhaustive_pipeline(table) -> float:
-    """Every ordered (speed order) device subset and every partition of layers into its stages."""
-    order, best = table.speed_order(), float("inf")
-    for k in range(1, table.n_devices + 1):
-        for devices in combinations(order, k):
-            for sizes in compositions(table.n_layers - k, k):
-                sizes = [s + 1 for s in sizes]
-                if any(n > max_layers(table, d, i == 0) for i, (d, n) in enumerate(zip(devices, sizes))):
-                    continue
-                stages, first = [], 0
-                for rank, n in enumerate(sizes):
-                    stages.append(StageSplit((rank,), first, first + n, (table.heads,), (table.kv_groups,),
-                                             (table.columns,), (table.tokens,)))
-                    first += n
-                plan = Plan(model="m", cluster="c", devices=tuple(table.devices[d] for d in devices),
-                            stages=tuple(stages), solver="manual")
-                best = min(best, predict(plan, table)[0])
-    return best
+def metric(plan: Plan, objective: str) -> float:
+    return plan.predicted_s_per_request if objective == "throughput" else plan.predicted_latency_s
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_pipeline_dp_matches_exhaustive(seed):
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+@pytest.mark.parametrize("seed", range(8))
+def test_pipeline_dp_matches_exhaustive(seed, objective):
+    """Device groups x layer partitions, every one predicted: the DP finds the least, and its own
+    estimate is the chosen plan's prediction."""
     rng = random.Random(seed)
-    table = random_table(rng, rng.choice([2, 3]), layers=rng.choice([3, 4, 5]))
+    n = rng.choice([2, 3, 4])
+    table = random_table(rng, n, layers=rng.choice([3, 4, 5]))
     table = replace(table, mem_bytes=tuple(int(m * rng.uniform(0.5, 2.5)) for m in table.mem_bytes))
-    expected = exhaustive_pipeline(table)
+    max_group = rng.choice([2, n])
+    expected = min((metric(p, objective) for p in every_pipeline(table, max_group)), default=float("inf"))
     if expected == float("inf"):
         with pytest.raises(InfeasiblePlanError):
-            pipeline_dp_plan(table)
+            pipeline_dp_plan(table, objective, max_group)
         return
-    assert pipeline_dp_plan(table).predicted_latency_s == pytest.approx(expected, rel=1e-12)
+    choice = search_pipeline(table, objective, max_group)
+    plan = pipeline_dp_plan(table, objective, max_group)
+    assert metric(plan, objective) == pytest.approx(expected, rel=1e-12)
+    assert choice.estimate_s == pytest.approx(metric(plan, objective), rel=1e-12)
+
+
+def test_pipeline_dp_searches_groups_of_devices():
+    """Some random instance's best pipeline has a stage of several devices (the search is not vacuous)."""
+    found = set()
+    for seed in range(30):
+        rng = random.Random(seed)
+        table = random_table(rng, 3, layers=4)
+        table = replace(table, mem_bytes=tuple(int(m * rng.uniform(0.5, 2.5)) for m in table.mem_bytes))
+        try:
+            plan = pipeline_dp_plan(table, "latency")
+        except InfeasiblePlanError:
+            continue
+        found.add((len(plan.stages) > 1, max(len(s.ranks) for s in plan.stages) > 1))
+    assert (True, True) in found
 
 
 def test_sequence_only_baseline_splits_tokens_by_speed_and_keeps_every_weight(bert):
