@@ -14,7 +14,11 @@ import torch
 from galaxy.compiler.capture.load import load_model
 from galaxy.compiler.capture.trace import capture, flatten_outputs
 from galaxy.compiler.passes.recognise import recognise
+from galaxy.compiler.cost.memory import rank_memory_bytes
+from galaxy.compiler.cost.table import build_cost_table
+from galaxy.compiler.ir.cluster import Cluster, Device, Link
 from galaxy.compiler.passes.summarise import summarise
+from galaxy.compiler.planner import make_plan
 from galaxy.runtime import bundle as rt_bundle
 from galaxy.runtime.launcher import LaunchError, run_local
 from helpers import ATOL, RTOL, build_bundle, manual_plan, pipeline_plan
@@ -88,6 +92,27 @@ def _stream_and_check(tmp_path, model, plan, requests: int = REQUESTS):
 @pytest.mark.parametrize("shape", list(PIPELINES))
 def test_pipeline_streams_different_requests(tmp_path, models, kind, shape):
     _stream_and_check(tmp_path, models[kind], pipeline_plan(models[kind][3], PIPELINES[shape]))
+
+
+def group_stage_cluster(summary) -> Cluster:
+    """Two fast devices on a fast link that together hold three of the four layers (a, b), and a
+    slow roomy device on slow links (c); memory in units of what one device needs for the whole model."""
+    probe = Cluster("probe", (Device("x", 2**30, 1e9),), Link(1e9, 1e-4))
+    table = build_cost_table(summary, probe)
+    whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, table.tokens, True, True)
+    devices = (Device("a", int(0.6 * whole), 20e9), Device("b", int(0.4 * whole), 20e9),
+               Device("c", 2 * whole, 5e9))
+    return Cluster("fast-pair-slow-third", devices, Link(100e6 / 8, 2e-4),
+                   link_overrides=(("a", "b", Link(10_000e6 / 8, 5e-5)),))
+
+
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_planner_chosen_group_stage_pipeline(tmp_path, models, objective):
+    """The planner's own choice, a pipeline whose first stage is HMP over a and b, runs and streams."""
+    summary = models["bert"][3]
+    plan = make_plan(summary, group_stage_cluster(summary), objective=objective)
+    assert [[plan.devices[r] for r in s.ranks] for s in plan.stages] == [["a", "b"], ["c"]]
+    _stream_and_check(tmp_path, models["bert"], plan, requests=3)
 
 
 def test_one_stage_plan_streams_one_request_after_another(tmp_path, models):
