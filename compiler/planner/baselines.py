@@ -20,6 +20,7 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
+from galaxy.compiler.planner.choose import faster_challenger
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
 
@@ -123,16 +124,9 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Pl
 def or_sequence_only(plan: Plan, table: CostTable) -> Plan:
     """The sequence-parallel-only plan instead of the ILP's single-stage `plan`, if it fits and is
     predicted faster."""
-    if len(plan.stages) > 1:
+    sequence = faster_challenger(plan, lambda: sequence_plan(table, plan.objective), lambda p: len(p.devices) > 1)
+    if sequence is None:
         return plan
-    try:
-        sequence = sequence_plan(table, plan.objective)
-    except InfeasiblePlanError:
-        return plan
-    if len(sequence.devices) < 2 or sequence.predicted_latency_s >= plan.predicted_latency_s:
-        return plan
-    log.info("sequence parallelism only beats the hybrid plan: %.1f ms vs %.1f ms",
-             sequence.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
     why = (f"sequence parallelism only: predicted {sequence.predicted_latency_s * 1e3:.1f} ms against "
            f"{plan.predicted_latency_s * 1e3:.1f} ms for the best hybrid plan ({plan.solver}); every used device "
            "holds the whole model, and a layer gathers only keys and values, once")

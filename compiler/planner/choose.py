@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Callable
 
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
@@ -20,18 +21,27 @@ from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 log = logging.getLogger(__name__)
 
 
+def faster_challenger(plan: Plan, build: Callable[[], Plan], takes_part: Callable[[Plan], bool]) -> Plan | None:
+    """`build()` if `plan` has one stage and the challenger is built (fits), `takes_part` and predicts a
+    lower latency; else None."""
+    if len(plan.stages) > 1:  # already the pipeline DP's (no single stage fits)
+        return None
+    try:
+        challenger = build()
+    except InfeasiblePlanError:
+        return None
+    if not takes_part(challenger) or challenger.predicted_latency_s >= plan.predicted_latency_s:
+        return None
+    log.info("%s beats the single stage: %.1f ms vs %.1f ms", challenger.solver,
+             challenger.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
+    return challenger
+
+
 def or_pipeline(single: Plan, table: CostTable) -> Plan:
     """The pipeline DP's plan instead of the single-stage `single` if it predicts a lower latency."""
-    if len(single.stages) > 1:  # already the pipeline DP's (no single stage fits)
+    pipe = faster_challenger(single, lambda: pipeline_dp_plan(table, single.objective), lambda p: len(p.stages) > 1)
+    if pipe is None:
         return single
-    try:
-        pipe = pipeline_dp_plan(table, single.objective)
-    except InfeasiblePlanError:
-        return single
-    if len(pipe.stages) < 2 or pipe.predicted_latency_s >= single.predicted_latency_s:
-        return single
-    log.info("a %d-stage pipeline beats the single stage: %.1f ms vs %.1f ms", len(pipe.stages),
-             pipe.predicted_latency_s * 1e3, single.predicted_latency_s * 1e3)
     why = (f"latency: chose the {len(pipe.stages)}-stage pipeline, predicted {fmt_s(pipe.predicted_latency_s)} "
            f"against {fmt_s(single.predicted_latency_s)} for the best single-stage plan ({single.solver}, "
            f"{single.world_size} device{'s' if single.world_size > 1 else ''})")
