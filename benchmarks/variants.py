@@ -13,6 +13,7 @@ from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner import make_plan, plan_from_table
+from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ def _megatron(summary: ModelSummary, cluster: Cluster) -> Plan:
     return replace(plan, stages=stages, solver="megatron")
 
 
+def _edgepipe(summary: ModelSummary, cluster: Cluster) -> Plan:
+    """EdgePipe as published: one device per stage (the planner's own DP also tries device groups)."""
+    return pipeline_dp_plan(build_cost_table(summary, cluster), max_group_devices=1)
+
+
 def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
     return replace(make_plan(summary, cluster, wire_dtype_bytes=2), wire_dtype="float16")
 
@@ -39,8 +45,7 @@ VARIANTS = {v.name: v for v in (
             lambda s, c: make_plan(s, c, solver="proportional")),
     Variant("sequence", "sequence parallelism only: every weight everywhere, keys/values all-gathered",
             lambda s, c: make_plan(s, c, solver="sequence")),
-    Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)",
-            lambda s, c: make_plan(s, c, solver="pipeline-dp")),
+    Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)", _edgepipe),
     Variant("galaxy-no-overlap", "Galaxy's hybrid (HMP) ILP plan, plain collectives",
             lambda s, c: make_plan(s, c, tile_choices=(1,), sequence_only=False)),
     Variant("galaxy-hmp", "Galaxy's hybrid (HMP) ILP plan with tile-based overlap",
