@@ -84,11 +84,12 @@ def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
 
 def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
     """Sequence parallelism only over the k fastest devices that hold the model, best k."""
-    order = table.speed_order()
+    whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
+    holders = [d for d in table.speed_order() if table.mem_bytes[d] >= whole]
     best: Plan | None = None
-    for k in range(1, len(order) + 1):
+    for k in range(1, len(holders) + 1):
         try:
-            plan = _sequence_split(table, order[:k], objective)
+            plan = _sequence_split(table, holders[:k], objective)
         except InfeasiblePlanError as err:
             log.debug("sequence parallelism over %d devices: %s", k, err)
             continue
@@ -97,7 +98,6 @@ def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
     if best is None:
         return single_device_plan(table, objective=objective)  # raises with each device's shortfall
     used = {table.index(name) for name in best.devices}
-    whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
     why_out = {d: (f"cannot hold the whole model ({fmt_bytes(whole)} or more, has {fmt_bytes(table.mem_bytes[d])})"
                    if table.mem_bytes[d] < whole else "adding it does not lower the predicted latency")
                for d in range(table.n_devices) if d not in used}

@@ -101,6 +101,18 @@ def test_sequence_only_baseline_leaves_out_devices_that_cannot_hold_the_model(be
     assert any(n.startswith("out b") for n in plan.notes)
 
 
+def test_sequence_only_baseline_skips_a_fastest_device_that_cannot_hold_the_model(bert):
+    """The k fastest devices that hold the model, not the k fastest: a small fast device does not
+    keep the others from sharing the tokens."""
+    from galaxy.compiler.cost.table import build_cost_table
+    from galaxy.compiler.planner.baselines import sequence_plan
+    table = build_cost_table(bert, make_cluster([("a", 0.3, 40), ("b", 4, 20), ("c", 4, 20)], mbit_per_s=10_000))
+    plan = sequence_plan(table)
+    assert plan.solver == "sequence" and plan.devices == ("b", "c")
+    assert not plan.stages[0].tensor_parallel
+    assert any(n.startswith("out a") and "cannot hold the whole model" in n for n in plan.notes)
+
+
 @pytest.mark.parametrize("memory_gib", [4, 0.3])
 def test_ilp_takes_sequence_parallelism_only_when_it_fits_and_is_faster(bert, memory_gib):
     # 2 ms a ring step, as on the emulator: four collectives a layer cost more than one
