@@ -47,7 +47,8 @@ def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
     if pipe is None or len(pipe.stages) == 1:
         why = ("no pipeline of whole layers fits" if pipe is None else
                "the best pipeline of whole layers is a single stage")
-        return _noted(single, f"throughput: a single-stage plan, one request at a time: {why}")
+        # The DP's single stage (a device group) stands in when the ILP found no plan.
+        return _noted(single or pipe, f"throughput: a single-stage plan, one request at a time: {why}")
     pipe_s = pipe.predicted_s_per_request
     busy = stage_busy_s(pipe, pipe.predicted_blocks)
     slowest = max(range(len(busy)), key=busy.__getitem__)

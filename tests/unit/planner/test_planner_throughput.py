@@ -9,6 +9,7 @@ from galaxy.compiler.cost.throughput import s_per_request, stage_busy_s
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
+from galaxy.compiler.planner.throughput import choose_for_throughput
 
 EQUAL_PAIR = [("a", 4, 20), ("b", 4, 20)]
 
@@ -32,6 +33,15 @@ def test_single_stage_when_the_pipeline_is_not_faster(bert):
     assert len(plan.stages) == 1 and plan.devices == ("fast",)
     assert plan.predicted_s_per_request == pytest.approx(plan.predicted_latency_s)
     assert plan.notes[0].startswith("throughput: a single-stage plan")
+
+
+def test_one_stage_pipeline_stands_in_when_the_ilp_found_no_plan(bert):
+    """No ILP plan (e.g. its time limit) and the DP's best is one stage: that stage, not a crash."""
+    table = build_cost_table(bert, make_cluster([("fast", 4, 100), ("slow", 4, 1)], mbit_per_s=1000))
+    pipe = pipeline_dp_plan(table, "throughput")
+    assert len(pipe.stages) == 1
+    plan = choose_for_throughput(None, pipe)
+    assert plan.stages == pipe.stages and plan.notes[0].startswith("throughput: a single-stage plan")
 
 
 def test_single_stage_when_the_link_is_too_slow(bert):
