@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from galaxy.compiler.cost.latency import block_s
 from galaxy.compiler.cost.memory import plan_memory_bytes
-from galaxy.compiler.ir.plan import BlockTime, Plan
+from galaxy.compiler.ir.plan import BlockTime, Plan, StageSplit
 from galaxy.compiler.report.document import PlanDocument
 from galaxy.compiler.report.text import gib, ms, ms_decimals, table
 
@@ -37,9 +37,9 @@ def share_lines(doc: PlanDocument) -> list[str]:
     plan, costs = doc.plan, doc.cost_table()
     memory = plan_memory_bytes(plan, costs) if costs else {}
     limit = {d.name: d.mem_bytes for d in doc.cluster.devices} if doc.cluster else {}
-    totals = _totals(plan)
     lines = []
     for i, stage in enumerate(plan.stages):
+        totals = _totals(stage)
         lines.append(f"stage {i}: layers {stage.first_layer}-{stage.end_layer - 1} ({len(stage.layers)}), "
                      f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {stage.parallelism}")
         rows = []
@@ -58,9 +58,11 @@ def share_lines(doc: PlanDocument) -> list[str]:
     return lines
 
 
-def _totals(plan: Plan) -> tuple[int, int, int, int]:
-    s = plan.stages[0]
-    return sum(s.heads_per_rank), sum(s.kv_heads_per_rank), sum(s.columns_per_rank), sum(s.tokens_per_rank)
+def _totals(stage: StageSplit) -> tuple[int, int, int, int]:
+    """The model's heads, KV heads, columns and tokens (sequence parallelism only: every rank holds all)."""
+    whole = sum if stage.tensor_parallel else max
+    return (whole(stage.heads_per_rank), whole(stage.kv_heads_per_rank), whole(stage.columns_per_rank),
+            sum(stage.tokens_per_rank))
 
 
 def _memory_cells(used: int | None, limit: int | None) -> list[str]:

@@ -69,3 +69,14 @@ def test_throughput_plan_shows_requests_per_second():
     line = next(line for line in text.splitlines() if line.startswith("predicted throughput"))
     assert f"{1 / plan.predicted_s_per_request:.2f} requests/s" in line and "through 2 stages" in line
     assert "predicted throughput" not in show_plan(doc)
+
+
+def test_sequence_only_plan_shows_every_weight_of_the_model_on_each_rank():
+    from galaxy.compiler.ir.plan import Plan, StageSplit
+    from report_fixtures import predicted
+    doc = golden()
+    stage = StageSplit((0, 1), 0, 12, (12, 12), (12, 12), (3072, 3072), (160, 96), tensor_parallel=False)
+    plan = predicted(Plan(doc.summary.name, doc.cluster.name, ("dev-a", "dev-b"), (stage,), "manual"), doc)
+    text = show_plan(PlanDocument(plan, doc.summary, doc.cluster, "sequence"))
+    assert rows(text, "0")[0][2:6] == ["12/12", "12/12", "3072/3072", "160/256"]
+    assert rows(text, "1")[0][2:6] == ["12/12", "12/12", "3072/3072", "96/256"]
