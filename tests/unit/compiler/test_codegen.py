@@ -74,6 +74,7 @@ def test_pipeline_stages_hand_over_between_leaders(llama):
     assert "ctx.handoff.send([x, residual]" in sources[1]
     assert "ctx.handoff.receive(" in _function(sources[2], "forward")
     assert "def epilogue(" in sources[0] and "def epilogue(" not in sources[2]
+    assert "in its layer 1." in sources[2].split('"""')[1]  # one layer: not "each of its layers 1"
 
 
 def test_sequence_parallel_only_plans_gather_keys_and_values_once_per_layer(llama):
