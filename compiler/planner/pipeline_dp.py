@@ -25,7 +25,7 @@ stages' terms over chains of groups after f that end in g and hold r layers:
 and the plan is the least own(f, n_0) (+ | max) ends(f, z) ... over n_0 and the last group z, with
 r = L - n_0 (the caps depend only on a stage's layer count, so one DP serves every n_0). For each
 pair (p, g) the min over n is a sliding-window minimum over r (`_window`), so a first group costs
-O(pairs of groups x L): about 0.1 s for 8 devices and 80 layers.
+O(pairs of groups x L): about 0.05 s for 8 devices and 80 layers.
 """
 from __future__ import annotations
 
