@@ -120,12 +120,15 @@ def _parse(argv):
     p.add_argument("--model", default="bert:large", help="kind:size, e.g. bert:large")
     p.add_argument("--cluster", default="four-uneven", help="a cluster file in clusters/ (name)")
     p.add_argument("--bandwidths", default="100,500,1000", help="Mbit/s, every link")
-    p.add_argument("--requests", type=int, default=8, help="requests per stream")
+    p.add_argument("--requests", type=int, default=8, help="requests per stream (at least 2)")
     p.add_argument("--repeat", type=int, default=2, help="streams per plan (after 1 warmup request)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--timeout", type=float, default=300.0, help="per network wait, seconds")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "throughput")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.requests < 2:
+        p.error("--requests must be at least 2: one request is a latency run (python -m benchmarks.run)")
+    return args
 
 
 if __name__ == "__main__":

@@ -117,10 +117,9 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
         files = [bundle.load_tensors(path) for path in args.input] if args.input else [example]
         for inputs in files:
             check_inputs(inputs, example)
-        packed = pack_requests(files)
+        packed = pack_requests(files, args.requests or len(files))
     rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
-    files = unpack_requests(broadcast_tensors(packed, ctx.world()))
-    requests = args.requests or len(files)
+    files, requests = unpack_requests(broadcast_tensors(packed, ctx.world()))  # rank 0's count rules
     if requests > 1:
         runs = _streamed_runs(forward, stream, [files[i % len(files)] for i in range(requests)], weights, ctx, args)
         if rank == 0:
@@ -261,8 +260,8 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=_positive_float, metavar="S",
                         help="rendezvous timeout (default: --timeout)")
     parser.add_argument("--requests", type=_positive_int, metavar="M",
-                        help="stream M requests, the input files in turn (default: one per input file); "
-                             "every rank must get the same M")
+                        help="rank 0: stream M requests, the input files in turn (default: one per input "
+                             "file); the other ranks take M from rank 0")
     parser.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                         help="timed forward runs, or streams of M requests (default: 1)")
     parser.add_argument("--warmup", type=_non_negative_int, default=0, metavar="N",

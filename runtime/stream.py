@@ -73,15 +73,22 @@ def timed_stream(stream: Stream, requests: list[dict], weights: dict, ctx) -> St
     return StreamRun(outputs, latencies, time.perf_counter() - start)
 
 
-def pack_requests(files: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Several input files as one dict of tensors (`k/name`), to broadcast them in one go."""
-    return {f"{k}/{name}": tensor for k, inputs in enumerate(files) for name, tensor in inputs.items()}
+_COUNT = "requests"  # rank 0 decides how many requests run; every rank must run as many
 
 
-def unpack_requests(packed: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """The input files `pack_requests` packed, in order."""
+def pack_requests(files: Sequence[Mapping[str, torch.Tensor]], count: int) -> dict[str, torch.Tensor]:
+    """Several input files (`k/name`) and the number of requests to run, to broadcast in one go."""
+    packed = {f"{k}/{name}": tensor for k, inputs in enumerate(files) for name, tensor in inputs.items()}
+    packed[_COUNT] = torch.tensor([count])
+    return packed
+
+
+def unpack_requests(packed: Mapping[str, torch.Tensor]) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """The input files `pack_requests` packed, in order, and the number of requests."""
     files: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in packed.items():
+        if key == _COUNT:
+            continue
         k, name = key.split("/", 1)
         files.setdefault(int(k), {})[name] = tensor
-    return [files[k] for k in sorted(files)]
+    return [files[k] for k in sorted(files)], int(packed[_COUNT])

@@ -43,10 +43,11 @@ def _loop_layers(program: RankProgram) -> range | None:
 
 def _sequence_mask(program: RankProgram) -> str:
     """The attention mask of a rank that runs only its own queries (no tensor parallelism): a
-    causal model needs it written out, since is_causal would align the rows to the first token."""
-    masks = [f'static["{program.attention.mask}"]'] if program.attention.mask else []
-    masks += ['static["causal"]'] if program.attention.is_causal else []
-    return " & ".join(masks) or "None"
+    causal model needs it written out, since is_causal would align the rows to the first token.
+    (SDPA takes a mask or is_causal, never both, so there is one or none.)"""
+    if program.attention.is_causal:
+        return 'static["causal"]'
+    return f'static["{program.attention.mask}"]' if program.attention.mask else "None"
 
 
 def render_rank(program: RankProgram) -> str:

@@ -133,7 +133,7 @@ def _query_row_statics(graph: TransformerGraph, code: LayerCode) -> tuple[str, .
         shape = tuple(code.nodes[name].meta["val"].shape)
         if len(shape) >= 2 and shape[-2] == graph.seq_len:
             rows.append(name)
-        elif len(shape) < 2 or shape[-2] != 1:
+        elif len(shape) >= 2 and shape[-2] != 1:  # scalars, vectors and broadcast rows stay whole
             raise UntraceableModelError(f"sequence parallelism only needs the query rows of {name} "
                                         f"(shape {list(shape)}) along dim -2; plan it with tensor "
                                         "parallelism instead", "", name)

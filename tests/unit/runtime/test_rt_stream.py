@@ -33,5 +33,5 @@ def test_lag_zero_is_one_request_at_a_time():
 def test_requests_pack_into_one_broadcast_and_back():
     files = [{"input_ids": torch.arange(3), "attention_mask": torch.ones(3)}, {"input_ids": torch.arange(3) + 1,
                                                                              "attention_mask": torch.zeros(3)}]
-    back = unpack_requests(pack_requests(files))
-    assert len(back) == 2 and all(torch.equal(back[i][k], files[i][k]) for i in range(2) for k in files[i])
+    back, count = unpack_requests(pack_requests(files, 5))
+    assert count == 5 and len(back) == 2 and all(torch.equal(back[i][k], files[i][k]) for i in range(2) for k in files[i])
