@@ -28,9 +28,12 @@ layers on its x[r] tokens; attention all-gathers keys and values, 2 / g hidden-s
 Once per forward:
 
     prologue = max over ranks of stage 0 of P[d]                           (replicated, whole sequence)
-    transfer = max over links (i in stage s-1, j in stage s) alpha + beta S b,  plus max_j kappa[j] x[j] b
+    transfer = h_in (max over links (i in stage s-1, j in stage s) alpha + beta S b,  plus max_j kappa[j] S b)
                before each later stage s (pipelines: stages run one after another for one request)
-    epilogue = E[d(0)] + kappa[d(0)] (S - x[0]) b + sum_{r != 0 in last stage} alpha[r][0] + beta[r][0] x[r] b
+    epilogue = E[d(0)] + h_out (kappa[d(0)] (S - x[0]) b + sum_{r != 0 in last stage} alpha[r][0] + beta[r][0] x[r] b)
+    h_in, h_out  hidden-stream tensors a hand-off moves and the head reads (ModelSummary; 2 for GPT-2
+                 and Llama: the residual travels beside the normed stream). Not charged: the gather
+                 to a stage's leader before a hand-off, and rank 0's scatter of the embeddings.
     latency  = prologue + sum_s (transfer_s + L_s layer_s) + epilogue
 
 Each term is one `BlockTime`; a block's seconds are max(compute_s_per_rank) + comm_s - hidden_s
@@ -126,9 +129,10 @@ def _sequence_parallel_blocks(table: CostTable, i: int, stage: StageSplit, ring:
 
 
 def _transfer(table: CostTable, i: int, src: list[int], dst: list[int], tokens: Sequence[int]) -> BlockTime:
-    full = table.tokens * table.token_wire_bytes
-    link = max(table.alpha_s[a][b] + table.beta_s_per_byte[a][b] * full for a in src for b in dst)
-    cpu = tuple(table.comm_cpu_s_per_byte[d] * x * table.token_wire_bytes for d, x in zip(dst, tokens))
+    # every layer-entry tensor travels whole, one message each, and every receiver takes it whole
+    k, full = table.entry_tensors, table.tokens * table.token_wire_bytes
+    link = max(k * (table.alpha_s[a][b] + table.beta_s_per_byte[a][b] * full) for a in src for b in dst)
+    cpu = tuple(k * table.comm_cpu_s_per_byte[d] * full for d in dst)
     return BlockTime(i, "transfer", cpu, comm_s=link, per_layer=False, comm_cpu_s_per_rank=cpu)
 
 
@@ -145,6 +149,7 @@ def _epilogue(plan: Plan, table: CostTable) -> BlockTime:
 
 
 def _head_return(table: CostTable, head: int, senders: Sequence[tuple[int, int]], own: int) -> tuple[float, float]:
-    """(CPU seconds on the head, link seconds) to bring the head's inputs to it."""
-    cpu = table.comm_cpu_s_per_byte[head] * (table.tokens - own) * table.token_wire_bytes
-    return cpu, gather_link_s(table, head, senders)
+    """(CPU seconds on the head, link seconds) to bring the head's inputs (each a message) to it."""
+    k = table.head_tensors
+    cpu = k * table.comm_cpu_s_per_byte[head] * (table.tokens - own) * table.token_wire_bytes
+    return cpu, k * gather_link_s(table, head, senders)

@@ -65,6 +65,9 @@ class CostTable:
     buffer_bytes: int
     prologue_bytes: int
     epilogue_bytes: int
+    # hidden-stream tensors a stage hand-off and the head's gather move (ModelSummary)
+    entry_tensors: int = 1
+    head_tensors: int = 1
 
     @property
     def n_devices(self) -> int:
@@ -163,4 +166,5 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
         act_bytes_per_group=by.act_per_group, act_bytes_per_column=by.act_per_column,
         act_bytes_per_token=by.act_per_token, buffer_bytes=by.buffers,
         prologue_bytes=by.prologue, epilogue_bytes=by.epilogue,
+        entry_tensors=summary.layer_entry_tensors, head_tensors=summary.head_input_tensors,
     )

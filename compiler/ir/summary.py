@@ -28,6 +28,11 @@ class ModelSummary:
     epilogue_param_bytes: int  # rank 0 only: the embeddings it scatters, final norm, head
     epilogue_flops: float
     connective_param_bytes_per_layer: int  # norms and output biases: replicated
+    # Hidden-stream tensors ([batch, seq, hidden]) that enter a layer (handed between pipeline
+    # stages) and that the head reads from the last layer (gathered to rank 0): GPT-2 and Llama
+    # carry the residual beside the normed stream.
+    layer_entry_tensors: int = 1
+    head_input_tensors: int = 1
 
     @property
     def heads_per_kv_group(self) -> int:

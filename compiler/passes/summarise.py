@@ -57,6 +57,9 @@ def summarise(graph: TransformerGraph, captured: CapturedModel) -> ModelSummary:
         epilogue_param_bytes=_param_bytes(rank_0, captured),
         epilogue_flops=_linear_flops(graph.epilogue, nodes),
         connective_param_bytes_per_layer=_param_bytes([c for c in connective if c], captured),
+        layer_entry_tensors=len(layer_inputs(graph)),
+        head_input_tensors=sum(1 for n in graph.epilogue.inputs
+                               if n not in weights and n not in graph.prologue.outputs),
     )
 
 

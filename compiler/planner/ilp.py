@@ -42,7 +42,7 @@ Rows (one add_* function per family):
     exposed[q,1]       Ex[q] >= R[1] - M (1 - s[1])                        (no overlap; cost/overlap.py)
     exposed[q,t,d]     Ex[q] >= R[t] - (1 - 1/(k t)) Gq[d] - M (1 - u[d]) - M (1 - s[t])     t > 1
     first[q,t,d]       Ex[q] >= R[t] / ((k - 1) t) - Gq[d] / k - M (1 - u[d]) - M (1 - s[t])  t > 1
-    gather[d]          T_gat >= sum_{e != d} (alpha[e][d] u[e] + beta[e][d] b X[e])
+    gather[d]          T_gat >= h sum_{e != d} (alpha[e][d] u[e] + beta[e][d] b X[e])   (h head input tensors)
                                 + kappa[d] b (S u[d] - X[d]) - M (1 - z[d])
     sym[d,e]           u[d] >= u[e] for identical devices d before e (only when all links are equal)
 Tie-break (eps, TIE_REL of the latency scale): fewer and faster devices (speed order), a faster
@@ -250,13 +250,13 @@ def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVa
 
 
 def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:
-    b, S = table.token_wire_bytes, table.tokens
+    b, S, h = table.token_wire_bytes, table.tokens, table.head_tensors
     for d, name in enumerate(labels(table)):
         others = [e for e in range(table.n_devices) if e != d]
-        link = pulp.lpSum(table.alpha_s[e][d] * v.u[e] + table.beta_s_per_byte[e][d] * b * v.X[e] for e in others)
-        cpu = table.comm_cpu_s_per_byte[d] * b * (S * v.u[d] - v.X[d])
-        M = sum(table.alpha_s[e][d] + table.beta_s_per_byte[e][d] * b * S for e in others) \
-            + table.comm_cpu_s_per_byte[d] * b * S
+        link = h * pulp.lpSum(table.alpha_s[e][d] * v.u[e] + table.beta_s_per_byte[e][d] * b * v.X[e] for e in others)
+        cpu = h * table.comm_cpu_s_per_byte[d] * b * (S * v.u[d] - v.X[d])
+        M = h * (sum(table.alpha_s[e][d] + table.beta_s_per_byte[e][d] * b * S for e in others)
+                 + table.comm_cpu_s_per_byte[d] * b * S)
         prob += (tv.gat >= link + cpu - M * (1 - v.z[d]), f"gather[{name}]")
 
 

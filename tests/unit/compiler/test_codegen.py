@@ -99,3 +99,8 @@ def test_pipeline_rank_0_streams_with_the_head_apart(llama):
     assert "def stream(" not in sources[1] and "def stream(" not in sources[2]
     single = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1]))[0]
     assert "def stream(" not in single and "handoff" not in single
+
+
+def test_summaries_count_the_hidden_stream_tensors_a_hand_off_and_the_head_move(llama):
+    summary = llama[2]
+    assert (summary.layer_entry_tensors, summary.head_input_tensors) == (2, 2)  # normed stream and residual

@@ -84,3 +84,15 @@ def test_sequence_parallel_only(toy):
     latency, blocks = predict(plan, toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert [b.comm_s for b in blocks[1:4]] == pytest.approx([gather, 0.0, 0.0])
+
+
+def test_hand_offs_and_the_head_gather_move_every_hidden_stream_tensor(toy):
+    """GPT-2 and Llama hand the residual over beside the normed stream: two messages, twice the bytes."""
+    from dataclasses import replace
+    stages = (StageSplit((0,), 0, 1, (2,), (2,), (4,), (4,)), StageSplit((1,), 1, 2, (2,), (2,), (4,), (4,)))
+    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=stages, solver="manual")
+    one = {b.block: b for b in predict(plan, toy)[1]}
+    two = {b.block: b for b in predict(plan, replace(toy, entry_tensors=2, head_tensors=2))[1]}
+    for block in ("transfer", "epilogue"):
+        assert two[block].comm_s == pytest.approx(2 * one[block].comm_s) and one[block].comm_s > 0
+    assert two["transfer"].compute_s_per_rank == pytest.approx((2 * 2e-4 * 4 * 1000,))  # B takes all 4 tokens
