@@ -21,16 +21,9 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 from benchmarks.variants import VARIANTS, with_bandwidth
-from galaxy.compiler.capture.load import load_model
-from galaxy.compiler.capture.trace import capture
-from galaxy.compiler.codegen.bundle import write_bundle
-from galaxy.compiler.codegen.render import render_rank
 from galaxy.compiler.errors import GalaxyError
 from galaxy.compiler.ir.cluster_file import load_cluster
-from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.lower.shard import lower
-from galaxy.compiler.passes.recognise import recognise
-from galaxy.compiler.passes.summarise import summarise
+from galaxy.compiler.pipeline import capture_model as capture_source, write_plan_bundle
 from galaxy.runtime.launcher import run_emulated
 
 log = logging.getLogger("benchmarks")
@@ -70,7 +63,7 @@ def _run_variant(name, summary, cluster, graph, captured, args) -> dict:
         log.warning("%s: no plan: %s", name, exc)
         return {"error": str(exc).splitlines()[0]}
     with tempfile.TemporaryDirectory(prefix="galaxy-bench-") as scratch:
-        bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, cluster, graph, captured)
+        bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, graph, captured, "benchmark", cluster)
         result = run_emulated(bundle, repeat=args.repeat, warmup=1, timeout_s=args.timeout)
     lat = result.latencies_s
     stage_ranks = [len(s.ranks) for s in plan.stages]
@@ -85,21 +78,7 @@ def _run_variant(name, summary, cluster, graph, captured, args) -> dict:
 
 def capture_model(kind: str, size: str, seq_len: int):
     """models/<kind>.py at `size`: (captured, graph, summary)."""
-    log.info("capturing %s %s", kind, size)
-    captured = capture(load_model(str(REPO / "models" / f"{kind}.py"), size=size, seq_len=seq_len))
-    graph = recognise(captured)
-    return captured, graph, summarise(graph, captured)
-
-
-def write_plan_bundle(out: Path, plan: Plan, summary, cluster, graph, captured) -> Path:
-    """Lower, render and bundle `plan` (with the cluster, so the emulator can run it)."""
-    lowered = lower(graph, captured, plan, "benchmark")
-    sources = {r.program.rank: render_rank(r.program) for r in lowered}
-    document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
-                "cluster": cluster.to_json(), "input_names": list(graph.input_names),
-                "output_names": list(graph.output_names), "source": "benchmark"}
-    return write_bundle(out, document, sources, {r.program.rank: r.weights for r in lowered},
-                        captured.example_inputs, captured.reference_outputs)
+    return capture_source(str(REPO / "models" / f"{kind}.py"), size, seq_len)
 
 
 def _parse(argv):

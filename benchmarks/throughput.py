@@ -19,10 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.run import REPO, capture_model, write_plan_bundle
+from benchmarks.run import REPO, capture_model
 from benchmarks.variants import with_bandwidth
 from galaxy.compiler.cost.throughput import s_per_request
 from galaxy.compiler.ir.cluster_file import load_cluster
+from galaxy.compiler.pipeline import write_plan_bundle
 from galaxy.compiler.planner import make_plan
 from galaxy.runtime.launcher import run_emulated
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         for objective in OBJECTIVES:
             plan = make_plan(summary, cluster, objective=objective)
             with tempfile.TemporaryDirectory(prefix="galaxy-bench-") as scratch:
-                bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, cluster, graph, captured)
+                bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, graph, captured, "benchmark", cluster)
                 result = run_emulated(bundle, requests=args.requests, repeat=args.repeat, warmup=1,
                                       timeout_s=args.timeout)
             row = {"model": f"{kind}-{size}", "cluster": args.cluster, "mbit": mbit, "objective": objective,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from galaxy.compiler.capture.load import load_model
-from galaxy.compiler.capture.trace import capture
+from galaxy.compiler.capture.trace import CapturedModel, capture
 from galaxy.compiler.codegen.bundle import write_bundle
 from galaxy.compiler.codegen.render import render_rank
 from galaxy.compiler.ir.cluster import Cluster
@@ -46,27 +46,40 @@ class CompileResult:
 
 def compile_model(source: str, options: CompileOptions = CompileOptions()) -> CompileResult:
     cluster = load_cluster(options.cluster or default_cluster_path())
-    log.info("[1/6] loading %s", source)
-    loaded = load_model(source, options.size, options.seq_len)
-    log.info("[2/6] capturing the graph of %s", loaded)
-    captured = capture(loaded, options.capture)
-    log.info("[3/6] recognising Transformer blocks")
-    graph = recognise(captured)
-    summary = summarise(graph, captured)
+    captured, graph, summary = capture_model(source, options.size, options.seq_len, options.capture)
     log.info("[4/6] planning for %s", cluster.name)
     plan = _plan(summary, cluster, options)
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None)
+    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster)
+    return CompileResult(plan, summary, cluster, graph, bundle)
+
+
+def capture_model(source: str, size: str | None = None, seq_len: int | None = None,
+                  method: str = "export") -> tuple[CapturedModel, TransformerGraph, ModelSummary]:
+    """The phases before planning: load MODEL, capture its graph, recognise its blocks, summarise."""
+    log.info("[1/6] loading %s", source)
+    loaded = load_model(source, size, seq_len)
+    log.info("[2/6] capturing the graph of %s", loaded)
+    captured = capture(loaded, method)
+    log.info("[3/6] recognising Transformer blocks")
+    graph = recognise(captured)
+    return captured, graph, summarise(graph, captured)
+
+
+def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, graph: TransformerGraph,
+                      captured: CapturedModel, source: str, cluster: Cluster | None = None) -> Path:
+    """The phases after planning: lower `plan`, render a module per rank, write the bundle (with
+    `cluster`, so `galaxy-run --emulate` can rebuild the devices)."""
     log.info("[5/6] lowering and generating %d rank modules", plan.world_size)
     lowered = lower(graph, captured, plan, source)
     sources = {r.program.rank: render_rank(r.program) for r in lowered}
-    log.info("[6/6] writing the bundle to %s", options.out_dir)
+    log.info("[6/6] writing the bundle to %s", out_dir)
     document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
-                "cluster": cluster.to_json(), "input_names": list(graph.input_names),
-                "output_names": list(graph.output_names), "source": str(source)}
-    bundle = write_bundle(options.out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
-                          captured.example_inputs, captured.reference_outputs)
-    return CompileResult(plan, summary, cluster, graph, bundle)
+                **({"cluster": cluster.to_json()} if cluster else {}), "input_names": list(graph.input_names),
+                "output_names": list(graph.output_names), "source": source}
+    return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
+                        captured.example_inputs, captured.reference_outputs)
 
 
 def _plan(summary: ModelSummary, cluster: Cluster, options: CompileOptions) -> Plan:

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from galaxy.compiler.capture.load import load_model
-from galaxy.compiler.capture.trace import capture
-from galaxy.compiler.codegen.bundle import write_bundle
-from galaxy.compiler.codegen.render import render_rank
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.lower.shard import lower
-from galaxy.compiler.passes.recognise import recognise
-from galaxy.compiler.passes.summarise import summarise
+from galaxy.compiler.pipeline import capture_model, write_plan_bundle
 from galaxy.runtime.splits import split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,10 +15,7 @@ ATOL, RTOL = 1e-4, 1e-4
 
 
 def captured_tiny(kind: str, seq_len: int | None = None):
-    loaded = load_model(str(MODELS / f"{kind}.py"), size="tiny", seq_len=seq_len)
-    captured = capture(loaded)
-    graph = recognise(captured)
-    return captured, graph, summarise(graph, captured)
+    return capture_model(str(MODELS / f"{kind}.py"), "tiny", seq_len)
 
 
 def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_weights, tiles: int = 1,
@@ -50,13 +41,7 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
 
 
 def build_bundle(out_dir, captured, graph, summary, plan: Plan, source: str = "test") -> Path:
-    lowered = lower(graph, captured, plan, source)
-    sources = {r.program.rank: render_rank(r.program) for r in lowered}
-    document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
-                "input_names": list(graph.input_names), "output_names": list(graph.output_names),
-                "source": source}
-    return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
-                        captured.example_inputs, captured.reference_outputs)
+    return write_plan_bundle(out_dir, plan, summary, graph, captured, source)
 
 
 def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], tiles: int = 1) -> Plan:
