@@ -42,8 +42,8 @@ def compile_parser() -> argparse.ArgumentParser:
                                             "made for, to this JSON file (what galaxy-plan reads)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
     parser.add_argument("--solver", choices=SOLVERS, default="ilp",
-                        help="ilp (default), a baseline split, pipeline-dp (whole layers per device) or "
-                             "brute-force (tiny models only)")
+                        help="ilp (default), a baseline split (sequence: sequence parallelism only), "
+                             "pipeline-dp (layer ranges on devices or device groups) or brute-force (tiny models only)")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
     parser.add_argument("--capture", choices=["export", "symbolic"], default="export",
