@@ -201,7 +201,10 @@ def test_cpu_share_caps_the_speed():
             runs.append((int(loops), float(cpu_fraction)))
     (full, full_cpu), (half, half_cpu), (quarter, quarter_cpu) = runs
     assert half_cpu < 0.5 * 1.15 and quarter_cpu < 0.25 * 1.15, runs
-    assert 0.35 < quarter / half < 0.7, runs
+    assert 0.4 < quarter_cpu / half_cpu < 0.6, runs  # what the quota controls: exact within a few %
+    # Work per CPU-second varies +-20% on a shared VM (docs/EMULATION.md), so the speed ratio gets
+    # a wider band; without a quota it would be about 1.
+    assert 0.3 < quarter / half < 0.8, runs
     if full_cpu > 0.8:
         assert 0.3 < half / full < 0.7, runs
 
