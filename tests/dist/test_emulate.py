@@ -188,23 +188,25 @@ def test_shaped_bandwidth_per_pair_is_within_25_percent_of_the_set_rate():
 
 
 @needs_emulation
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_cpu_share_caps_the_speed():
     """Halving the share halves a busy loop's speed. The 1.0 share is compared only when the
     machine gave it most of a core: others' work takes from it, never from the quota."""
     shares = [1.0, 0.5, 0.25]
+    rounds = 3
     with EmulatedCluster(shares) as emu:
-        runs = []
-        for rank in range(len(shares)):  # one after the other: the machine has few cores
-            out, _ = _in_rank(emu, rank, BUSY).communicate(timeout=30)
-            loops, cpu_fraction = out.split()
-            runs.append((int(loops), float(cpu_fraction)))
-    (full, full_cpu), (half, half_cpu), (quarter, quarter_cpu) = runs
+        runs = [[] for _ in shares]
+        for _ in range(rounds):  # ranks one after the other (the machine has few cores), interleaved
+            for rank, rank_runs in enumerate(runs):
+                out, _ = _in_rank(emu, rank, BUSY).communicate(timeout=20)
+                loops, cpu_fraction = out.split()
+                rank_runs.append((int(loops), float(cpu_fraction)))
+    # A shared VM steals CPU-seconds now and then (work per CPU-second moved +-40% between single
+    # runs in CI): the best of a few interleaved runs is what the rank could do, the quota aside.
+    (full, full_cpu), (half, half_cpu), (quarter, quarter_cpu) = (max(r) for r in runs)
     assert half_cpu < 0.5 * 1.15 and quarter_cpu < 0.25 * 1.15, runs
     assert 0.4 < quarter_cpu / half_cpu < 0.6, runs  # what the quota controls: exact within a few %
-    # Work per CPU-second varies +-20% on a shared VM (docs/EMULATION.md), so the speed ratio gets
-    # a wider band; without a quota it would be about 1.
-    assert 0.3 < quarter / half < 0.8, runs
+    assert 0.3 < quarter / half < 0.8, runs  # without a quota it would be about 1
     if full_cpu > 0.8:
         assert 0.3 < half / full < 0.7, runs
 
