@@ -9,13 +9,23 @@ Layout of one run, named `gx<pid>-<n>` (n counts clusters made by this process):
     namespace gx<pid>-<n>-sw:  bridge br0, ports r0 .. r<N-1> (veth, MTU 60000)
     namespace gx<pid>-<n>-r<k>: lo, gxnet = 10.77.0.<k+1>/24, the peer of r<k>
                                 egress qdisc: htb, one class per destination address
-    cgroup    <cpu root>/gx<pid>-<n>/r<k>: CPU quota = cpu_share x 10 ms per 10 ms
+    cgroup    <cpu root>/gx<pid>-<n>/r<k>: CPU weight = cpu_share (pinned), or quota
+    cgroup    <cpu root>/gx<pid>-<n>/f<c>: a busy loop on CPU c, weight 1 - the shares on c
 
 Nothing is created in the root network namespace, so the addresses never meet the host's
 network and deleting the namespaces removes every link, bridge and qdisc. Interface names are
 short fixed ones because each lives in a namespace of its own run. A rank joins its cgroup
 before it enters its namespace (`ip netns exec` remounts /sys): `wrap_command` returns
 `sh -c 'echo $$ > <cgroup>/cgroup.procs && exec ip netns exec <ns> argv...'`.
+
+CPU: when the shares pack onto the machine's CPUs (at most 1 per CPU, first fit by size), each
+rank is pinned to its CPU with a CFS weight equal to its share, next to a busy "filler" that
+takes the CPU's unused share. A device then runs at its share all the time, and a thread
+woken by a message runs at once, as on a real slow device. Otherwise every rank gets a CFS
+quota (share x 10 ms per 10 ms): exact on average, but it throttles the whole process for
+the rest of a period, and a message that arrives then waits (docs/EMULATION.md measured
+this hiding nothing of a transfer behind a GEMM). Weights share a CPU only among busy
+ranks: a device that idles on a CPU it shares lends its time to the others there.
 
 Links: traffic from rank i to rank j is shaped once, on i's egress, by an htb class at the
 rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else it is
@@ -77,6 +87,13 @@ class CpuCgroups:
     version: int
     root: Path
 
+    def weigh(self, directory: Path, share: float) -> None:
+        """CFS weight proportional to `share`: what the directory gets of a CPU busy with others."""
+        if self.version == 1:
+            (directory / "cpu.shares").write_text(str(max(2, round(share * 1024))))
+        else:
+            (directory / "cpu.weight").write_text(str(max(1, round(share * 100))))
+
     def limit(self, directory: Path, share: float) -> None:
         period = max(CPU_PERIOD_US, math.ceil(MIN_CPU_QUOTA_US / share))
         quota = max(MIN_CPU_QUOTA_US, round(share * period))
@@ -135,6 +152,7 @@ class EmulatedCluster:
         self._cgroups: CpuCgroups | None = None
         self._created_namespaces: list[str] = []
         self._created_cgroups: list[Path] = []
+        self._fillers: list[subprocess.Popen] = []
         self._previous_handlers: dict[int, object] = {}
         self._started = self._closing = False
 
@@ -177,6 +195,11 @@ class EmulatedCluster:
         share = self.cpu_shares[rank]
         return 1 if share is None else max(1, round(share))
 
+    @property
+    def pinned(self) -> bool:
+        """CPU shares by weight on pinned CPUs (with fillers), rather than by quota."""
+        return any(cpu is not None for cpu in self.cpus)
+
     def wrap_command(self, rank: int, argv: Sequence[str]) -> list[str]:
         """argv run inside rank's cgroup (joined first) and then its network namespace."""
         if not self._started:
@@ -184,19 +207,15 @@ class EmulatedCluster:
         inside = ["ip", "netns", "exec", self.namespace(rank), *argv]
         if self.cpus[rank] is not None:  # affinity is inherited by everything the rank starts
             inside = ["taskset", "-c", str(self.cpus[rank]), *inside]
-        if not self._needs_quota(rank):
+        if not self._needs_cgroup(rank):
             return inside
         procs = self._cgroups.procs_file(self._cgroup_dir(rank))
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *inside]
 
-    def _needs_quota(self, rank: int) -> bool:
-        """A whole core of its own needs no quota: pinning gives exactly one core, without the
-        quota's periodic throttling (which delays messages that arrive while throttled)."""
+    def _needs_cgroup(self, rank: int) -> bool:
+        """A whole CPU of its own needs no cgroup: pinning alone gives exactly one core."""
         share = self.cpu_shares[rank]
-        if share is None:
-            return False
-        alone = sum(1 for cpu in self.cpus if cpu == self.cpus[rank]) == 1
-        return not (share >= 1.0 and alone)
+        return share is not None and not (self.pinned and share >= 1.0)
 
     def rank_env(self, rank: int) -> dict[str, str]:
         threads = str(self.threads(rank))
@@ -237,6 +256,10 @@ class EmulatedCluster:
             return
         self._closing = True
         try:
+            for filler in self._fillers:  # our children: reaped here, or their cgroups stay busy
+                filler.kill()
+                filler.wait()
+            self._fillers = []
             leftovers = _remove(self._created_namespaces, self._created_cgroups, self._cgroups)
             if leftovers:
                 log.warning("emulator: could not remove %s; run "
@@ -310,18 +333,44 @@ class EmulatedCluster:
             if self._cgroups.version == 2:
                 (parent / "cgroup.subtree_control").write_text("+cpu")
             for rank, share in enumerate(self.cpu_shares):
-                if self._needs_quota(rank):
-                    self._cgroup_dir(rank).mkdir()
-                    self._created_cgroups.insert(0, self._cgroup_dir(rank))  # children first
-                    self._cgroups.limit(self._cgroup_dir(rank), share)
+                if self._needs_cgroup(rank):
+                    self._make_cgroup(f"r{rank}", share)
+            for cpu, spare in self._spare_per_cpu().items():
+                self._fillers.append(self._start_filler(cpu, spare))
         except OSError as exc:
-            raise EmulationUnavailable(f"cannot set CPU quotas in cgroup v{self._cgroups.version} "
+            raise EmulationUnavailable(f"cannot set CPU shares in cgroup v{self._cgroups.version} "
                                        f"under {parent}: {exc}") from exc
         total = sum(share for share in self.cpu_shares if share is not None)
         if total > (os.cpu_count() or 1) + 1e-9:
             log.warning("emulator: cpu shares add up to %.2f cores but this machine has %d; "
                         "devices computing at the same time get less than their share",
                         total, os.cpu_count())
+
+    def _make_cgroup(self, name: str, share: float) -> Path:
+        directory = self._cgroups.root / self.base / name
+        directory.mkdir()
+        self._created_cgroups.insert(0, directory)  # children first
+        if self.pinned:
+            self._cgroups.weigh(directory, share)
+        else:
+            self._cgroups.limit(directory, share)
+        return directory
+
+    def _spare_per_cpu(self) -> dict[int, float]:
+        """Per pinned CPU, the share its devices leave unused (> 1%)."""
+        used: dict[int, float] = {}
+        for cpu, share in zip(self.cpus, self.cpu_shares):
+            if cpu is not None:
+                used[cpu] = used.get(cpu, 0.0) + share
+        return {cpu: 1.0 - total for cpu, total in used.items() if total < 0.99}
+
+    def _start_filler(self, cpu: int, spare: float) -> subprocess.Popen:
+        """A busy loop pinned to `cpu` that takes its `spare` share, so the devices there run at
+        their own share even when the machine is otherwise idle."""
+        procs = self._cgroups.procs_file(self._make_cgroup(f"f{cpu}", spare))
+        return subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0" && exec taskset -c "$1" /bin/sh -c '
+                                 '"while :; do :; done"', str(procs), str(cpu)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     # --- signals -------------------------------------------------------------------------------
 
@@ -348,13 +397,16 @@ class EmulatedCluster:
     def __str__(self) -> str:
         rows = [f"emulated cluster {self.base}: {self.size} device(s) on {SUBNET}.0/24, "
                 f"bridge in namespace {self.base}-sw, MTU {MTU}, "
-                f"latency {'netem' if self.netem_available else 'not emulated (no netem)'}",
+                f"latency {'netem' if self.netem_available else 'not emulated (no netem)'}, "
+                f"CPU shares by {'weight on pinned CPUs' if self.pinned else 'quota'}",
                 f"  {'rank':<5}{'device':<14}{'namespace':<18}{'address':<12}{'cpu share':>10}"
-                f"{'threads':>9}"]
+                f"{'threads':>9}{'cpu':>5}"]
         for k in range(self.size):
             share = "-" if self.cpu_shares[k] is None else f"{self.cpu_shares[k]:.2f}"
+            cpu = "-" if self.cpus[k] is None else str(self.cpus[k])
             rows.append(f"  {k:<5}{self.names[k]:<14}{self.namespace(k):<18}{self.address(k):<12}"
-                        f"{share:>10}{self.threads(k):>9}")
+                        f"{share:>10}{self.threads(k):>9}{cpu:>5}")
+        rows += [f"  filler on cpu {cpu}: share {spare:.2f}" for cpu, spare in self._spare_per_cpu().items()]
         for i, j in itertools.permutations(range(self.size), 2):
             rate = self.bandwidth[i][j]
             if rate is not None:
@@ -364,14 +416,17 @@ class EmulatedCluster:
 
 
 def pin_to_cpus(shares: Sequence[float | None], cpu_count: int) -> list[int | None]:
-    """A CPU of its own for each device when there are enough of them, else none (the quotas
-    alone then share the machine: devices pinned together on one CPU disturb each other)."""
-    limited = [r for r, share in enumerate(shares) if share is not None]
-    if len(limited) > cpu_count:
-        return [None] * len(shares)
+    """A CPU for each device with a share, packed first fit by decreasing share so no CPU holds
+    more than 1; all None (CPU quotas instead) when they do not fit or a share exceeds one CPU."""
+    limited = sorted((r for r, share in enumerate(shares) if share is not None),
+                     key=lambda r: (-shares[r], r))
     cpus: list[int | None] = [None] * len(shares)
-    for cpu, rank in enumerate(limited):
-        cpus[rank] = cpu
+    load = [0.0] * cpu_count
+    for rank in limited:
+        cpu = next((c for c in range(cpu_count) if load[c] + shares[rank] <= 1.0 + 1e-9), None)
+        if cpu is None:
+            return [None] * len(shares)
+        cpus[rank], load[cpu] = cpu, load[cpu] + shares[rank]
     return cpus
 
 

@@ -5,13 +5,16 @@ hand, so link time hides behind compute. `tiles` cuts every rank's chunk into th
 sub-tiles (uneven, via split_sizes; a tile may be empty) so pieces are forwarded as soon as
 they arrive and the pipeline fills sooner. tiles=1 still overlaps across ring steps.
 
+`project_all_gather` is the sequence-parallel counterpart: it computes this rank's keys and
+values tile by tile, and each tile starts round the ring while the next one is projected.
+
 Tile t of step s travels with tag s * tiles + t; both sides derive the same tiles from
 `tokens_per_rank`, so empty tiles are skipped consistently. All receives are posted up
 front; every wait has the ring's timeout (p2p.py).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,3 +159,72 @@ def linear_reduce_scatter(x_full: torch.Tensor, weight: torch.Tensor,
     for transfer in sends:
         transfer.wait()
     return result
+
+
+@timed("project_all_gather")
+def project_all_gather(x_local: torch.Tensor, project: Callable[[slice], tuple[torch.Tensor, torch.Tensor]],
+                       width: int, tokens_per_rank: Sequence[int], ring: Ring, tiles: int = 1,
+                       wire_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project this rank's tokens tile by tile; keep one output, all-gather the other.
+
+    `project(rows)` maps a slice of this rank's tokens (dim 1 of `x_local`) to `(kept, shared)`,
+    both [B, rows, *]: in sequence-parallel attention the queries stay and the keys and values
+    (`width` features) travel. Returns (kept for this rank's tokens, shared for every token
+    of the ring in order). The plain loop it is equivalent to:
+
+        kept, shared = project(slice(None))
+        return kept, all_gather(shared, tokens_per_rank, ring, wire_dtype=wire_dtype)
+
+    Each tile is sent as soon as it is projected, so its ring step hides behind the next
+    tile's GEMM; with more than 2 ranks, pieces that arrived meanwhile are forwarded between
+    tiles. Only the last tile's transfer (and the forwarding after it) is exposed.
+    """
+    sizes = check_split(tokens_per_rank, ring)
+    if sizes[ring.index] < 1:
+        raise ValueError(f"project_all_gather on rank {ring.rank}: every rank needs a token, split {sizes}")
+    if x_local.shape[1] != sizes[ring.index]:
+        raise ValueError(f"project_all_gather on rank {ring.rank}: expected {sizes[ring.index]} tokens "
+                         f"along dim 1, got shape {tuple(x_local.shape)}")
+    n, me = ring.size, ring.index
+    wire = wire_dtype if wire_dtype and n > 1 else x_local.dtype  # like all_gather: no cast alone
+    pieces = token_tiles(sizes, tiles)
+    batch = x_local.shape[0]
+    recvs: dict[tuple[int, int], Transfer] = {}
+    for step in range(1, n):  # post every receive before the first GEMM
+        for t, (_, length) in enumerate(pieces[(me - step) % n]):
+            if length:
+                recvs[step, t] = irecv(x_local.new_empty((batch, length, width), dtype=wire), ring.prev_rank,
+                                       ring, (step - 1) * tiles + t, f"project_all_gather step {step - 1} tile {t}")
+    arrivals = iter(list(recvs))  # forwarded in the order they were posted
+    sends, out, kept = [], x_local.new_empty((batch, sum(sizes), width)), []
+
+    def forward(key: tuple[int, int]) -> None:
+        step, t = key
+        piece = recvs[key].wait()
+        if step < n - 1:
+            sends.append(isend(piece, ring.next_rank, ring, step * tiles + t,
+                               f"project_all_gather step {step} tile {t}"))
+
+    next_arrival = next(arrivals, None)
+    my_start = pieces[me][0][0]
+    for t, (start, length) in enumerate(pieces[me]):
+        if not length:
+            continue
+        kept_rows, shared = project(slice(start - my_start, start - my_start + length))
+        kept.append(kept_rows)
+        shared = shared.to(wire).contiguous()
+        if n > 1:
+            sends.append(isend(shared, ring.next_rank, ring, t, f"project_all_gather step 0 tile {t}"))
+        out.narrow(1, start, length).copy_(shared)
+        while next_arrival is not None and recvs[next_arrival].done():  # keep the ring moving
+            forward(next_arrival)
+            next_arrival = next(arrivals, None)
+    while next_arrival is not None:
+        forward(next_arrival)
+        next_arrival = next(arrivals, None)
+    for (step, t), transfer in recvs.items():
+        start, length = pieces[(me - step) % n][t]
+        out.narrow(1, start, length).copy_(transfer.tensor)
+    for transfer in sends:
+        transfer.wait()
+    return torch.cat(kept, dim=1), out

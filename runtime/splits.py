@@ -1,7 +1,12 @@
-"""The one chunking helper: split a total into integer parts by weight. Used everywhere."""
+"""Splitting the sequence: integer parts by weight (used everywhere), offsets, query rows."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING
+
+from typing import Collection, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 def split_sizes(total: int, weights: Sequence[float]) -> list[int]:
@@ -29,3 +34,9 @@ def offsets(sizes: Sequence[int]) -> list[int]:
         starts.append(acc)
         acc += size
     return starts
+
+
+def query_rows(tables: Mapping[str, "torch.Tensor"], names: Collection[str], rows: slice) -> dict:
+    """`tables` with the tables in `names` (masks and position tables, one row per query along
+    dim -2) cut to `rows`; the others stay whole."""
+    return {name: value[..., rows, :] if name in names else value for name, value in tables.items()}

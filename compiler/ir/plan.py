@@ -183,9 +183,9 @@ def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_
         if not s.sequence_parallel and (len(plan.stages) > 1 or s.tiles > 1):
             raise PlanFileError(f"stage {i}: replicated connective blocks (sequence_parallel false) "
                                 "need a one-stage plan without tiles")
-        if not s.tensor_parallel and (not s.sequence_parallel or s.tiles > 1 or min(s.tokens_per_rank) < 1):
+        if not s.tensor_parallel and (not s.sequence_parallel or min(s.tokens_per_rank) < 1):
             raise PlanFileError(f"stage {i}: sequence parallelism only (tensor_parallel false) needs "
-                                "sequence_parallel true, tiles 1 and at least one token per rank")
+                                "sequence_parallel true and at least one token per rank")
         covered.extend(s.layers)
     if covered != list(range(n_layers)):
         raise PlanFileError(f"stages cover layers {covered[:3]}..., expected 0..{n_layers - 1} in order")

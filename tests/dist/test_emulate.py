@@ -187,28 +187,39 @@ def test_shaped_bandwidth_per_pair_is_within_25_percent_of_the_set_rate():
     assert abs(slow / (20 * MBIT) - 1) < BANDWIDTH_TOLERANCE, f"{slow / MBIT:.1f} Mbit/s"
 
 
+def test_shares_pack_onto_cpus_or_fall_back_to_quotas():
+    assert emulate.pin_to_cpus([1.0, 0.5, 0.25], 2) == [0, 1, 1]
+    assert emulate.pin_to_cpus([0.2, 0.4, 0.8, 0.4], 2) == [0, 1, 0, 1]  # first fit, largest first
+    assert emulate.pin_to_cpus([None, 0.5], 1) == [None, 0]
+    assert emulate.pin_to_cpus([0.6, 0.6, 0.6], 2) == [None] * 3  # does not fit: quotas
+    assert emulate.pin_to_cpus([1.5], 2) == [None]  # more than a CPU: a quota over several
+
+
+def _busy_together(emu: EmulatedCluster) -> list[tuple[int, float]]:
+    """Every rank's busy loop at once: (loops, CPU seconds per wall second) per rank."""
+    procs = [_in_rank(emu, rank, BUSY) for rank in range(emu.size)]
+    outs = [proc.communicate(timeout=20)[0].split() for proc in procs]
+    return [(int(loops), float(cpu_fraction)) for loops, cpu_fraction in outs]
+
+
 @needs_emulation
 @pytest.mark.timeout(90)
-def test_cpu_share_caps_the_speed():
-    """Halving the share halves a busy loop's speed. The 1.0 share is compared only when the
-    machine gave it most of a core: others' work takes from it, never from the quota."""
+def test_cpu_shares_hold_while_devices_compute_together():
+    """Weights on pinned CPUs: devices busy at the same time get their shares of CPU time and
+    of speed; a device alone on its CPU is held to its share by the filler beside it."""
     shares = [1.0, 0.5, 0.25]
-    rounds = 3
     with EmulatedCluster(shares) as emu:
-        runs = [[] for _ in shares]
-        for _ in range(rounds):  # ranks one after the other (the machine has few cores), interleaved
-            for rank, rank_runs in enumerate(runs):
-                out, _ = _in_rank(emu, rank, BUSY).communicate(timeout=20)
-                loops, cpu_fraction = out.split()
-                rank_runs.append((int(loops), float(cpu_fraction)))
-    # A shared VM steals CPU-seconds now and then (work per CPU-second moved +-40% between single
-    # runs in CI): the best of a few interleaved runs is what the rank could do, the quota aside.
+        assert emu.pinned and "filler on cpu 1: share 0.25" in str(emu)
+        # A shared VM steals CPU-seconds now and then (work per CPU-second moved +-40% between
+        # single runs in CI): the best of a few rounds is what each rank could do.
+        runs = list(zip(*(_busy_together(emu) for _ in range(3))))
     (full, full_cpu), (half, half_cpu), (quarter, quarter_cpu) = (max(r) for r in runs)
-    assert half_cpu < 0.5 * 1.15 and quarter_cpu < 0.25 * 1.15, runs
-    assert 0.4 < quarter_cpu / half_cpu < 0.6, runs  # what the quota controls: exact within a few %
-    assert 0.3 < quarter / half < 0.8, runs  # without a quota it would be about 1
-    if full_cpu > 0.8:
-        assert 0.3 < half / full < 0.7, runs
+    for (_, cpu), share in zip((max(r) for r in runs), shares):
+        assert abs(cpu / share - 1) < 0.15, runs
+    assert 0.3 < quarter / half < 0.8 and 0.3 < half / full < 0.7, runs  # without shares: about 1
+    with EmulatedCluster([0.5]) as emu:
+        (_, alone_cpu), = _busy_together(emu)
+    assert abs(alone_cpu / 0.5 - 1) < 0.15, alone_cpu
 
 
 @needs_emulation

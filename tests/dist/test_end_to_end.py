@@ -87,13 +87,17 @@ def test_plain_pytorch_model_without_a_template(tmp_path, method):
     _run(tmp_path, model, manual_plan(model[2], [2, 1, 1], [1, 2, 1], [1, 1, 2]))
 
 
-@pytest.mark.parametrize("kind,tokens", [("bert", [3, 2, 1]), ("gpt2", [1, 1]), ("llama", [5, 2, 1, 1]),
-                                         ("custom", [1, 2, 1])])
-def test_sequence_parallel_only_baseline(tmp_path, tiny_models, kind, tokens):
+@pytest.mark.parametrize("kind,tokens,tiles", [("bert", [3, 2, 1], 1), ("gpt2", [1, 1], 1),
+                                               ("llama", [5, 2, 1, 1], 1), ("custom", [1, 2, 1], 1),
+                                               ("bert", [3, 2, 1], 2), ("gpt2", [4, 3], 3),
+                                               ("llama", [5, 2, 1, 1], 3)])
+def test_sequence_parallel_only_baseline(tmp_path, tiny_models, kind, tokens, tiles):
     """Every rank holds every weight and runs its own tokens; masks, rotary tables and the
-    causal mask (custom.py uses is_causal=True) are cut to each rank's query rows."""
+    causal mask (custom.py uses is_causal=True) are cut to each rank's query rows. With tiles,
+    keys and values (rotated, for Llama) are projected and sent tile by tile; tiles beyond a
+    rank's tokens stay empty."""
     model = _custom_model() if kind == "custom" else tiny_models[kind]
-    _run(tmp_path, model, manual_plan(model[2], None, None, tokens))
+    _run(tmp_path, model, manual_plan(model[2], None, None, tokens, tiles=tiles))
 
 
 PIPELINES = {

@@ -1,4 +1,4 @@
-"""Tiled overlap (all_gather_linear, linear_reduce_scatter) on real gloo processes.
+"""Tiled overlap (all_gather_linear, linear_reduce_scatter, project_all_gather) on real gloo processes.
 
 Each is compared with the one-process computation and with its un-tiled composition of a
 ring collective and F.linear, for tiles 1, 2, 3 (tiles larger than a chunk leave some
@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 from _gloo import assert_op_passed, check, make
 from galaxy.runtime.collectives import all_gather, reduce_scatter
-from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter
+from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter, project_all_gather
 from galaxy.runtime.ring import Ring
 from galaxy.runtime.splits import offsets
 
@@ -24,10 +24,10 @@ pytestmark = pytest.mark.dist
 FP32 = dict(rtol=1e-5, atol=1e-5)  # GEMMs on row slices and ring sums reorder fp32 adds
 FP16_WIRE = dict(rtol=1e-2, atol=1e-2)  # activations or running sums rounded to fp16 (2^-11)
 
-SPLITS = {1: [[5]], 2: [[3, 2], [0, 4]], 3: [[2, 0, 3], [4, 1, 1]], 4: [[3, 0, 2, 1], [0, 5, 0, 1]]}
+SPLITS = {1: [[5]], 2: [[3, 2], [0, 4]], 3: [[2, 0, 3], [4, 1, 1]], 4: [[3, 0, 2, 1], [0, 5, 0, 1], [1, 3, 1, 2]]}
 RING_ORDERS = {1: [(0,)], 2: [(1, 0)], 3: [(0, 1, 2), (2, 0, 1)], 4: [(3, 1, 0, 2)]}
 TILES = [1, 2, 3]
-OPS = ["all_gather_linear", "linear_reduce_scatter", "wire_float16"]
+OPS = ["all_gather_linear", "linear_reduce_scatter", "project_all_gather", "wire_float16"]
 IN_FEATURES, OUT_FEATURES = 3, 5
 
 
@@ -70,6 +70,9 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
               lambda: assert_close(got, plain, **FP32))
 
         half = torch.float16
+        if min(split) >= 1 and dim == 1:  # sequence-parallel attention: every rank has queries
+            _check_project_all_gather(failures, case, local, full, split, ring, tiles, gen)
+
         got = all_gather_linear(local, weight, bias, split, ring, tiles, dim, wire_dtype=half)
         plain = F.linear(all_gather(local, split, ring, dim, wire_dtype=half), weight, bias)
         check(failures, "wire_float16", case + " all_gather_linear vs un-tiled",
@@ -80,6 +83,22 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
         check(failures, "wire_float16", case + " linear_reduce_scatter",
               lambda: assert_close(got, expected, **FP16_WIRE))
     return failures
+
+
+def _check_project_all_gather(failures, case, local, full, split, ring, tiles, gen) -> None:
+    kept_weight, shared_weight = (torch.randn(k, IN_FEATURES, generator=gen) for k in (2, OUT_FEATURES))
+
+    def project(rows):
+        return F.linear(local[:, rows], kept_weight), F.linear(local[:, rows], shared_weight)
+
+    kept, shared = project_all_gather(local, project, OUT_FEATURES, split, ring, tiles)
+    check(failures, "project_all_gather", case + " kept", lambda: assert_close(kept, F.linear(local, kept_weight), **FP32))
+    check(failures, "project_all_gather", case + " shared",
+          lambda: assert_close(shared, F.linear(full, shared_weight), **FP32))
+    _, shared = project_all_gather(local, project, OUT_FEATURES, split, ring, tiles, torch.float16)
+    plain = all_gather(F.linear(local, shared_weight), split, ring, wire_dtype=torch.float16)
+    check(failures, "wire_float16", case + " project_all_gather vs un-tiled",
+          lambda: assert_close(shared, plain, **FP32))
 
 
 @pytest.mark.timeout(120)
