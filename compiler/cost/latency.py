@@ -45,7 +45,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from galaxy.compiler.cost.collectives import collective_cpu_s, gather_link_s, ring_collective_s
-from galaxy.compiler.cost.overlap import exposed_s
+from galaxy.compiler.cost.overlap import exposed_s, projection_exposed_s
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.plan import BlockTime, Plan, StageSplit
 
@@ -116,13 +116,15 @@ def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) 
 
 
 def _sequence_parallel_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
-    x, share = stage.tokens_per_rank, [xj / table.tokens for xj in stage.tokens_per_rank]
+    x, share, t = stage.tokens_per_rank, [xj / table.tokens for xj in stage.tokens_per_rank], stage.tiles
     kv_bytes = 2 * table.token_wire_bytes / table.heads_per_group  # one token's keys and values
-    gather_s = ring_collective_s(table, ring, max(x), token_bytes=kv_bytes)
+    gather_s = ring_collective_s(table, ring, max(x), t, token_bytes=kv_bytes)
+    projection_s = min(f * table.kv_groups * table.attention_in_s_per_group[d] for f, d in zip(share, ring))
+    exposed = projection_exposed_s(gather_s, t, projection_s) if len(ring) > 1 else 0.0
     cpu = tuple(collective_cpu_s(table, d, len(ring), token_bytes=kv_bytes) for d in ring)
     attention = tuple(f * table.kv_groups * table.attention_s_per_group[d] + c for f, d, c in zip(share, ring, cpu))
     return [
-        BlockTime(i, "attention", attention, comm_s=gather_s, comm_cpu_s_per_rank=cpu),
+        BlockTime(i, "attention", attention, comm_s=gather_s, hidden_s=gather_s - exposed, comm_cpu_s_per_rank=cpu),
         BlockTime(i, "connective", tuple(xj * table.connective_s_per_token[d] for xj, d in zip(x, ring))),
         BlockTime(i, "mlp", tuple(f * table.columns * table.mlp_s_per_column[d] for f, d in zip(share, ring))),
     ]

@@ -21,6 +21,14 @@ the link-bound tail beyond the GEMM (the last piece's GEMM cannot start before i
 the wait for the first piece beyond the own chunk's GEMM. This is exact for even splits; with
 uneven ones G is taken as the smallest overlappable GEMM in the ring (min over ranks, 0 for a
 rank with no heads or columns): a conservative bound that stays linear for the ILP.
+
+Sequence parallelism only (runtime's project_all_gather) overlaps differently: a rank projects
+its own tokens' keys and values in t tiles and sends each as soon as it is made, so the ring
+starts one tile's projection (G / t) in, and only what it needs beyond the projection shows:
+
+    exposed(t) = max(0, ring(t) - G (1 - 1/t))        G = the rank's own QKV projection
+
+(t = 1 is the plain gather after the projection.) G is again the smallest in the ring.
 """
 from __future__ import annotations
 
@@ -34,3 +42,8 @@ def exposed_s(ring_s: float, tiles: int, gemm_s: float, ring_size: int) -> float
     piece_gemm = gemm_s / (ring_size * tiles)
     piece_link = ring_s / ((ring_size - 1) * tiles)
     return max(0.0, ring_s + piece_gemm - gemm_s, piece_link - gemm_s / ring_size)
+
+
+def projection_exposed_s(ring_s: float, tiles: int, projection_s: float) -> float:
+    """Link seconds not hidden when keys and values are sent tile by tile as they are projected."""
+    return max(0.0, ring_s - projection_s * (1 - 1 / max(tiles, 1)))

@@ -21,6 +21,7 @@ from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
 from galaxy.compiler.planner.choose import faster_challenger
+from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
 
@@ -101,7 +102,8 @@ def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
     why_out = {d: (f"cannot hold the whole model ({fmt_bytes(whole)} or more, has {fmt_bytes(table.mem_bytes[d])})"
                    if table.mem_bytes[d] < whole else "adding it does not lower the predicted latency")
                for d in range(table.n_devices) if d not in used}
-    notes = (f"sequence baseline: {WHAT['sequence']}", block_note(best), *device_notes(table, best, why_out))
+    notes = (f"sequence baseline: {WHAT['sequence']}", overlap_note(best), block_note(best),
+             *device_notes(table, best, why_out))
     return replace(best, notes=notes)
 
 
@@ -118,7 +120,10 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Pl
     stage = replace(plan.stages[0], tensor_parallel=False, heads_per_rank=(table.heads,) * n,
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
-    return require_fit(with_prediction(replace(plan, stages=(stage,)), table), table)
+    # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
+    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, tiles=t),)), table)
+                for t in TILE_CHOICES if t == 1 or (n > 1 and t <= min(stage.tokens_per_rank))]
+    return require_fit(min(by_tiles, key=lambda p: p.predicted_latency_s), table)
 
 
 def or_sequence_only(plan: Plan, table: CostTable) -> Plan:

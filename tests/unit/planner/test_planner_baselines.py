@@ -86,7 +86,7 @@ def test_sequence_only_baseline_splits_tokens_by_speed_and_keeps_every_weight(be
     from galaxy.compiler.planner.baselines import sequence_plan
     table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=10_000))
     stage = sequence_plan(table).stages[0]
-    assert not stage.tensor_parallel and stage.tiles == 1
+    assert not stage.tensor_parallel
     assert set(stage.heads_per_rank) == {12} and set(stage.columns_per_rank) == {3072}
     tokens = dict(zip(sequence_plan(table).devices, stage.tokens_per_rank))
     assert set(tokens) == {"a", "b", "c"}  # 10 Gbit/s: every device pays for its key/value gather
@@ -129,3 +129,20 @@ def test_ilp_takes_sequence_parallelism_only_when_it_fits_and_is_faster(bert, me
     assert not chosen.stages[0].tensor_parallel and chosen.solver == "ilp"
     assert chosen.predicted_latency_s == sequence.predicted_latency_s
     assert chosen.notes[0].startswith("sequence parallelism only: predicted")
+
+
+def test_sequence_only_baseline_sends_keys_and_values_in_tiles_when_the_projection_hides_them(bert):
+    """Tiles pay an alpha per piece and hide up to (1 - 1/t) of the QKV projection: on a slow
+    link with a small alpha they win, with a large alpha one piece is best."""
+    from dataclasses import replace
+    from galaxy.compiler.cost.latency import predict
+    from galaxy.compiler.cost.table import build_cost_table
+    from galaxy.compiler.planner.baselines import sequence_plan
+    from galaxy.compiler.planner.ilp import TILE_CHOICES
+    for latency_s, tiled in ((1e-5, True), (0.05, False)):
+        table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=1_000, latency_s=latency_s))
+        plan = sequence_plan(table)
+        assert len(plan.devices) > 1 and (plan.stages[0].tiles > 1) == tiled, (latency_s, plan.stages[0])
+        others = [predict(replace(plan, stages=(replace(plan.stages[0], tiles=t),)), table)[0]
+                  for t in TILE_CHOICES]
+        assert plan.predicted_latency_s == pytest.approx(min(others))
