@@ -18,14 +18,14 @@ short fixed ones because each lives in a namespace of its own run. A rank joins 
 before it enters its namespace (`ip netns exec` remounts /sys): `wrap_command` returns
 `sh -c 'echo $$ > <cgroup>/cgroup.procs && exec ip netns exec <ns> argv...'`.
 
-CPU: when the shares pack onto the machine's CPUs (at most 1 per CPU, first fit by size), each
-rank is pinned to its CPU with a CFS weight equal to its share, next to a busy "filler" that
-takes the CPU's unused share. A device then runs at its share all the time, and a thread
-woken by a message runs at once, as on a real slow device. Otherwise every rank gets a CFS
-quota (share x 10 ms per 10 ms): exact on average, but it throttles the whole process for
-the rest of a period, and a message that arrives then waits (docs/EMULATION.md measured
-this hiding nothing of a transfer behind a GEMM). Weights share a CPU only among busy
-ranks: a device that idles on a CPU it shares lends its time to the others there.
+CPU: when every device can have a CPU of its own, each rank is pinned to its CPU with a CFS
+weight equal to its share, next to a busy "filler" that takes the rest of that CPU. A device
+then runs at its share all the time, and a thread woken by a message runs at once, as on a
+real slow device. Otherwise every rank gets a CFS quota (share x 10 ms per 10 ms): exact on
+average, but it throttles the whole process for the rest of a period, and a message that
+arrives then waits (docs/EMULATION.md measured this hiding nothing of a transfer behind a
+GEMM). Weights are not used for devices sharing a CPU: one that waits would lend its time
+to the others there, and a slow device would look fast.
 
 Links: traffic from rank i to rank j is shaped once, on i's egress, by an htb class at the
 rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else it is
@@ -357,16 +357,13 @@ class EmulatedCluster:
         return directory
 
     def _spare_per_cpu(self) -> dict[int, float]:
-        """Per pinned CPU, the share its devices leave unused (> 1%)."""
-        used: dict[int, float] = {}
-        for cpu, share in zip(self.cpus, self.cpu_shares):
-            if cpu is not None:
-                used[cpu] = used.get(cpu, 0.0) + share
-        return {cpu: 1.0 - total for cpu, total in used.items() if total < 0.99}
+        """Per pinned CPU, the share its device leaves unused (> 1%)."""
+        return {cpu: 1.0 - share for cpu, share in zip(self.cpus, self.cpu_shares)
+                if cpu is not None and share < 0.99}
 
     def _start_filler(self, cpu: int, spare: float) -> subprocess.Popen:
-        """A busy loop pinned to `cpu` that takes its `spare` share, so the devices there run at
-        their own share even when the machine is otherwise idle."""
+        """A busy loop pinned to `cpu` that takes its `spare` share, so the device there runs at
+        its own share even when the machine is otherwise idle."""
         procs = self._cgroups.procs_file(self._make_cgroup(f"f{cpu}", spare))
         return subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0" && exec taskset -c "$1" /bin/sh -c '
                                  '"while :; do :; done"', str(procs), str(cpu)],
@@ -416,17 +413,14 @@ class EmulatedCluster:
 
 
 def pin_to_cpus(shares: Sequence[float | None], cpu_count: int) -> list[int | None]:
-    """A CPU for each device with a share, packed first fit by decreasing share so no CPU holds
-    more than 1; all None (CPU quotas instead) when they do not fit or a share exceeds one CPU."""
-    limited = sorted((r for r, share in enumerate(shares) if share is not None),
-                     key=lambda r: (-shares[r], r))
+    """A CPU of its own for each device with a share of at most one CPU when there are enough
+    of them, else none (CPU quotas then share the machine)."""
+    limited = [r for r, share in enumerate(shares) if share is not None]
+    if len(limited) > cpu_count or any(shares[r] > 1.0 for r in limited):
+        return [None] * len(shares)
     cpus: list[int | None] = [None] * len(shares)
-    load = [0.0] * cpu_count
-    for rank in limited:
-        cpu = next((c for c in range(cpu_count) if load[c] + shares[rank] <= 1.0 + 1e-9), None)
-        if cpu is None:
-            return [None] * len(shares)
-        cpus[rank], load[cpu] = cpu, load[cpu] + shares[rank]
+    for cpu, rank in enumerate(limited):
+        cpus[rank] = cpu
     return cpus
 
 

@@ -187,11 +187,10 @@ def test_shaped_bandwidth_per_pair_is_within_25_percent_of_the_set_rate():
     assert abs(slow / (20 * MBIT) - 1) < BANDWIDTH_TOLERANCE, f"{slow / MBIT:.1f} Mbit/s"
 
 
-def test_shares_pack_onto_cpus_or_fall_back_to_quotas():
-    assert emulate.pin_to_cpus([1.0, 0.5, 0.25], 2) == [0, 1, 1]
-    assert emulate.pin_to_cpus([0.2, 0.4, 0.8, 0.4], 2) == [0, 1, 0, 1]  # first fit, largest first
+def test_a_cpu_each_or_quotas():
+    assert emulate.pin_to_cpus([1.0, 0.5], 2) == [0, 1]
     assert emulate.pin_to_cpus([None, 0.5], 1) == [None, 0]
-    assert emulate.pin_to_cpus([0.6, 0.6, 0.6], 2) == [None] * 3  # does not fit: quotas
+    assert emulate.pin_to_cpus([1.0, 0.5, 0.25], 2) == [None] * 3  # sharing a CPU: quotas
     assert emulate.pin_to_cpus([1.5], 2) == [None]  # more than a CPU: a quota over several
 
 
@@ -202,23 +201,32 @@ def _busy_together(emu: EmulatedCluster) -> list[tuple[int, float]]:
     return [(int(loops), float(cpu_fraction)) for loops, cpu_fraction in outs]
 
 
+def _best_of_rounds(emu: EmulatedCluster, rounds: int = 3) -> list[tuple[int, float]]:
+    # A shared VM steals CPU-seconds now and then (work per CPU-second moved +-40% between
+    # single runs in CI): the best of a few rounds is what each rank could do.
+    return [max(per_rank) for per_rank in zip(*(_busy_together(emu) for _ in range(rounds)))]
+
+
 @needs_emulation
 @pytest.mark.timeout(90)
-def test_cpu_shares_hold_while_devices_compute_together():
-    """Weights on pinned CPUs: devices busy at the same time get their shares of CPU time and
-    of speed; a device alone on its CPU is held to its share by the filler beside it."""
-    shares = [1.0, 0.5, 0.25]
+@pytest.mark.parametrize("shares,by_weight", [([1.0, 0.5], True), ([0.5, 0.25, 0.25], False)])
+def test_cpu_shares_hold_while_devices_compute_together(shares, by_weight):
+    """A CPU each: weights beside fillers; more devices than CPUs: quotas. Either way devices
+    busy at the same time get their share of CPU time and of speed."""
     with EmulatedCluster(shares) as emu:
-        assert emu.pinned and "filler on cpu 1: share 0.25" in str(emu)
-        # A shared VM steals CPU-seconds now and then (work per CPU-second moved +-40% between
-        # single runs in CI): the best of a few rounds is what each rank could do.
-        runs = list(zip(*(_busy_together(emu) for _ in range(3))))
-    (full, full_cpu), (half, half_cpu), (quarter, quarter_cpu) = (max(r) for r in runs)
-    for (_, cpu), share in zip((max(r) for r in runs), shares):
+        assert emu.pinned == by_weight and ("filler on cpu 1: share 0.50" in str(emu)) == by_weight
+        runs = _best_of_rounds(emu)
+    for (_, cpu), share in zip(runs, shares):
         assert abs(cpu / share - 1) < 0.15, runs
-    assert 0.3 < quarter / half < 0.8 and 0.3 < half / full < 0.7, runs  # without shares: about 1
+    (first, _), (second, _) = runs[:2]
+    assert 0.3 < second / first < 0.75, runs  # half the share, half the speed; without shares ~1
+
+
+@needs_emulation
+@pytest.mark.timeout(60)
+def test_a_device_alone_on_its_cpu_is_held_to_its_share_by_the_filler():
     with EmulatedCluster([0.5]) as emu:
-        (_, alone_cpu), = _busy_together(emu)
+        (_, alone_cpu), = _best_of_rounds(emu, rounds=1)
     assert abs(alone_cpu / 0.5 - 1) < 0.15, alone_cpu
 
 
