@@ -176,8 +176,9 @@ def project_all_gather(x_local: torch.Tensor, project: Callable[[slice], tuple[t
         return kept, all_gather(shared, tokens_per_rank, ring, wire_dtype=wire_dtype)
 
     Each tile is sent as soon as it is projected, so its ring step hides behind the next
-    tile's GEMM; with more than 2 ranks, pieces that arrived meanwhile are forwarded between
-    tiles. Only the last tile's transfer (and the forwarding after it) is exposed.
+    tile's GEMM. Only the last tile's transfer is exposed, and with more than 2 ranks the
+    forwarding of what arrived, which starts after this rank's own tiles (gloo reports a
+    receive complete only when waited on, so nothing can be forwarded between GEMMs).
     """
     sizes = check_split(tokens_per_rank, ring)
     if sizes[ring.index] < 1:
@@ -195,17 +196,7 @@ def project_all_gather(x_local: torch.Tensor, project: Callable[[slice], tuple[t
             if length:
                 recvs[step, t] = irecv(x_local.new_empty((batch, length, width), dtype=wire), ring.prev_rank,
                                        ring, (step - 1) * tiles + t, f"project_all_gather step {step - 1} tile {t}")
-    arrivals = iter(list(recvs))  # forwarded in the order they were posted
     sends, out, kept = [], x_local.new_empty((batch, sum(sizes), width)), []
-
-    def forward(key: tuple[int, int]) -> None:
-        step, t = key
-        piece = recvs[key].wait()
-        if step < n - 1:
-            sends.append(isend(piece, ring.next_rank, ring, step * tiles + t,
-                               f"project_all_gather step {step} tile {t}"))
-
-    next_arrival = next(arrivals, None)
     my_start = pieces[me][0][0]
     for t, (start, length) in enumerate(pieces[me]):
         if not length:
@@ -216,15 +207,13 @@ def project_all_gather(x_local: torch.Tensor, project: Callable[[slice], tuple[t
         if n > 1:
             sends.append(isend(shared, ring.next_rank, ring, t, f"project_all_gather step 0 tile {t}"))
         out.narrow(1, start, length).copy_(shared)
-        while next_arrival is not None and recvs[next_arrival].done():  # keep the ring moving
-            forward(next_arrival)
-            next_arrival = next(arrivals, None)
-    while next_arrival is not None:
-        forward(next_arrival)
-        next_arrival = next(arrivals, None)
-    for (step, t), transfer in recvs.items():
+    for (step, t), transfer in recvs.items():  # in posting order: step by step round the ring
+        piece = transfer.wait()
+        if step < n - 1:
+            sends.append(isend(piece, ring.next_rank, ring, step * tiles + t,
+                               f"project_all_gather step {step} tile {t}"))
         start, length = pieces[(me - step) % n][t]
-        out.narrow(1, start, length).copy_(transfer.tensor)
+        out.narrow(1, start, length).copy_(piece)
     for transfer in sends:
         transfer.wait()
     return torch.cat(kept, dim=1), out

@@ -38,10 +38,6 @@ class Transfer:
             raise _timeout(self.verb, self.peer, self.what, self.ring)
         return self.tensor
 
-    def done(self) -> bool:
-        """True once `wait()` would return (or raise) without blocking."""
-        return bool(self.work.is_completed())
-
 
 def isend(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> Transfer:
     """Post an async send of `tensor` (must be contiguous) to global rank `peer`."""

@@ -120,7 +120,7 @@ def _sequence_parallel_blocks(table: CostTable, i: int, stage: StageSplit, ring:
     kv_bytes = 2 * table.token_wire_bytes / table.heads_per_group  # one token's keys and values
     gather_s = ring_collective_s(table, ring, max(x), t, token_bytes=kv_bytes)
     projection_s = min(f * table.kv_groups * table.attention_in_s_per_group[d] for f, d in zip(share, ring))
-    exposed = projection_exposed_s(gather_s, t, projection_s) if len(ring) > 1 else 0.0
+    exposed = projection_exposed_s(gather_s, t, projection_s, len(ring))
     cpu = tuple(collective_cpu_s(table, d, len(ring), token_bytes=kv_bytes) for d in ring)
     attention = tuple(f * table.kv_groups * table.attention_s_per_group[d] + c for f, d, c in zip(share, ring, cpu))
     return [

@@ -23,10 +23,12 @@ uneven ones G is taken as the smallest overlappable GEMM in the ring (min over r
 rank with no heads or columns): a conservative bound that stays linear for the ILP.
 
 Sequence parallelism only (runtime's project_all_gather) overlaps differently: a rank projects
-its own tokens' keys and values in t tiles and sends each as soon as it is made, so the ring
-starts one tile's projection (G / t) in, and only what it needs beyond the projection shows:
+its own tokens' keys and values in t tiles and sends each as soon as it is made, so the first
+ring step starts one tile's projection (G / t) in, and only what it needs beyond the projection
+shows. The later n - 2 steps forward what arrived, after the projection (gloo reports a receive
+complete only when waited on), so they show whole:
 
-    exposed(t) = max(0, ring(t) - G (1 - 1/t))        G = the rank's own QKV projection
+    exposed(t) = max(0, ring(t) / (n - 1) - G (1 - 1/t)) + ring(t) (n - 2) / (n - 1)
 
 (t = 1 is the plain gather after the projection.) G is again the smallest in the ring.
 """
@@ -44,6 +46,9 @@ def exposed_s(ring_s: float, tiles: int, gemm_s: float, ring_size: int) -> float
     return max(0.0, ring_s + piece_gemm - gemm_s, piece_link - gemm_s / ring_size)
 
 
-def projection_exposed_s(ring_s: float, tiles: int, projection_s: float) -> float:
+def projection_exposed_s(ring_s: float, tiles: int, projection_s: float, ring_size: int) -> float:
     """Link seconds not hidden when keys and values are sent tile by tile as they are projected."""
-    return max(0.0, ring_s - projection_s * (1 - 1 / max(tiles, 1)))
+    if ring_size < 2:
+        return 0.0
+    first_step = ring_s / (ring_size - 1)
+    return max(0.0, first_step - projection_s * (1 - 1 / max(tiles, 1))) + ring_s - first_step
