@@ -10,7 +10,7 @@ Layout of one run, named `gx<pid>-<n>` (n counts clusters made by this process):
     namespace gx<pid>-<n>-r<k>: lo, gxnet = 10.77.0.<k+1>/24, the peer of r<k>
                                 egress qdisc: htb, one class per destination address
     cgroup    <cpu root>/gx<pid>-<n>/r<k>: CPU weight = cpu_share (pinned), or quota
-    cgroup    <cpu root>/gx<pid>-<n>/f<c>: a busy loop on CPU c, weight 1 - the shares on c
+    cgroup    <cpu root>/gx<pid>-<n>/f<c>: a busy loop on CPU c, weight 1 - the share of its device
 
 Nothing is created in the root network namespace, so the addresses never meet the host's
 network and deleting the namespaces removes every link, bridge and qdisc. Interface names are
