@@ -209,7 +209,7 @@ class EmulatedCluster:
             inside = ["taskset", "-c", str(self.cpus[rank]), *inside]
         if not self._needs_cgroup(rank):
             return inside
-        procs = self._cgroups.procs_file(self._cgroup_dir(rank))
+        procs = self._cgroups.procs_file(self._cgroup_dir(f"r{rank}"))
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *inside]
 
     def _needs_cgroup(self, rank: int) -> bool:
@@ -320,8 +320,8 @@ class EmulatedCluster:
                   "prio", "1", "u32", "match", "ip", "dst", f"{self.address(peer)}/32",
                   "flowid", classid])
 
-    def _cgroup_dir(self, rank: int) -> Path:
-        return self._cgroups.root / self.base / f"r{rank}"
+    def _cgroup_dir(self, name: str) -> Path:
+        return self._cgroups.root / self.base / name
 
     def _build_cgroups(self) -> None:
         if self._cgroups is None:
@@ -347,7 +347,7 @@ class EmulatedCluster:
                         total, os.cpu_count())
 
     def _make_cgroup(self, name: str, share: float) -> Path:
-        directory = self._cgroups.root / self.base / name
+        directory = self._cgroup_dir(name)
         directory.mkdir()
         self._created_cgroups.insert(0, directory)  # children first
         if self.pinned:

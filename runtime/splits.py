@@ -1,9 +1,7 @@
 """Splitting the sequence: integer parts by weight (used everywhere), offsets, query rows."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 if TYPE_CHECKING:
     import torch
