@@ -3,33 +3,28 @@
     make_plan(summary, cluster, objective="latency", solver="ilp", time_limit_s=60.0) -> Plan
 
 solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
-sequence | pipeline-dp | brute-force (tiny models only). If no single-stage plan fits, the ILP falls back
-to a pipeline of whole layers whose stages are device groups running HMP (pipeline_dp.py) and says
-so in Plan.notes. With `sequence_only=True` (the default) the ILP's hybrid plan also competes with
-the sequence-parallel-only plan, which needs every used device to hold the whole model but gathers
-only keys and values, once a layer: the lower predicted latency wins. The winner then competes
-with the pipeline DP's plan (choose.py): a pipeline wins when it predicts a lower latency. With
-objective "throughput" the single stage competes with the pipeline DP's on time per request when
-requests stream (planner/throughput.py).
+sequence | pipeline-dp | brute-force (tiny models only). "ilp" is the whole planner (choose.py):
+the ILP's hybrid plan, against the sequence-parallel-only plan with `sequence_only=True` (the
+default; it needs every used device to hold the whole model but gathers only keys and values,
+once a layer), and the winner against the pipeline DP's pipeline of device groups running HMP
+(pipeline_dp.py), by predicted latency, or by time per request for objective "throughput"
+(planner/throughput.py). If no single stage fits, the pipeline is taken and Plan.notes says so.
+`tile_choices` bounds the tile counts every one of them may pick.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from galaxy.compiler.cost.table import CostTable, build_cost_table
-from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.planner.baselines import (even_plan, or_sequence_only, proportional_plan, sequence_plan,
-                                               single_device_plan)
+from galaxy.compiler.planner.baselines import even_plan, proportional_plan, sequence_plan, single_device_plan
 from galaxy.compiler.planner.brute_force import brute_force_plan
-from galaxy.compiler.planner.choose import or_pipeline
+from galaxy.compiler.planner.choose import candidates, choose_for_latency
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
-from galaxy.compiler.planner.solve import plan_ilp
-from galaxy.compiler.planner.throughput import throughput_plan
+from galaxy.compiler.planner.throughput import choose_for_throughput
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +50,11 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
                     sequence_only: bool = True) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if solver == "ilp" and objective == "throughput":
-        return throughput_plan(table, backend, time_limit_s, tile_choices, sequence_only)
     if solver == "ilp":
-        plan = _ilp_or_pipeline(table, objective, time_limit_s, backend, tile_choices)
-        return or_pipeline(or_sequence_only(plan, table) if sequence_only else plan, table)
+        single, pipe, single_error = candidates(table, objective, backend, time_limit_s, tile_choices, sequence_only)
+        if objective == "throughput":
+            return choose_for_throughput(single, pipe)
+        return choose_for_latency(single, pipe, single_error)
     if solver == "single":
         return single_device_plan(table, objective=objective)
     if solver == "even":
@@ -67,23 +62,9 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
     if solver == "proportional":
         return proportional_plan(table, objective)
     if solver == "sequence":
-        return sequence_plan(table, objective)
+        return sequence_plan(table, objective, tile_choices)
     if solver == "pipeline-dp":
-        return pipeline_dp_plan(table, objective)
+        return pipeline_dp_plan(table, objective, tile_choices=tile_choices)
     if solver == "brute-force":
         return brute_force_plan(table, tile_choices, objective)
     raise ValueError(f"solver {solver!r} is not one of {', '.join(SOLVERS)}")
-
-
-def _ilp_or_pipeline(table: CostTable, objective: str, time_limit_s: float, backend: str,
-                     tile_choices: tuple[int, ...]) -> Plan:
-    try:
-        return plan_ilp(table, objective, backend, time_limit_s, tile_choices)
-    except InfeasiblePlanError as err:
-        try:
-            pipe = pipeline_dp_plan(table, objective)
-        except InfeasiblePlanError:
-            raise err from None
-        log.info("no single-stage plan fits; using a pipeline of whole layers")
-        return replace(pipe, notes=(f"no single-stage plan fits ({err}); a pipeline of whole layers does",
-                                    *pipe.notes))

@@ -6,8 +6,8 @@
 - sequence:      sequence parallelism only: the fastest k devices that hold the whole model
                  (k by predicted latency), tokens in inverse proportion to each one's time
                  per token; every device keeps every weight
-(`pipeline_dp.py` has the EdgePipe-style pipeline.) None of them overlaps (tiles = 1), and none
-returns a plan that does not fit: they raise InfeasiblePlanError with the shortfall.
+(`pipeline_dp.py` has the EdgePipe-style pipeline.) Only `sequence` overlaps (it picks its tile
+count from `tile_choices`; the others have tiles = 1), and none returns a plan that does not fit: they raise InfeasiblePlanError with the shortfall.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
-from galaxy.compiler.planner.choose import faster_challenger
 from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
@@ -83,14 +82,14 @@ def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
     return weighted_split(table, order, order[0], [table.flops_per_s[d] for d in order], "proportional", objective)
 
 
-def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
+def sequence_plan(table: CostTable, objective: str = "latency", tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
     """Sequence parallelism only over the k fastest devices that hold the model, best k."""
     whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
     holders = [d for d in table.speed_order() if table.mem_bytes[d] >= whole]
     best: Plan | None = None
     for k in range(1, len(holders) + 1):
         try:
-            plan = _sequence_split(table, holders[:k], objective)
+            plan = _sequence_split(table, holders[:k], objective, tile_choices)
         except InfeasiblePlanError as err:
             log.debug("sequence parallelism over %d devices: %s", k, err)
             continue
@@ -107,7 +106,7 @@ def sequence_plan(table: CostTable, objective: str = "latency") -> Plan:
     return replace(best, notes=notes)
 
 
-def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Plan:
+def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_choices: tuple[int, ...]) -> Plan:
     per_token_s = [(table.kv_groups * table.attention_s_per_group[d] + table.columns * table.mlp_s_per_column[d])
                    / table.tokens + table.connective_s_per_token[d] for d in used]
     tokens = split_sizes(table.tokens, [1 / u for u in per_token_s])
@@ -121,17 +120,22 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str) -> Pl
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
     # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
-    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, tiles=t),)), table)
-                for t in TILE_CHOICES if t == 1 or (n > 1 and t <= min(stage.tokens_per_rank))]
+    tiles = [t for t in tile_choices if n > 1 and t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
+    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, tiles=t),)), table) for t in tiles]
     return require_fit(min(by_tiles, key=lambda p: p.predicted_latency_s), table)
 
 
-def or_sequence_only(plan: Plan, table: CostTable) -> Plan:
-    """The sequence-parallel-only plan instead of the ILP's single-stage `plan`, if it fits and is
-    predicted faster."""
-    sequence = faster_challenger(plan, lambda: sequence_plan(table, plan.objective), lambda p: len(p.devices) > 1)
-    if sequence is None:
+def or_sequence_only(plan: Plan, table: CostTable, tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+    """The sequence-parallel-only plan instead of the ILP's single-stage `plan`, if it fits, uses
+    more than one device and is predicted faster."""
+    try:
+        sequence = sequence_plan(table, plan.objective, tile_choices)
+    except InfeasiblePlanError:
         return plan
+    if len(sequence.devices) == 1 or sequence.predicted_latency_s >= plan.predicted_latency_s:
+        return plan
+    log.info("sequence parallelism only beats the hybrid plan: %.1f ms vs %.1f ms",
+             sequence.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
     why = (f"sequence parallelism only: predicted {sequence.predicted_latency_s * 1e3:.1f} ms against "
            f"{plan.predicted_latency_s * 1e3:.1f} ms for the best hybrid plan ({plan.solver}); every used device "
            "holds the whole model, and a layer gathers only keys and values, once")

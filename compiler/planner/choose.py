@@ -1,48 +1,64 @@
-"""Objective "latency": the ILP's single-stage plan, or a pipeline of device groups if it is faster.
+"""The planner's candidates and the choice between them, for either objective.
 
-A single stage runs every layer over one ring; a pipeline runs each layer range on its own group
-(planner/pipeline_dp.py). For one request a pipeline's stages run one after another, so it wins
-only when a single stage must take slow devices or slow links into every layer (because the fast
-devices cannot hold the whole model) while a pipeline keeps them to a few layers. Lower predicted
-latency wins; on a tie the single stage (fewer hand-offs).
+The candidates: the best single stage (the ILP's hybrid plan, or sequence parallelism only when
+every used device holds the model and it is predicted faster) and the pipeline DP's best
+pipeline of device groups (planner/pipeline_dp.py). Either may not fit.
+
+For one request a pipeline's stages run one after another, so for `latency` it wins only when
+a single stage must take slow devices or slow links into every layer (because the fast devices
+cannot hold the whole model) while a pipeline keeps them to a few layers. For `throughput`
+(planner/throughput.py) a pipeline serves one request per slot of its busiest stage. Lower
+predicted latency (or time per request) wins; on a tie the single stage (fewer hand-offs).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Callable
 
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.planner.baselines import or_sequence_only
 from galaxy.compiler.planner.explain import fmt_s
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
+from galaxy.compiler.planner.solve import plan_ilp
 
 log = logging.getLogger(__name__)
 
 
-def faster_challenger(plan: Plan, build: Callable[[], Plan], takes_part: Callable[[Plan], bool]) -> Plan | None:
-    """`build()` if `plan` has one stage and the challenger is built (fits), `takes_part` and predicts a
-    lower latency; else None."""
-    if len(plan.stages) > 1:  # already the pipeline DP's (no single stage fits)
-        return None
+def candidates(table: CostTable, objective: str, backend: str, time_limit_s: float, tile_choices: tuple[int, ...],
+               sequence_only: bool = True) -> tuple[Plan | None, Plan | None, InfeasiblePlanError | None]:
+    """(best single stage or None, the pipeline DP's plan or None, why no single stage fits);
+    raises the single stage's error when neither fits."""
+    single, single_error, pipe = None, None, None
     try:
-        challenger = build()
+        single = plan_ilp(table, objective, backend, time_limit_s, tile_choices)
+        single = or_sequence_only(single, table, tile_choices) if sequence_only else single
+    except InfeasiblePlanError as err:
+        single_error = err
+    try:
+        pipe = pipeline_dp_plan(table, objective, tile_choices=tile_choices)
     except InfeasiblePlanError:
-        return None
-    if not takes_part(challenger) or challenger.predicted_latency_s >= plan.predicted_latency_s:
-        return None
-    log.info("%s beats the single stage: %.1f ms vs %.1f ms", challenger.solver,
-             challenger.predicted_latency_s * 1e3, plan.predicted_latency_s * 1e3)
-    return challenger
+        if single is None:
+            raise single_error from None
+    return single, pipe, single_error
 
 
-def or_pipeline(single: Plan, table: CostTable) -> Plan:
-    """The pipeline DP's plan instead of the single-stage `single` if it predicts a lower latency."""
-    pipe = faster_challenger(single, lambda: pipeline_dp_plan(table, single.objective), lambda p: len(p.stages) > 1)
-    if pipe is None:
+def choose_for_latency(single: Plan | None, pipe: Plan | None, single_error: Exception | None = None) -> Plan:
+    """The plan with the lower predicted latency, with a note saying why (one may be None)."""
+    if single is None:
+        log.info("no single-stage plan fits; using a pipeline of whole layers")
+        return noted(pipe, f"no single-stage plan fits ({single_error}); a pipeline of whole layers does")
+    if pipe is None or len(pipe.stages) == 1 or pipe.predicted_latency_s >= single.predicted_latency_s:
         return single
-    why = (f"latency: chose the {len(pipe.stages)}-stage pipeline, predicted {fmt_s(pipe.predicted_latency_s)} "
-           f"against {fmt_s(single.predicted_latency_s)} for the best single-stage plan ({single.solver}, "
-           f"{single.world_size} device{'s' if single.world_size > 1 else ''})")
-    return replace(pipe, notes=(why, *pipe.notes))
+    log.info("a %d-stage pipeline beats the single stage: %.1f ms vs %.1f ms", len(pipe.stages),
+             pipe.predicted_latency_s * 1e3, single.predicted_latency_s * 1e3)
+    return noted(pipe, f"latency: chose the {len(pipe.stages)}-stage pipeline, predicted "
+                        f"{fmt_s(pipe.predicted_latency_s)} against {fmt_s(single.predicted_latency_s)} for the "
+                        f"best single-stage plan ({single.solver}, {single.world_size} "
+                        f"device{'s' if single.world_size > 1 else ''})")
+
+
+def noted(plan: Plan, note: str) -> Plan:
+    """`plan` with `note` first among its notes."""
+    return replace(plan, notes=(note, *plan.notes))

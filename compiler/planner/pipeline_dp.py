@@ -40,6 +40,7 @@ from galaxy.compiler.errors import InfeasiblePlanError, SolverError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import with_prediction
 from galaxy.compiler.planner.explain import fmt_bytes, fmt_s
+from galaxy.compiler.planner.ilp import TILE_CHOICES
 from galaxy.compiler.planner.stage_groups import MAX_GROUP_DEVICES, StageGroup, stage_groups
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ class _Chain:
     back: list[tuple[int, int] | None]  # (previous group, this group's layers)
 
 
-def pipeline_dp_plan(table: CostTable, objective: str = "latency", max_group_devices: int = MAX_GROUP_DEVICES) -> Plan:
-    choice = search_pipeline(table, objective, max_group_devices)
+def pipeline_dp_plan(table: CostTable, objective: str = "latency", max_group_devices: int = MAX_GROUP_DEVICES,
+                     tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
+    choice = search_pipeline(table, objective, max_group_devices, tile_choices)
     plan = build_pipeline_plan(table, choice, objective)
     got = plan.predicted_s_per_request if objective == "throughput" else plan.predicted_latency_s
     if abs(got - choice.estimate_s) > 1e-9 * max(got, 1e-12):
@@ -72,10 +74,10 @@ def pipeline_dp_plan(table: CostTable, objective: str = "latency", max_group_dev
     return plan
 
 
-def search_pipeline(table: CostTable, objective: str = "latency",
-                    max_group_devices: int = MAX_GROUP_DEVICES) -> PipelineChoice:
+def search_pipeline(table: CostTable, objective: str = "latency", max_group_devices: int = MAX_GROUP_DEVICES,
+                    tile_choices: tuple[int, ...] = TILE_CHOICES) -> PipelineChoice:
     """The best pipeline in the search space of the module docstring."""
-    groups = tuple(stage_groups(table, max_group_devices))
+    groups = tuple(stage_groups(table, max_group_devices, tile_choices))
     transfers: dict[tuple[int, int], float] = {}
     best: PipelineChoice | None = None
     for fi, first in enumerate(groups):
@@ -84,7 +86,7 @@ def search_pipeline(table: CostTable, objective: str = "latency",
         chains = _chains(table, groups, fi, objective, transfers)
         for cost, n0, last in _finishes(table, groups, fi, chains, objective):
             if best is None or cost < best.estimate_s:
-                later = _path(chains, last, table.n_layers - n0) if last != fi else ()
+                later = _path(chains, last, table.n_layers - n0)
                 best = PipelineChoice(groups, ((fi, n0), *later), cost)
     if best is None:
         raise _no_pipeline(table)
@@ -102,7 +104,7 @@ def _chains(table: CostTable, groups: tuple[StageGroup, ...], fi: int, objective
         if group.start < groups[fi].end:
             continue
         cost, back = [INF] * (L + 1), [None] * (L + 1)
-        for pi, chain in list(chains.items()):
+        for pi, chain in chains.items():
             if groups[pi].end > group.start:
                 continue
             if (pi, gi) not in transfers:
@@ -216,8 +218,7 @@ def build_pipeline_plan(table: CostTable, choice: PipelineChoice, objective: str
 
 
 def _notes(table: CostTable, choice: PipelineChoice, objective: str) -> list[str]:
-    sizes = sorted({len(g.ring) for g in choice.groups})
-    notes = [f"pipeline DP ({objective}): stages on groups of 1-{sizes[-1]} consecutive devices in speed order, "
+    notes = [f"pipeline DP ({objective}): stages on groups of 1-{max(len(g.ring) for g in choice.groups)} consecutive devices in speed order, "
              f"{len(choice.groups)} candidate groups, each HMP-split for its least layer time; "
              f"best {fmt_s(choice.estimate_s)}" + (" per request" if objective == "throughput" else "")]
     first = 0

@@ -9,7 +9,7 @@ rank 0 (`assemble.ring_order` gives the same order). Every layer of the group is
                               attention (MLP) block's slowest rank exactly (cost/latency.py)
     tokens                    the better of a greedy min-max of x[r] k_con[d] (connective blocks)
                               and an even split (smallest chunk, so the shortest ring steps)
-    tiles                     the count in TILE_CHOICES with the least layer time for that split
+    tiles                     the count in `tile_choices` with the least layer time for that split
 
 each candidate scored with `stage_layer_s`, the per-layer formula `predict` uses, so a group's
 layer time is exactly what the plan will be predicted to take. The split ignores memory; the
@@ -53,22 +53,24 @@ class StageGroup:
         return tuple(self.split.tokens[d] for d in self.ring)
 
 
-def stage_groups(table: CostTable, max_devices: int = MAX_GROUP_DEVICES) -> list[StageGroup]:
+def stage_groups(table: CostTable, max_devices: int = MAX_GROUP_DEVICES,
+                 tile_choices: tuple[int, ...] = TILE_CHOICES) -> list[StageGroup]:
     """Every group of at most `max_devices` consecutive devices of the speed order, by (start, end)."""
     order = table.speed_order()
     groups = []
     for start in range(len(order)):
         for end in range(start + 1, min(len(order), start + max_devices) + 1):
             ring = order[start:end]
-            split = group_split(table, ring)
-            groups.append(StageGroup(start, end, ring, split, _layer_s(table, ring, split),
+            layer_s, split = group_split(table, ring, tile_choices)
+            groups.append(StageGroup(start, end, ring, split, layer_s,
                                      max_layers(table, ring, split, first=False),
                                      max_layers(table, ring, split, first=True)))
     return groups
 
 
-def group_split(table: CostTable, ring: tuple[int, ...]) -> Split:
-    """The split of one layer over `ring` described in the module docstring."""
+def group_split(table: CostTable, ring: tuple[int, ...],
+                tile_choices: tuple[int, ...] = TILE_CHOICES) -> tuple[float, Split]:
+    """(seconds per layer, split) of the split of one layer over `ring` in the module docstring."""
     cpu = [2 * collective_cpu_s(table, d, len(ring)) for d in ring]
     unit = table.column_unit
     groups = min_max_counts(table.kv_groups, [table.attention_s_per_group[d] for d in ring], cpu)
@@ -77,14 +79,14 @@ def group_split(table: CostTable, ring: tuple[int, ...]) -> Split:
                      split_sizes(table.tokens, [1.0] * len(ring)))
     best: tuple[float, Split] | None = None
     for tokens in token_choices:
-        for tiles in (TILE_CHOICES if len(ring) > 1 else (1,)):
+        for tiles in (tile_choices if len(ring) > 1 else (1,)):
             split = Split(used=ring, head=ring[0], groups=dict(zip(ring, groups)),
                           columns={d: u * unit for d, u in zip(ring, units)}, tokens=dict(zip(ring, tokens)),
                           tiles=tiles)
             seconds = _layer_s(table, ring, split)
             if best is None or seconds < best[0]:
                 best = (seconds, split)
-    return best[1]
+    return best
 
 
 def min_max_counts(total: int, unit_s: Sequence[float], base_s: Sequence[float]) -> list[int]:

@@ -12,34 +12,13 @@ A pipeline stage is a device group running HMP over its own ring, or one device 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
-from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.cost.throughput import stage_busy_s
-from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.planner.baselines import or_sequence_only
+from galaxy.compiler.planner.choose import noted
 from galaxy.compiler.planner.explain import fmt_s
-from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
-from galaxy.compiler.planner.solve import plan_ilp
 
 log = logging.getLogger(__name__)
-
-
-def throughput_plan(table: CostTable, backend: str, time_limit_s: float, tile_choices: tuple[int, ...],
-                    sequence_only: bool = True) -> Plan:
-    single, pipe, single_error = None, None, None
-    try:
-        single = plan_ilp(table, "throughput", backend, time_limit_s, tile_choices)
-        single = or_sequence_only(single, table) if sequence_only else single
-    except InfeasiblePlanError as err:
-        single_error = err
-    try:
-        pipe = pipeline_dp_plan(table, "throughput")
-    except InfeasiblePlanError:
-        if single is None:
-            raise single_error from None
-    return choose_for_throughput(single, pipe)
 
 
 def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
@@ -48,7 +27,7 @@ def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
         why = ("no pipeline of whole layers fits" if pipe is None else
                "the best pipeline of whole layers is a single stage")
         # The DP's single stage (a device group) stands in when the ILP found no plan.
-        return _noted(single or pipe, f"throughput: a single-stage plan, one request at a time: {why}")
+        return noted(single or pipe, f"throughput: a single-stage plan, one request at a time: {why}")
     pipe_s = pipe.predicted_s_per_request
     busy = stage_busy_s(pipe, pipe.predicted_blocks)
     slowest = max(range(len(busy)), key=busy.__getitem__)
@@ -57,14 +36,10 @@ def choose_for_throughput(single: Plan | None, pipe: Plan | None) -> Plan:
                  f"{'+'.join(pipe.devices[r] for r in pipe.stages[slowest].ranks)}, "
                  f"stages busy {', '.join(fmt_s(b) for b in busy)}; latency {fmt_s(pipe.predicted_latency_s)})")
     if single is None:
-        return _noted(pipe, f"throughput: no single-stage plan fits; {pipe_text}")
+        return noted(pipe, f"throughput: no single-stage plan fits; {pipe_text}")
     single_text = (f"the best single-stage plan ({single.world_size} device{'s' if single.world_size > 1 else ''}) "
                    f"one every {fmt_s(single.predicted_s_per_request)} (its latency)")
     if pipe_s < single.predicted_s_per_request:
         log.info("throughput objective: a %d-stage pipeline", len(pipe.stages))
-        return _noted(pipe, f"throughput: chose the pipeline: {pipe_text}; {single_text}")
-    return _noted(single, f"throughput: chose the single stage: {single_text}; {pipe_text}")
-
-
-def _noted(plan: Plan, note: str) -> Plan:
-    return replace(plan, notes=(note, *plan.notes))
+        return noted(pipe, f"throughput: chose the pipeline: {pipe_text}; {single_text}")
+    return noted(single, f"throughput: chose the single stage: {single_text}; {pipe_text}")
