@@ -18,6 +18,7 @@ from galaxy.compiler.lower.shard import lower
 from galaxy.compiler.passes.recognise import recognise
 from galaxy.compiler.passes.summarise import summarise
 from galaxy.compiler.planner import make_plan
+from galaxy.compiler.report.document import PlanDocument
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,8 @@ def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, gr
     lowered = lower(graph, captured, plan, source)
     sources = {r.program.rank: render_rank(r.program) for r in lowered}
     log.info("[6/6] writing the bundle to %s", out_dir)
-    document = {"format_version": 1, "plan": plan.to_json(), "model": summary.to_json(),
-                **({"cluster": cluster.to_json()} if cluster else {}), "input_names": list(graph.input_names),
-                "output_names": list(graph.output_names), "source": source}
+    document = PlanDocument(plan, summary, cluster).to_json() | {
+        "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source}
     return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
                         captured.example_inputs, captured.reference_outputs)
 

@@ -34,10 +34,11 @@ class PlanDocument:
         return self.path or f"{self.plan.model} on {self.plan.cluster}"
 
     def to_json(self) -> dict:
-        if self.summary is None or self.cluster is None:
-            raise ValueError("a plan document needs the model summary and the cluster")
-        return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(),
-                "model": self.summary.to_json(), "cluster": self.cluster.to_json()}
+        """The document; without a cluster (a hand-written plan's bundle) it has no "cluster" key."""
+        if self.summary is None:
+            raise ValueError("a plan document needs the model summary")
+        return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(), "model": self.summary.to_json(),
+                **({"cluster": self.cluster.to_json()} if self.cluster else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
