@@ -24,7 +24,7 @@ from benchmarks.variants import VARIANTS, with_bandwidth
 from galaxy.compiler.errors import GalaxyError
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import capture_model as capture_source, write_plan_bundle
-from galaxy.runtime.launcher import run_emulated
+from galaxy.host.launcher import run_emulated
 
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]

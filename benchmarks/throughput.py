@@ -25,7 +25,7 @@ from galaxy.compiler.cost.throughput import s_per_request
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import write_plan_bundle
 from galaxy.compiler.planner import make_plan
-from galaxy.runtime.launcher import run_emulated
+from galaxy.host.launcher import run_emulated
 
 log = logging.getLogger("benchmarks.throughput")
 OBJECTIVES = ("latency", "throughput")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from galaxy.compiler.capture.trace import CapturedModel
-from galaxy.compiler.codegen.emit import emit_nodes
+from galaxy.compiler.lower.emit import emit_nodes
 from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
 from galaxy.compiler.ir.program import FunctionCode

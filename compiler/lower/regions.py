@@ -11,7 +11,7 @@ import torch.fx as fx
 from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
 from galaxy.compiler.ir.program import FunctionCode
-from galaxy.compiler.codegen.emit import emit_nodes
+from galaxy.compiler.lower.emit import emit_nodes
 
 
 def relative_weight_name(fqn: str) -> str:

@@ -16,7 +16,7 @@ from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, Ran
 from galaxy.compiler.lower.layer_code import LayerCode
 from galaxy.compiler.lower.regions import LayerNamer, check_layers_match, relative_weight_name
 from galaxy.compiler.lower.weights import attention_weights, mlp_weights
-from galaxy.compiler.codegen.emit import emit_nodes
+from galaxy.compiler.lower.emit import emit_nodes
 from galaxy.compiler.passes.prologue import epilogue_statics, layer_inputs, layer_statics, needed_nodes
 from galaxy.runtime.splits import offsets
 

@@ -22,7 +22,7 @@ from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner.baselines import even_plan, proportional_plan, sequence_plan, single_device_plan
 from galaxy.compiler.planner.brute_force import brute_force_plan
 from galaxy.compiler.planner.choose import candidates, choose_for_latency
-from galaxy.compiler.planner.ilp import TILE_CHOICES
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 from galaxy.compiler.planner.throughput import choose_for_throughput
 

@@ -20,7 +20,7 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
-from galaxy.compiler.planner.ilp import TILE_CHOICES
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
 

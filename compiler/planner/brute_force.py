@@ -16,7 +16,7 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, with_prediction
-from galaxy.compiler.planner.ilp import TILE_CHOICES
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 
 MAX_CANDIDATES = 200_000
 

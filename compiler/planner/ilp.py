@@ -65,11 +65,11 @@ from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import SolverError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, hmp_plan
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.solvers import solve
 
 log = logging.getLogger(__name__)
 
-TILE_CHOICES = (1, 2, 4, 8)
 TIE_REL = 1e-7  # tie-break weight, relative to the latency scale
 MIB = float(2 ** 20)
 TIME_UNIT_S = 1e-3  # the ILP counts time in milliseconds

@@ -40,7 +40,7 @@ from galaxy.compiler.errors import InfeasiblePlanError, SolverError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import with_prediction
 from galaxy.compiler.planner.explain import fmt_bytes, fmt_s
-from galaxy.compiler.planner.ilp import TILE_CHOICES
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.stage_groups import MAX_GROUP_DEVICES, StageGroup, stage_groups
 
 log = logging.getLogger(__name__)

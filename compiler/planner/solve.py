@@ -11,7 +11,8 @@ from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.diagnose import infeasible_error
 from galaxy.compiler.planner.explain import (block_note, device_notes, fmt_bytes, fmt_s, hopeless_devices,
                                              k_summary, overlap_note, replicated_bytes)
-from galaxy.compiler.planner.ilp import TILE_CHOICES, KResult, solve_k
+from galaxy.compiler.planner.ilp import KResult, solve_k
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 
 log = logging.getLogger(__name__)
 

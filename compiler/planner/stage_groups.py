@@ -28,7 +28,7 @@ from galaxy.compiler.cost.memory import rank_memory_bytes
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.plan import StageSplit
 from galaxy.compiler.planner.assemble import Split, stage_split
-from galaxy.compiler.planner.ilp import TILE_CHOICES
+from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.runtime.splits import split_sizes
 
 MAX_GROUP_DEVICES = 4  # devices in one stage's group, at most: bounds the DP's pairs of groups

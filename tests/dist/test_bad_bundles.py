@@ -21,7 +21,7 @@ def bundle(tmp_path_factory):
 
 
 def _galaxy_run(bundle, *extra):
-    cmd = [sys.executable, "-m", "galaxy.runtime.launcher", str(bundle), "--local", "--timeout", "30", *extra]
+    cmd = [sys.executable, "-m", "galaxy.host.launcher", str(bundle), "--local", "--timeout", "30", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 

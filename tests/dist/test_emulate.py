@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from galaxy.runtime import emulate, launcher
-from galaxy.runtime.emulate import EmulatedCluster, EmulationUnavailable, cleanup_stale
+from galaxy.host import emulate, launcher
+from galaxy.host.emulate import EmulatedCluster, EmulationUnavailable, cleanup_stale
 
 pytestmark = pytest.mark.dist
 MBIT = 1e6 / 8  # bytes/s in one Mbit/s
@@ -160,7 +160,7 @@ def test_a_killed_run_is_cleaned_up(how):
     before = _state()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import time
-        from galaxy.runtime.emulate import EmulatedCluster
+        from galaxy.host.emulate import EmulatedCluster
         with EmulatedCluster([0.5, 0.5], 12.5e6) as emu:
             print(emu.base, flush=True)
             time.sleep(60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from galaxy.runtime.launcher import run_local
+from galaxy.host.launcher import run_local
 from helpers import ATOL, RTOL, build_bundle, captured_tiny, manual_plan
 
 pytestmark = pytest.mark.dist

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from galaxy.compiler.pipeline import CompileOptions, compile_model
-from galaxy.runtime.launcher import run_local
+from galaxy.host.launcher import run_local
 from helpers import ATOL, MODELS, RTOL
 
 pytestmark = pytest.mark.dist

@@ -20,7 +20,7 @@ from galaxy.compiler.ir.cluster import Cluster, Device, Link
 from galaxy.compiler.passes.summarise import summarise
 from galaxy.compiler.planner import make_plan
 from galaxy.runtime import bundle as rt_bundle
-from galaxy.runtime.launcher import LaunchError, run_local
+from galaxy.host.launcher import LaunchError, run_local
 from helpers import ATOL, RTOL, build_bundle, manual_plan, pipeline_plan
 
 pytestmark = pytest.mark.dist

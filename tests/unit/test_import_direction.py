@@ -1,8 +1,15 @@
-"""Dependency direction, checked by parsing imports (ARCHITECTURE.md, STYLE.md).
+"""Dependency direction, checked by parsing imports (docs/ARCHITECTURE.md, STYLE.md).
 
-planner/ never imports torch, torch.fx or jinja2 (the solver sees only numbers); cost/ never
-imports pulp; codegen/ never imports pulp; runtime/ never imports galaxy.compiler and uses only
-the standard library, torch and safetensors (it is copied into bundles as `galaxy_runtime`).
+The compiler's phases import only phases before them:
+
+    ir  <-  capture  <-  passes  <-  cost  <-  planner  <-  lower  <-  codegen
+
+(`errors` is shared by all; `profile` and `report` are tools that may read any phase, and no
+phase imports them; `pipeline.py` and `cli.py` drive everything.) Besides the order: the planner
+and the cost model never load torch or jinja2 (the solver sees only numbers), the cost model and
+codegen never import pulp, and the ILP's slow twins (brute force, baselines, the pipeline DP)
+never import the ILP module. `runtime/` is copied into every bundle as `galaxy_runtime`: it uses
+the standard library, torch and safetensors, and its own modules through relative imports.
 """
 from __future__ import annotations
 
@@ -14,14 +21,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-FORBIDDEN = {  # directory -> module prefixes its files must not import
+PHASES = ("ir", "capture", "passes", "cost", "planner", "lower", "codegen")
+TOOLS = ("profile", "report")
+FORBIDDEN = {  # folder or file -> module prefixes it must not import
     "compiler/planner": ("torch", "jinja2"),
     "compiler/cost": ("pulp", "torch", "jinja2"),
     "compiler/codegen": ("pulp",),
-    "runtime": ("galaxy.compiler",),
+    "compiler/planner/brute_force.py": ("galaxy.compiler.planner.ilp",),
+    "compiler/planner/baselines.py": ("galaxy.compiler.planner.ilp",),
+    "compiler/planner/pipeline_dp.py": ("galaxy.compiler.planner.ilp",),
+    "compiler/planner/stage_groups.py": ("galaxy.compiler.planner.ilp",),
+    "runtime": ("galaxy",),
 }
-RUNTIME_ALLOWED = set(sys.stdlib_module_names) | {"torch", "safetensors", "numpy", "__future__"}
+RUNTIME_ALLOWED = set(sys.stdlib_module_names) | {"torch", "safetensors"}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -39,18 +51,36 @@ def matches(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-@pytest.mark.parametrize("directory", sorted(FORBIDDEN))
-def test_forbidden_imports(directory):
+def python_files(target: str) -> list[Path]:
+    path = ROOT / target
+    return [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
+
+
+@pytest.mark.parametrize("target", sorted(FORBIDDEN))
+def test_forbidden_imports(target):
     bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
-           for path in sorted((ROOT / directory).rglob("*.py"))
+           for path in python_files(target)
            for line, module in imports(path)
-           if any(matches(module, prefix) for prefix in FORBIDDEN[directory])]
+           if any(matches(module, prefix) for prefix in FORBIDDEN[target])]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("phase", PHASES + TOOLS)
+def test_phases_import_only_earlier_phases(phase):
+    allowed = {"errors", *PHASES[:PHASES.index(phase) + 1]} if phase in PHASES else {"errors", *PHASES, phase}
+    bad = []
+    for path in python_files(f"compiler/{phase}"):
+        for line, module in imports(path):
+            if matches(module, "galaxy.compiler"):
+                part = module.split(".")[2] if module.count(".") >= 2 else ""
+                if part not in allowed:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, f"compiler/{phase} may import only {sorted(allowed)}:\n" + "\n".join(bad)
 
 
 def test_runtime_uses_only_stdlib_torch_safetensors():
     bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
-           for path in sorted((ROOT / "runtime").rglob("*.py"))
+           for path in python_files("runtime")
            for line, module in imports(path)
            if module.split(".")[0] not in RUNTIME_ALLOWED]
     assert not bad, "runtime/ must use relative imports for its own modules:\n" + "\n".join(bad)

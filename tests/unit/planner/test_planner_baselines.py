@@ -138,7 +138,7 @@ def test_sequence_only_baseline_sends_keys_and_values_in_tiles_when_the_projecti
     from galaxy.compiler.cost.latency import predict
     from galaxy.compiler.cost.table import build_cost_table
     from galaxy.compiler.planner.baselines import sequence_plan
-    from galaxy.compiler.planner.ilp import TILE_CHOICES
+    from galaxy.compiler.planner.search_space import TILE_CHOICES
     for latency_s, tiled in ((1e-5, True), (0.05, False)):
         table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=1_000, latency_s=latency_s))
         plan = sequence_plan(table)

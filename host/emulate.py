@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import GalaxyRuntimeError, UsageError
+from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class EmulatedCluster:
             leftovers = _remove(self._created_namespaces, self._created_cgroups, self._cgroups)
             if leftovers:
                 log.warning("emulator: could not remove %s; run "
-                            "galaxy.runtime.emulate.cleanup_stale() after this process exits",
+                            "galaxy.host.emulate.cleanup_stale() after this process exits",
                             ", ".join(leftovers))
             self._created_namespaces, self._created_cgroups = [], []
         finally:

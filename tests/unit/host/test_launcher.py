@@ -4,8 +4,9 @@ import shutil
 import pytest
 import torch
 
-from galaxy.runtime import bundle, launcher
-from galaxy.runtime.launcher import LaunchError, RunResult, compare_with_reference, run_local
+from galaxy.host import launcher
+from galaxy.runtime import bundle
+from galaxy.host.launcher import LaunchError, RunResult, compare_with_reference, run_local
 from rt_bundle_fixture import make_tiny_bundle
 
 pytestmark = pytest.mark.dist
@@ -52,8 +53,3 @@ def test_a_tampered_bundle_is_refused_by_the_rank_that_reads_it(tiny, tmp_path):
     with pytest.raises(LaunchError, match=r"rank 2 \(gamma\).*weights/rank_2\.safetensors"):
         run_local(copy, threads=1, timeout_s=30)
 
-
-def test_emulate_without_an_emulator_says_so(tiny, capsys, monkeypatch):
-    monkeypatch.setattr(launcher, "_emulator", lambda: None)
-    assert launcher.main([str(tiny), "--emulate"]) == launcher.EXIT_FAILED
-    assert "--emulate is not available yet" in capsys.readouterr().err

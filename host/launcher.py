@@ -8,7 +8,7 @@
 this machine. `--requests M` streams M requests (the input files in turn, default the
 example input) through the pipeline stages and reports requests/s.
 
-`run_ranks` is the mechanism both modes share: an emulator (runtime/emulate.py,
+`run_ranks` is the mechanism both modes share: an emulator (host/emulate.py,
 `--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
 its network namespace and cgroup, and per-rank environment (GLOO_SOCKET_IFNAME).
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import logging
 import os
@@ -37,9 +36,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from . import bundle
-from .entry import EXIT_PEER_FAILED
-from .errors import GalaxyRuntimeError, UsageError
+from galaxy.runtime import bundle
+from galaxy.runtime.entry import EXIT_PEER_FAILED
+from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,14 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
                  overall_timeout_s: float | None = None,
                  on_line: OnLine | None = None) -> RunResult:
     """Run every rank in an emulated device of its own: network namespace, shaped links, CPU
-    quota (runtime/emulate.py, docs/EMULATION.md). Needs root; raises EmulationUnavailable
+    quota (host/emulate.py, docs/EMULATION.md). Needs root; raises EmulationUnavailable
     (with the reason) when this machine cannot emulate.
 
     `cluster` is plan.json's cluster layout ({"devices": [{"name", "cpu_share"}],
     "default_link": {...}, "link_overrides": [...]}); default: the bundle's own. `threads`
     defaults per rank to its cpu_share rounded (at least 1).
     """
-    from .emulate import EmulatedCluster
+    from galaxy.host.emulate import EmulatedCluster
 
     document = bundle.load_plan(bundle_dir)
     cluster = cluster if cluster is not None else document.get("cluster")
@@ -342,25 +341,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 # --- command line --------------------------------------------------------------------------------
 
-def _emulator():
-    """runtime/emulate.py if it is there and provides EmulatedCluster, else None."""
-    if importlib.util.find_spec(f"{__package__}.emulate") is None:
-        return None
-    from . import emulate
-
-    return emulate if hasattr(emulate, "EmulatedCluster") else None
-
-
 def _run_emulated(bundle_dir: Path, cluster_json: str | None = None, **options) -> RunResult:
     """run_emulated; on a machine that cannot emulate, warn and run on loopback instead."""
-    emulate = _emulator()
-    if emulate is None:
-        raise UsageError("--emulate is not available yet (the network-namespace emulator, "
-                         "runtime/emulate.py, is not part of this runtime); use --local")
+    from galaxy.host.emulate import EmulationUnavailable
+
     cluster = _read_cluster_json(Path(cluster_json)) if cluster_json else None
     try:
         return run_emulated(bundle_dir, cluster=cluster, **options)
-    except emulate.EmulationUnavailable as exc:
+    except EmulationUnavailable as exc:
         log.warning("galaxy-run: WARNING: cannot emulate the cluster here (%s); running every "
                     "rank on loopback instead, so times are this machine's, not the cluster's",
                     exc)
