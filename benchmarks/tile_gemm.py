@@ -101,7 +101,29 @@ def table(rows: list[dict], repeat: int) -> str:
     for (model, width, n_rows, threads), items in groups.items():
         means = [statistics.mean(r["factor"] for r in items if r["tiles"] == t) for t in tile_counts[1:]]
         lines.append(f"| bert-{model} | {width} | {n_rows} | {threads} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+    lines += ["", "The same as GEMM speed by rows per tile (rows / tiles), relative to a 256-row GEMM, mean over the "
+              "four projections and both widths (the efficiency the cost model should apply to a GEMM of that many rows):",
+              "", "| model | threads | " + " | ".join(f"{n} rows" for n in _tile_rows(rows)) + " |",
+              "|---|---|" + "---|" * len(_tile_rows(rows))]
+    for model, threads in sorted({(r["model"], r["threads"]) for r in rows}):
+        lines.append(f"| bert-{model} | {threads} | " + " | ".join(
+            f"{_efficiency(rows, model, threads, n):.2f}" for n in _tile_rows(rows)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _tile_rows(rows: list[dict]) -> list[int]:
+    return sorted({r["rows"] // r["tiles"] for r in rows}, reverse=True)
+
+
+def _efficiency(rows: list[dict], model: str, threads: int, tile_rows: int) -> float:
+    """Mean over projections of GFLOP/s with tiles of `tile_rows` rows / GFLOP/s of 256 rows whole."""
+    def speed(r):  # GFLOP/s of the case as run (tiled or whole: the same FLOPs)
+        return r["gflop_per_s"]
+    base = {(r["width"], r["gemm"]): speed(r) for r in rows
+            if (r["model"], r["threads"], r["rows"], r["tiles"]) == (model, threads, max(x["rows"] for x in rows), 1)}
+    ratios = [speed(r) / base[r["width"], r["gemm"]] for r in rows
+              if (r["model"], r["threads"]) == (model, threads) and r["rows"] // r["tiles"] == tile_rows]
+    return statistics.mean(ratios)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -134,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = measure(args)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "results.md").write_text(table(rows, args.repeat))
-    plot(rows, args.out / "results.png")
+    write_report(rows, args)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def write_report(rows: list[dict], args) -> None:
+    (args.out / "results.md").write_text(table(rows, args.repeat))
+    plot(rows, args.out / "results.png")
 
 
 def _parse(argv):
