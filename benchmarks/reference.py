@@ -13,18 +13,25 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from benchmarks.emulated import run_processes
+from galaxy.compiler.ir.cluster import Cluster
 from galaxy.host.emulate import EmulatedCluster
+from galaxy.runtime.errors import GalaxyRuntimeError
 
 log = logging.getLogger("benchmarks")
 
 REFERENCE_SCRIPT = Path(os.environ.get("GALAXY_REFERENCE_HMP",
                                        Path(__file__).resolve().parents[2] / "shared" / "reference" / "hmp_ref.py"))
 SHAPES = ("tiny", "base", "large")  # the BERT sizes hmp_ref.py knows
+# variant -> (chunk overlap, wire dtype): the reference as measured in DESIGN.md, without its
+# overlap, and with fp16 activations on the wire
+REFERENCE_VARIANTS = {"reference": (True, "float32"), "reference-no-overlap": (False, "float32"),
+                      "reference-fp16": (True, "float16")}
 _RESULT = re.compile(r"median_s=(?P<median>[\d.]+) min_s=(?P<min>[\d.]+) max_err=(?P<err>\S+)")
 
 
@@ -67,6 +74,33 @@ def run_reference(script: Path, emulator: EmulatedCluster, args: Sequence[str],
         raise RuntimeError(f"reference rank 0 printed no result: {report.strip()[-300:]}")
     split = report[report.find("heads="):match.start()].strip()
     return ReferenceResult(float(match["median"]), float(match["min"]), float(match["err"]), split)
+
+
+def run_reference_variant(name: str, model: str, seq_len: int, cluster: Cluster, cpu_mode: str, args) -> dict:
+    """A benchmark row for reference variant `name` on every device of `cluster`: heads and
+    columns split by the devices' GFLOP/s, tokens evenly (as the reference was measured)."""
+    why_not = unavailable_reason(args.reference, model)
+    if why_not:
+        log.warning("%s: skipped: %s", name, why_not)
+        return {"error": f"skipped: {why_not}"}
+    overlap, wire = REFERENCE_VARIANTS[name]
+    started = time.perf_counter()
+    names = [d.name for d in cluster.devices]
+    try:
+        emulator = EmulatedCluster.from_cluster_json(cluster.to_json(), names, cpu_mode=cpu_mode,
+                                                     shared_nic=args.nic == "shared")
+    except GalaxyRuntimeError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    split = [d.flops_per_s for d in cluster.devices]
+    with emulator:
+        result = run_reference(args.reference, emulator, reference_args(
+            model.partition("-")[2], seq_len, split, [1.0] * len(split), overlap, wire, args.repeat), args.timeout * 4)
+    log.info("%-18s %s %s: median %.3f s, max error %.1e (%s)", name, cluster.name, cpu_mode, result.median_s,
+             result.max_abs_error, result.heads_columns_tokens)
+    return {"median_s": result.median_s, "min_s": result.min_s, "max_s": None, "runs": args.repeat,
+            "predicted_s": None, "max_abs_error": result.max_abs_error, "within_tolerance": None,
+            "used_devices": len(names), "stages": [len(names)], "tiles": [1], "wire_dtype": wire,
+            "split": result.heads_columns_tokens, "wall_s": time.perf_counter() - started}
 
 
 def _weights(values: Sequence[float]) -> str:
