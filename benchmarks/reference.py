@@ -99,7 +99,7 @@ def run_reference_variant(name: str, model: str, seq_len: int, cluster: Cluster,
              result.max_abs_error, result.heads_columns_tokens)
     return {"median_s": result.median_s, "min_s": result.min_s, "max_s": None, "runs": args.repeat,
             "predicted_s": None, "max_abs_error": result.max_abs_error, "within_tolerance": None,
-            "used_devices": len(names), "stages": [len(names)], "tiles": [1], "wire_dtype": wire,
+            "used_devices": len(names), "stages": [len(names)], "schedules": ["hmp_ref.py"], "wire_dtype": wire,
             "split": result.heads_columns_tokens, "wall_s": time.perf_counter() - started}
 
 

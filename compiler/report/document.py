@@ -1,8 +1,11 @@
 """Plan documents: a plan together with the model summary and cluster it was made for.
 
-    {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster}
+    {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster,
+     "expected_max_abs_error": {output: error}}
 
-is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. A bare
+is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. The
+expected error is there when the plan sends activations in less than float32
+(passes/wire_error.py measured it at compile time). A bare
 Plan JSON (hand-written, or saved before plans carried their model) is read too; it has no
 summary or cluster, so its memory per device and its re-predicted times are unknown.
 """
@@ -12,14 +15,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from galaxy.compiler.cost.table import WIRE_DTYPES, CostTable, build_cost_table
+from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import PlanFileError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 
 DOCUMENT_VERSION = 1
-WIRE_DTYPE_BYTES = {name: n for n, name in WIRE_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class PlanDocument:
     summary: ModelSummary | None = None
     cluster: Cluster | None = None
     path: str = ""  # where it was read from ("" if built in memory)
+    wire_error: dict[str, float] | None = None  # expected max abs error of each output (reduced wire dtype)
 
     @property
     def label(self) -> str:
@@ -38,7 +41,8 @@ class PlanDocument:
         if self.summary is None:
             raise ValueError("a plan document needs the model summary")
         return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(), "model": self.summary.to_json(),
-                **({"cluster": self.cluster.to_json()} if self.cluster else {})}
+                **({"cluster": self.cluster.to_json()} if self.cluster else {}),
+                **({"expected_max_abs_error": self.wire_error} if self.wire_error else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -50,7 +54,7 @@ class PlanDocument:
         """The cost table the plan was made from, or None for a bare plan."""
         if self.summary is None or self.cluster is None:
             return None
-        return build_cost_table(self.summary, self.cluster, WIRE_DTYPE_BYTES.get(self.plan.wire_dtype, 4))
+        return build_cost_table(self.summary, self.cluster, self.plan.wire_dtype)
 
 
 def document_from_json(data: dict, path: str = "") -> PlanDocument:
@@ -64,7 +68,7 @@ def document_from_json(data: dict, path: str = "") -> PlanDocument:
         cluster = Cluster.from_json(data["cluster"]) if data.get("cluster") else None
     except (KeyError, TypeError) as exc:
         raise PlanFileError(f"{path or 'plan document'}: malformed model or cluster: {exc}") from exc
-    return PlanDocument(_plan(data["plan"], path), summary, cluster, path)
+    return PlanDocument(_plan(data["plan"], path), summary, cluster, path, data.get("expected_max_abs_error"))
 
 
 def _plan(data: dict, path: str) -> Plan:

@@ -15,7 +15,7 @@ def show_plan(doc: PlanDocument) -> str:
              f"wire {plan.wire_dtype}, {len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''}, "
              f"{plan.world_size} of {len(doc.cluster.devices) if doc.cluster else '?'} devices",
              f"predicted latency {ms(plan.predicted_latency_s, ms_decimals(plan.predicted_latency_s))} ms "
-             "per forward", *throughput_lines(plan), ""]
+             "per forward", *throughput_lines(plan), *wire_lines(doc), ""]
     lines += share_lines(doc)
     lines += [""] + block_lines(plan)
     if plan.notes:
@@ -33,6 +33,17 @@ def throughput_lines(plan: Plan) -> list[str]:
             f"{len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''})"]
 
 
+def wire_lines(doc: PlanDocument) -> list[str]:
+    """Plans that send activations in less than float32: the error that costs, measured at compile time."""
+    if doc.plan.wire_dtype == "float32":
+        return []
+    if not doc.wire_error:
+        return [f"wire {doc.plan.wire_dtype}: expected error unknown (the plan was not compiled with its model)"]
+    errors = ", ".join(f"{name} {error:.2g}" for name, error in sorted(doc.wire_error.items()))
+    return [f"wire {doc.plan.wire_dtype}: expected max abs error {errors} (one single-process run rounding "
+            "activations where this plan's actions send them)"]
+
+
 def share_lines(doc: PlanDocument) -> list[str]:
     plan, costs = doc.plan, doc.cost_table()
     memory = plan_memory_bytes(plan, costs) if costs else {}
@@ -41,7 +52,8 @@ def share_lines(doc: PlanDocument) -> list[str]:
     for i, stage in enumerate(plan.stages):
         totals = _totals(stage)
         lines.append(f"stage {i}: layers {stage.first_layer}-{stage.end_layer - 1} ({len(stage.layers)}), "
-                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {stage.parallelism}")
+                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, {stage.parallelism}")
+        lines.append(f"  schedule: {stage.schedule}")
         rows = []
         for j, rank in enumerate(stage.ranks):
             name = plan.devices[rank]
@@ -59,10 +71,11 @@ def share_lines(doc: PlanDocument) -> list[str]:
 
 
 def _totals(stage: StageSplit) -> tuple[int, int, int, int]:
-    """The model's heads, KV heads, columns and tokens (sequence parallelism only: every rank holds all)."""
-    whole = sum if stage.tensor_parallel else max
-    return (whole(stage.heads_per_rank), whole(stage.kv_heads_per_rank), whole(stage.columns_per_rank),
-            sum(stage.tokens_per_rank))
+    """The model's heads, KV heads, columns and tokens (ranks that hold all of them list all)."""
+    weights = sum if stage.schedule.shards_weights else max
+    tokens = max if stage.schedule.layout == "whole" else sum
+    return (weights(stage.heads_per_rank), weights(stage.kv_heads_per_rank), weights(stage.columns_per_rank),
+            tokens(stage.tokens_per_rank))
 
 
 def _memory_cells(used: int | None, limit: int | None) -> list[str]:
