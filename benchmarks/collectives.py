@@ -8,8 +8,9 @@ cluster (CPU shares `SHARES[n]`, links at the bandwidth) and runs benchmarks/col
 in every device: the all-gather and reduce-scatter of BERT's hidden states (256 tokens split
 in proportion to the shares), plain and fused with the GEMM next to them (the QKV projection
 after the all-gather, the MLP's down projection before the reduce-scatter), by ring and direct,
-round-robin, each a burst of calls back to back. A case's time is the slowest rank's per call,
-median over rounds. Next to each, the
+round-robin, a barrier before each call; and a whole HMP layer (QKV, attention, out projection,
+MLP) with its four collectives plain, fused by ring, and fused direct, layers back to back. A
+case's time is the slowest rank's per call (per layer), median over rounds. Next to each, the
 alpha-beta prediction (alpha = 0; `link_time_s`). Writes results.{json,md,png} to --out.
 """
 from __future__ import annotations
@@ -55,7 +56,8 @@ def measure(cpu_mode: str, shared_nic: bool, devices: int, mbit: float, args) ->
     """Per case, per rank, seconds per round, from one emulated cluster."""
     shares = SHARES[devices]
     config = {"shares": shares, "seq_len": args.seq_len, "models": {m: BERT[m] for m in args.models.split(",")},
-              "repeat": args.repeat, "warmup": 1, "burst": args.burst, "threads": 1, "timeout_s": args.timeout}
+              "repeat": args.repeat, "warmup": 1, "calls": args.calls, "layers": args.layers, "threads": 1,
+              "timeout_s": args.timeout}
     bandwidth = mbit * 1e6 / 8
     emulator = EmulatedCluster(shares, bandwidth, names=[f"dev{k}" for k in range(devices)], cpu_mode=cpu_mode,
                                nic_bytes_per_s=bandwidth if shared_nic else None)
@@ -87,12 +89,14 @@ def table(rows: list[dict], repeat: int) -> str:
     """One line per cluster and model: each op by ring and direct, their ratio, and the link
     time predicted for each (alpha = 0)."""
     lines = [f"Milliseconds per collective, slowest rank, median of {repeat} rounds (all cases round-robin in one "
-             "emulated cluster per line); `pred` is the alpha-beta link time with alpha = 0; fused = the collective "
-             "with its GEMM (QKV after the all-gather, MLP down before the reduce-scatter), plain = the same "
-             "without overlap; `gemm` = that GEMM alone on the whole sequence (slowest rank).", ""]
+             "emulated cluster per line, a barrier before each call); `pred` is the alpha-beta link time with "
+             "alpha = 0; fused = the collective with its GEMM (QKV after the all-gather, MLP down before the "
+             "reduce-scatter), plain = the same without overlap; `gemm` = that GEMM alone on the whole sequence "
+             "(slowest rank); layer = milliseconds per HMP layer, layers back to back, its four collectives plain, "
+             "fused by ring or fused direct, and `compute` the same work with nothing sent.", ""]
     header = ("| cpu | nic | n | link | model | AG ring (pred) | AG direct (pred) | ring/direct "
               "| RS ring (pred) | RS direct (pred) | ring/direct | AG+QKV plain / ring / direct / gemm "
-              "| down+RS plain / ring / direct / gemm |")
+              "| down+RS plain / ring / direct / gemm | layer plain / ring / direct / compute |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     groups: dict[tuple, dict] = {}
     for r in rows:
@@ -113,7 +117,8 @@ def table(rows: list[dict], repeat: int) -> str:
                  for op, gemm in (("gather+qkv", "qkv_gemm"), ("down+scatter", "down_gemm"))]
         lines.append(f"| {cpu} | {nic} | {n} | {mbit:g} Mbit/s | bert-{model} | {ms('all_gather', 'ring', True)} "
                      f"| {ms('all_gather', 'direct', True)} | {ratio('all_gather')} | {ms('reduce_scatter', 'ring', True)} "
-                     f"| {ms('reduce_scatter', 'direct', True)} | {ratio('reduce_scatter')} | {fused[0]} | {fused[1]} |")
+                     f"| {ms('reduce_scatter', 'direct', True)} | {ratio('reduce_scatter')} | {fused[0]} | {fused[1]} "
+                     f"| {' / '.join(ms('layer', a) for a in ('plain', 'ring', 'direct', 'compute'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +184,8 @@ def _parse(argv):
     p.add_argument("--cpu-mode", default="quota,weight", help="emulator CPU modes (weight: 2 devices only here)")
     p.add_argument("--nic", default="per-pair,shared", help="per-pair rates, or one shared network card per device")
     p.add_argument("--repeat", type=int, default=7, help="rounds of every case (after a warmup round)")
-    p.add_argument("--burst", type=int, default=6, help="calls back to back per case and round")
+    p.add_argument("--calls", type=int, default=4, help="calls of a single collective per case and round")
+    p.add_argument("--layers", type=int, default=6, help="HMP layers back to back per case and round")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--timeout", type=float, default=60.0, help="per network wait, seconds")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "collectives")
