@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .collectives import check_split, with_tokens
-from .overlap import _token_dim
+from .overlap import _token_dim, linear_into
 from .p2p import Transfer, irecv, isend
 from .ring import Ring
 from .splits import offsets
@@ -153,10 +153,10 @@ def all_gather_linear_direct(x_local: torch.Tensor, weight: torch.Tensor, bias: 
     sends = _send_to_peers(own, ring, "all_gather_linear_direct") if sizes[me] else []
     out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes))[:-1] + [weight.shape[0]])
     if sizes[me]:
-        out.narrow(dim, starts[me], sizes[me]).copy_(F.linear(own.to(x_local.dtype), weight, bias))
+        linear_into(out.narrow(dim, starts[me], sizes[me]), own.to(x_local.dtype), weight, bias)
     for src, transfer in recvs.items():
         piece = transfer.wait().to(x_local.dtype)
-        out.narrow(dim, starts[src], sizes[src]).copy_(F.linear(piece, weight, bias))
+        linear_into(out.narrow(dim, starts[src], sizes[src]), piece, weight, bias)
     _wait_all(sends)
     return out
 

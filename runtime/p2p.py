@@ -8,12 +8,14 @@ receiver has posted the matching receive, so callers post receives before waitin
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from . import timing
 from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
 
@@ -30,12 +32,15 @@ class Transfer:
     ring: Ring
 
     def wait(self) -> torch.Tensor:
+        start = time.perf_counter() if timing.ENABLED else 0.0
         try:
             done = self.work.wait(timeout=timedelta(seconds=self.ring.timeout_s))
         except RuntimeError as exc:
             raise _translate(exc, self.verb, self.peer, self.what, self.ring) from exc
         if done is False:  # some torch versions report a timeout by returning False
             raise _timeout(self.verb, self.peer, self.what, self.ring)
+        if timing.ENABLED:
+            timing.record_wait(time.perf_counter() - start)
         return self.tensor
 
 
