@@ -15,7 +15,6 @@ alpha-beta prediction (alpha = 0; `link_time_s`). Writes results.{json,md,png} t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -23,6 +22,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.emulated import run_processes
+from benchmarks.output import finish, parser, save_figure, save_rows, start
 from galaxy.host.emulate import EmulatedCluster
 from galaxy.runtime.splits import split_sizes
 
@@ -147,16 +147,12 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("ring time / direct time (BERT-large)")
         ax.set_title(f"CPU by {cpu}, network card {nic}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("galaxy").setLevel(logging.WARNING)
-    args.out.mkdir(parents=True, exist_ok=True)
+    start(args.out)
     rows = []
     for cpu_mode in args.cpu_mode.split(","):
         for nic in args.nic.split(","):
@@ -168,16 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                     per_rank = measure(cpu_mode, nic == "shared", devices, mbit, args)
                     rows += summarise(per_rank, cpu_mode, nic == "shared", devices, mbit, args.seq_len)
                     log.info("%s, nic %s, %d devices, %g Mbit/s: done", cpu_mode, nic, devices, mbit)
-                    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "results.md").write_text(table(rows, args.repeat))
+                    save_rows(args.out, rows)
     plot(rows, args.out / "results.png")
-    print((args.out / "results.md").read_text())
-    return 0
+    return finish(args.out, rows, table(rows, args.repeat))
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.collectives", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("benchmarks.collectives", __doc__)
     p.add_argument("--devices", default="2,3,4", help="device counts (shares: two-uneven, four-uneven's first n)")
     p.add_argument("--bandwidths", default="100,500,1000", help="Mbit/s, every link")
     p.add_argument("--models", default="base,large", help="BERT sizes (hidden 768 / 1024)")

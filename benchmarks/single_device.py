@@ -13,9 +13,7 @@ model of the same round. Writes results.{json,md} to --out.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.output import finish, parser, save_rows, start
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import capture_model, write_plan_bundle
 from galaxy.compiler.planner import make_plan
@@ -111,7 +110,7 @@ def table(rows: list[dict], args) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     kind, size = args.model.split(":")
-    args.out.mkdir(parents=True, exist_ok=True)
+    start(args.out)
     captured, graph, summary = capture_model(str(REPO / "models" / f"{kind}.py"), size, None)
     cluster = load_cluster(REPO / "clusters" / "home-3.toml")
     rows = []
@@ -126,15 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                        "retained_s": bundle_process_s(bundle, threads, args.repeat, RETAIN_ENV)}
                 row["in_plain_s"], row["in_bundle_s"] = in_process_ratio(bundle, kind, size, threads, args.repeat)
                 rows.append(row)
-                (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "results.md").write_text(table(rows, args))
-    print((args.out / "results.md").read_text())
-    return 0
+                save_rows(args.out, rows)
+    return finish(args.out, rows, table(rows, args))
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.single_device", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("benchmarks.single_device", __doc__)
     p.add_argument("--model", default="bert:base", help="kind:size of models/<kind>.py")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=4)

@@ -12,8 +12,6 @@ model should multiply a tiled GEMM's time by. Writes results.{json,md,png} to --
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.output import finish, parser, save_figure, start
 from galaxy.runtime.splits import offsets, split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,29 +145,19 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"BERT-{model}, {threads} thread(s)")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    start(args.out)
     rows = measure(args)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    write_report(rows, args)
-    print((args.out / "results.md").read_text())
-    return 0
-
-
-def write_report(rows: list[dict], args) -> None:
-    (args.out / "results.md").write_text(table(rows, args.repeat))
     plot(rows, args.out / "results.png")
+    return finish(args.out, rows, table(rows, args.repeat))
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tile_gemm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("benchmarks.tile_gemm", __doc__)
     p.add_argument("--models", default="base,large")
     p.add_argument("--rows", default="256,128", help="tokens in the whole GEMM")
     p.add_argument("--tiles", default="1,2,4,8")

@@ -41,17 +41,17 @@ def arrival_order(sizes: Sequence[int], me: int) -> list[int]:
     return sorted((p for p in _peers(len(sizes), me) if sizes[p]), key=lambda p: sizes[p])
 
 
-def _receive_all(shape_of, sizes: Sequence[int], wire: torch.dtype, like: torch.Tensor, ring: Ring,
-                 what: str) -> dict[int, Transfer]:
-    """One receive per peer that has something for us, posted before anything is sent or waited."""
-    return {src: irecv(like.new_empty(shape_of(src), dtype=wire), ring.rank_at(src), ring, _TAG,
-                       f"{what} from ring position {src}")
-            for src in arrival_order(sizes, ring.index)}
-
-
-def _send_to_peers(piece: torch.Tensor, ring: Ring, what: str) -> list[Transfer]:
-    return [isend(piece, ring.rank_at(dst), ring, _TAG, f"{what} to ring position {dst}")
-            for dst in range(ring.size) if dst != ring.index]
+def _start_all_gather(x_local: torch.Tensor, sizes: Sequence[int], dim: int, wire: torch.dtype, ring: Ring,
+                      what: str) -> tuple[dict[int, Transfer], torch.Tensor, list[Transfer]]:
+    """Post a receive from every peer with tokens, then send this rank's chunk (rounded to the
+    wire dtype) to every peer. Returns (receives by ring position, the chunk as sent, sends)."""
+    recvs = {src: irecv(x_local.new_empty(with_tokens(x_local, dim, sizes[src]), dtype=wire), ring.rank_at(src),
+                        ring, _TAG, f"{what} from ring position {src}")
+             for src in arrival_order(sizes, ring.index)}
+    own = x_local.to(wire).contiguous()
+    sends = [isend(own, ring.rank_at(dst), ring, _TAG, f"{what} to ring position {dst}")
+             for dst in range(ring.size) if dst != ring.index] if sizes[ring.index] else []
+    return recvs, own, sends
 
 
 def _wait_all(transfers: Sequence[Transfer]) -> None:
@@ -77,12 +77,8 @@ def all_gather_direct(x_local: torch.Tensor, tokens_per_rank: Sequence[int], rin
     _check_local(x_local, dim, sizes[me], "all_gather_direct", ring)
     if ring.size == 1:
         return x_local.clone()
-    wire = wire_dtype or x_local.dtype
     starts = offsets(sizes)
-    recvs = _receive_all(lambda src: with_tokens(x_local, dim, sizes[src]), sizes, wire, x_local, ring,
-                         "all_gather_direct")
-    own = x_local.to(wire).contiguous()
-    sends = _send_to_peers(own, ring, "all_gather_direct") if sizes[me] else []
+    recvs, own, sends = _start_all_gather(x_local, sizes, dim, wire_dtype or x_local.dtype, ring, "all_gather_direct")
     out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes)))
     out.narrow(dim, starts[me], sizes[me]).copy_(own)
     for src, transfer in recvs.items():
@@ -96,7 +92,7 @@ def reduce_scatter_direct(x_partial: torch.Tensor, tokens_per_rank: Sequence[int
                           wire_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum the ranks' full-length partial tensors; each rank keeps its own tokens: `reduce_scatter`
     without a ring. Each peer's slice of this rank's partial goes straight to it, and this rank
-    adds the slices it receives for its own tokens (smallest sender chunk first)."""
+    adds the slices it receives for its own tokens (from the nearest peer after it on)."""
     sizes = check_split(tokens_per_rank, ring)
     me = ring.index
     _check_local(x_partial, dim, sum(sizes), "reduce_scatter_direct", ring)
@@ -104,10 +100,8 @@ def reduce_scatter_direct(x_partial: torch.Tensor, tokens_per_rank: Sequence[int
         return x_partial.clone()
     wire = wire_dtype or x_partial.dtype
     starts = offsets(sizes)
-    senders = _peers(ring.size, me) if sizes[me] else []
-    recvs = {src: irecv(x_partial.new_empty(with_tokens(x_partial, dim, sizes[me]), dtype=wire),
-                        ring.rank_at(src), ring, _TAG, f"reduce_scatter_direct from ring position {src}")
-             for src in senders}
+    recvs = _receive_own_tokens(x_partial, with_tokens(x_partial, dim, sizes[me]), sizes, wire, ring,
+                                "reduce_scatter_direct")
     sends = [isend(x_partial.narrow(dim, starts[dst], sizes[dst]).to(wire).contiguous(), ring.rank_at(dst),
                    ring, _TAG, f"reduce_scatter_direct to ring position {dst}")
              for dst in _largest_first(sizes, me)]
@@ -116,6 +110,14 @@ def reduce_scatter_direct(x_partial: torch.Tensor, tokens_per_rank: Sequence[int
         total += transfer.wait().to(total.dtype)
     _wait_all(sends)
     return total
+
+
+def _receive_own_tokens(like: torch.Tensor, shape: Sequence[int], sizes: Sequence[int], wire: torch.dtype,
+                        ring: Ring, what: str) -> dict[int, Transfer]:
+    """A receive from every peer of its partial sums of this rank's tokens (none if it has none)."""
+    senders = _peers(ring.size, ring.index) if sizes[ring.index] else []
+    return {src: irecv(like.new_empty(shape, dtype=wire), ring.rank_at(src), ring, _TAG, f"{what} from ring position {src}")
+            for src in senders}
 
 
 def _peers(n: int, me: int) -> list[int]:
@@ -145,12 +147,9 @@ def all_gather_linear_direct(x_local: torch.Tensor, weight: torch.Tensor, bias: 
     _check_local(x_local, dim, sizes[me], "all_gather_linear_direct", ring)
     if ring.size == 1:
         return F.linear(x_local, weight, bias)
-    wire = wire_dtype or x_local.dtype
     starts = offsets(sizes)
-    recvs = _receive_all(lambda src: with_tokens(x_local, dim, sizes[src]), sizes, wire, x_local, ring,
-                         "all_gather_linear_direct")
-    own = x_local.to(wire).contiguous()
-    sends = _send_to_peers(own, ring, "all_gather_linear_direct") if sizes[me] else []
+    recvs, own, sends = _start_all_gather(x_local, sizes, dim, wire_dtype or x_local.dtype, ring,
+                                          "all_gather_linear_direct")
     out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes))[:-1] + [weight.shape[0]])
     if sizes[me]:
         linear_into(out.narrow(dim, starts[me], sizes[me]), own.to(x_local.dtype), weight, bias)
@@ -183,10 +182,7 @@ def linear_reduce_scatter_direct(x_full: torch.Tensor, weight: torch.Tensor, tok
     wire = wire_dtype or x_full.dtype
     starts = offsets(sizes)
     own_shape = with_tokens(x_full, dim, sizes[me])[:-1] + [weight.shape[0]]
-    senders = _peers(ring.size, me) if sizes[me] else []
-    recvs = {src: irecv(x_full.new_empty(own_shape, dtype=wire), ring.rank_at(src), ring, _TAG,
-                        f"linear_reduce_scatter_direct from ring position {src}")
-             for src in senders}
+    recvs = _receive_own_tokens(x_full, own_shape, sizes, wire, ring, "linear_reduce_scatter_direct")
     sends = []
     for dst in _largest_first(sizes, me):
         partial = F.linear(x_full.narrow(dim, starts[dst], sizes[dst]), weight)
