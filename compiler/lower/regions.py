@@ -11,7 +11,7 @@ import torch.fx as fx
 from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, Region, TransformerGraph
 from galaxy.compiler.ir.program import FunctionCode
-from galaxy.compiler.lower.emit import emit_nodes
+from galaxy.compiler.lower.emit import emit
 
 
 def relative_weight_name(fqn: str) -> str:
@@ -61,21 +61,18 @@ class LayerNamer:
 
 def region_function(name: str, region: Region, nodes: dict[str, fx.Node], params: dict[str, str],
                     weight_ref, doc: str, prelude: tuple[str, ...] = (),
-                    variables: dict[str, str] | None = None) -> FunctionCode:
-    """A function computing `region`; `params` maps external node -> parameter name."""
+                    roles: dict[str, str] | None = None, hints: dict[str, str] | None = None) -> FunctionCode:
+    """A function computing `region`; `params` maps external node -> parameter name, `roles` names
+    the outputs (and any value inside), `hints` names values where still free."""
     names = dict(params)
     for ext in region.inputs:
         if ext not in names:
             names[ext] = weight_ref(ext)
-    body = emit_nodes([nodes[n] for n in region.nodes], names, variables)
-    returns = tuple(names[o] for o in region.outputs)
-    return FunctionCode(name, tuple(dict.fromkeys(params.values())), (*prelude, *body), returns, doc,
-                        tuple(n for n in region.nodes))
-
-
-def same_shape_names(region: Region, reference: Region) -> dict[str, str]:
-    """Rename the nodes of `region` to those of `reference`, position by position."""
-    return dict(zip(region.nodes, reference.nodes)) if len(region.nodes) == len(reference.nodes) else {}
+    code = emit([nodes[n] for n in region.nodes], names, region.outputs, roles, hints,
+                inline_single_output=len(region.outputs) == 1)
+    returns = tuple(code.values[o] for o in region.outputs)
+    return FunctionCode(name, tuple(dict.fromkeys(params.values())), (*prelude, *code.lines), returns, doc,
+                        code.sources)
 
 
 def check_layers_match(graph: TransformerGraph, build) -> None:
