@@ -40,6 +40,7 @@ VALUE_NAMES = {
     "div": "ratio", "neg": "negated", "cat": "joined", "where": "chosen", "eq": "same", "ne": "changed",
     "le": "before", "lt": "before", "ge": "after", "gt": "after", "new_ones": "ones", "arange": "index",
     "split": "parts", "getitem": "part", "silu": "act", "gelu": "act", "relu": "act", "tanh": "act",
+    "rsqrt": "inv_rms", "mean": "average",
 }
 _SAME_VALUE = {aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.clone.default,
                aten.contiguous.default}
