@@ -51,11 +51,17 @@ class AttentionBlock:
     kv_heads: int
     head_dim: int
     out: Projection  # output projection: row-split, summed by the reduce-scatter
+    # Elementwise ops with scalars between a projection and its split-heads view (OPT scales q
+    # there): [batch, seq, heads * head_dim] in and out, so they run on any subset of heads.
+    q_prepare: Region = Region((), (), ())
+    k_prepare: Region = Region((), (), ())
+    v_prepare: Region = Region((), (), ())
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return (*self.q.nodes, *self.k.nodes, *self.v.nodes, *self.q_transform.nodes,
-                *self.k_transform.nodes, *self.v_transform.nodes, self.sdpa, *self.out.nodes)
+        return (*self.q.nodes, *self.k.nodes, *self.v.nodes, *self.q_prepare.nodes, *self.k_prepare.nodes,
+                *self.v_prepare.nodes, *self.q_transform.nodes, *self.k_transform.nodes,
+                *self.v_transform.nodes, self.sdpa, *self.out.nodes)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class AttentionCode:
     is_causal: bool
     scale: float | None
     sources: tuple[str, ...]
+    prepares: tuple[FunctionCode, ...] = ()  # `<kind>_prepare`: rewrites q, k or v before the heads split
 
 
 @dataclass(frozen=True)

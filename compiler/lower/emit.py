@@ -5,7 +5,7 @@ are printed from the graph, so a model family nobody wrote a template for still 
 are printed the way a person writes them (torch_code.py prints each op):
 
     identities dropped    `to` the same dtype, `* 1.0`, `+ 0`, `expand` to the same shape,
-                          `alias`, eval-mode dropout, `_assert_*`
+                          `alias`, eval-mode dropout, `_assert_*`, flattening [batch, seq] rows
     single uses inlined   a value read once is written into its reader (while short)
     values named          by the caller's roles (`residual`, `mask`, `cos`), else by what computes
                           them (`rsqrt`, `mean`), never by fx node names, so identical layers print
@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 
 from galaxy.compiler.lower.torch_code import ATOM, Expr, expression
-from galaxy.compiler.passes.patterns import IGNORED, aten
+from galaxy.compiler.passes.patterns import IGNORED, aten, flattens_tokens
 
 LINE_WIDTH = 100  # generated lines aim to stay within this
 INLINE_MAX_CHARS = 60  # a value read once is written into its reader while at most this long
@@ -80,6 +80,8 @@ def identity_of(node: fx.Node) -> fx.Node | None:
         p = args[1] if len(args) > 1 else node.kwargs.get("p", 0.5)
         return args[0] if train is False or p == 0 else None
     source = args[0] if args and isinstance(args[0], fx.Node) else None
+    if source is not None and flattens_tokens(node):
+        return source  # the code keeps [batch, tokens, hidden], whatever a rank's tokens
     if source is None or not _same_tensor_type(node, source):
         return None
     if target in _CASTS or target in _SHAPE_OPS or target == aten.permute.default and list(args[1]) == sorted(args[1]):

@@ -40,7 +40,7 @@ class LayerCode:
         """The layer's verbatim functions (its transforms, connective blocks and MLP activation)."""
         namer = LayerNamer(self.graph, layer, self.captured.fqns)
         fns = list(self.transforms(layer).values())
-        fns = list({f.name: f for f in fns}.values())
+        fns = list({f.name: f for f in fns}.values()) + list(self.prepares(layer))
         fns.append(self._connective(
             "after_attention", layer.after_attention, namer, namer.attn_out, "attention.out.bias",
             layer.attention.out.bias, "The connective block after attention, copied from the graph, on the "
@@ -71,6 +71,19 @@ class LayerCode:
             for kind in kinds:
                 result[kind] = FunctionCode(name, fn.params, fn.body, fn.returns, doc, fn.sources)
         return result
+
+    def prepares(self, layer: Layer) -> tuple[FunctionCode, ...]:
+        """The scalar ops between each projection and its split-heads view, as code named after the
+        head kind it rewrites (`q`: returns the expression of the new q)."""
+        found = []
+        for kind in HEAD_KINDS:
+            region = getattr(layer.attention, f"{kind}_prepare")
+            if region.nodes:
+                code = emit([self.nodes[n] for n in region.nodes], {region.inputs[0]: kind}, region.outputs,
+                            inline_single_output=True)
+                found.append(FunctionCode(f"{kind}_prepare", (kind,), code.lines,
+                                          (code.values[region.outputs[0]],), "", code.sources))
+        return tuple(found)
 
     def _statics_read(self, region: Region) -> set[str]:
         return {self.static_roles[n] for n in region.inputs[1:] if n in self.static_roles}

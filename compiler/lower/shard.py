@@ -99,7 +99,8 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         k_transform=transforms["k"].name if "k" in transforms else None,
         v_transform=transforms["v"].name if "v" in transforms else None,
         mask=code.static_roles.get(att.mask), is_causal=att.is_causal, scale=att.scale,
-        sources=(att.q.output, att.k.output, att.v.output, att.sdpa, att.out.output))
+        sources=(att.q.output, att.k.output, att.v.output, att.sdpa, att.out.output),
+        prepares=tuple(fns[f"{kind}_prepare"] for kind in "qkv" if f"{kind}_prepare" in fns))
     activation = fns["mlp_activation"]
     mlp_code = MLPCode(
         columns=len(columns), first_column=columns.start, total_columns=mlp.intermediate,

@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import AttentionBlock, Projection, Region
-from galaxy.compiler.passes.patterns import LAYOUT_OPS, SDPA, VIEW_OPS, aten, shape
+from galaxy.compiler.passes.patterns import LAYOUT_OPS, POINTWISE, SDPA, VIEW_OPS, aten, shape
 
 _TRANSPOSES = {aten.transpose.int, aten.permute.default}
 
@@ -23,9 +23,9 @@ def recognise_attention(sdpa: fx.Node, layer: int, projections: dict[str, Projec
     mask = _arg(sdpa, 3, "attn_mask")
     if _arg(sdpa, 4, "dropout_p", 0.0) not in (0, 0.0):
         raise UntraceableModelError("attention dropout is on; put the model in eval mode", "sdpa", sdpa.name)
-    q, q_transform, _ = _heads_path(q_arg, projections, dynamic, sdpa)
-    k, k_transform, k_repeat = _heads_path(k_arg, projections, dynamic, sdpa)
-    v, v_transform, v_repeat = _heads_path(v_arg, projections, dynamic, sdpa)
+    q, q_prepare, q_transform, _ = _heads_path(q_arg, projections, dynamic, sdpa)
+    k, k_prepare, k_transform, k_repeat = _heads_path(k_arg, projections, dynamic, sdpa)
+    v, v_prepare, v_transform, v_repeat = _heads_path(v_arg, projections, dynamic, sdpa)
     if q.input != k.input or q.input != v.input:
         raise UntraceableModelError("q, k and v read different inputs (cross-attention is not supported)",
                                     "sdpa", sdpa.name)
@@ -40,6 +40,7 @@ def recognise_attention(sdpa: fx.Node, layer: int, projections: dict[str, Projec
         sdpa=sdpa.name, mask=mask.name if isinstance(mask, fx.Node) else None,
         is_causal=bool(_arg(sdpa, 5, "is_causal", False)), scale=_arg(sdpa, 6, "scale"),
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, out=out,
+        q_prepare=q_prepare, k_prepare=k_prepare, v_prepare=v_prepare,
     )
 
 
@@ -50,22 +51,37 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 
 
 def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[str],
-                sdpa: fx.Node) -> tuple[Projection, Region, int]:
-    """Walk back from an sdpa operand to its projection. Returns (projection, transform, repeat)."""
+                sdpa: fx.Node) -> tuple[Projection, Region, Region, int]:
+    """Walk back from an sdpa operand to its projection. Returns (projection, prepare, transform,
+    repeat): `prepare` the scalar elementwise ops between the projection and the split-heads view."""
     end, repeat = _strip_gqa_repeat(arg)
     split = _find_split_heads(end, dynamic)
     if split is None:
         raise UntraceableModelError("could not find the split-heads view/transpose of an sdpa operand",
                                     str(arg.target), arg.name)
     view = split.args[0]
-    proj = projections.get(view.args[0].name)
+    prepared = _scalar_ops_back(view.args[0])
+    start = prepared[0].args[0] if prepared else view.args[0]
+    proj = projections.get(start.name)
     if proj is None:
-        raise UntraceableModelError("an sdpa operand does not come from a linear projection",
-                                    str(view.args[0].target), view.args[0].name)
+        raise UntraceableModelError("an sdpa operand does not come from a linear projection (only "
+                                    "elementwise ops with scalars may sit between them)", str(start.target),
+                                    start.name)
+    prepare = Region(tuple(n.name for n in prepared), (start.name,), (prepared[-1].name,) if prepared else ())
     nodes = _between(split, end, dynamic)
     inputs = _external_inputs(nodes, exclude={split.name})
     transform = Region(tuple(n.name for n in nodes), (split.name, *inputs), (end.name,) if nodes else ())
-    return proj, transform, repeat
+    return proj, prepare, transform, repeat
+
+
+def _scalar_ops_back(node: fx.Node) -> list[fx.Node]:
+    """The chain of elementwise ops with scalar operands (x * 0.125) ending at `node`, in graph
+    order: they act on every column alike, so they commute with splitting the heads."""
+    chain = []
+    while node.target in POINTWISE and len(node.all_input_nodes) == 1 and len(node.users) == 1:
+        chain.append(node)
+        node = node.args[0]
+    return chain[::-1]
 
 
 def _strip_gqa_repeat(node: fx.Node) -> tuple[fx.Node, int]:
