@@ -81,9 +81,16 @@ class MLPBlock:
 class Layer:
     index: int
     attention: AttentionBlock
-    after_attention: Region  # connective: residual add, norm (token-local)
+    after_attention: Region  # connective: residual add, norm (token-local); empty in a parallel layer
     mlp: MLPBlock
     after_mlp: Region | None  # None for the last layer: its connective runs in the epilogue
+    # A parallel layer (GPT-J, NeoX, Phi): the MLP does not read the attention's output; the region
+    # after them reads `block_output`, the node adding the two outputs (passes/parallel.py).
+    block_output: str | None = None
+
+    @property
+    def parallel(self) -> bool:
+        return self.block_output is not None
 
 
 @dataclass(frozen=True)
