@@ -98,8 +98,8 @@ class RankProgram:
     mlp: MLPCode
     transforms: tuple[FunctionCode, ...]  # per-head transforms (q, k, v)
     prologue: FunctionCode
-    after_attention: FunctionCode
-    after_mlp: FunctionCode | None  # None for a one-layer model
+    after_attention: FunctionCode | None  # None in a parallel layer
+    after_mlp: FunctionCode | None  # None for a one-layer model; after_block in a parallel layer
     epilogue: FunctionCode | None  # rank 0 only
     layer_entries: tuple[str, ...]  # prologue values that enter layer 0, in layer-parameter order
     layer_entry_roles: tuple[str, ...]  # their names inside the layer loop (x, residual, ...)
@@ -111,3 +111,9 @@ class RankProgram:
     output_names: tuple[str, ...]
     weight_file: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # A parallel layer (attention and MLP side by side): what its block reads (x, or x and x_mlp).
+    block_inputs: tuple[str, ...] = ()
+
+    @property
+    def parallel(self) -> bool:
+        return bool(self.block_inputs)

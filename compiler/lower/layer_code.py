@@ -41,14 +41,21 @@ class LayerCode:
         namer = LayerNamer(self.graph, layer, self.captured.fqns)
         fns = list(self.transforms(layer).values())
         fns = list({f.name: f for f in fns}.values()) + list(self.prepares(layer))
-        fns.append(self._connective(
-            "after_attention", layer.after_attention, namer, namer.attn_out, "attention.out.bias",
-            layer.attention.out.bias, "The connective block after attention, copied from the graph, on the "
-            "tokens this rank holds."))
+        att, mlp = layer.attention, layer.mlp
+        if not layer.parallel:
+            fns.append(self._connective(
+                "after_attention", layer.after_attention, namer, namer.attn_out, {"attention.out.bias": att.out.bias},
+                "The connective block after attention, copied from the graph, on the tokens this rank holds."))
         if layer.after_mlp is not None and self.first.after_mlp is not None:
-            fn = self._connective(
-                "after_mlp", layer.after_mlp, namer, namer.mlp_out, "mlp.down.bias", layer.mlp.down.bias,
-                "The connective block after the MLP, copied from the graph: the next layer's inputs.")
+            if layer.parallel:
+                fn = self._connective(
+                    "after_block", layer.after_mlp, namer, layer.block_output,
+                    {"attention.out.bias": att.out.bias, "mlp.down.bias": mlp.down.bias},
+                    "The connective block after attention and MLP, copied from the graph: the next layer's inputs.")
+            else:
+                fn = self._connective(
+                    "after_mlp", layer.after_mlp, namer, namer.mlp_out, {"mlp.down.bias": mlp.down.bias},
+                    "The connective block after the MLP, copied from the graph: the next layer's inputs.")
             fns.append(self._in_next_layer_order(fn, layer))
         fns.append(self.activation(layer))
         return fns
@@ -93,13 +100,14 @@ class LayerCode:
         fn = region_function("transform", region, self.nodes, params, self.static_ref, "")
         return FunctionCode(fn.name, (param, "static"), fn.body, fn.returns, fn.doc, fn.sources)
 
-    def _connective(self, name: str, region: Region, namer: LayerNamer, tp_output: str, bias_key: str,
-                    bias: str | None, doc: str) -> FunctionCode:
+    def _connective(self, name: str, region: Region, namer: LayerNamer, tp_output: str,
+                    biases: dict[str, str | None], doc: str) -> FunctionCode:
         params = {n: namer.roles[n] for n in region.inputs if n in namer.roles}
         prelude = ()
-        if bias:
-            # The projection's bias must be added once, so it waits until the reduce-scatter.
-            prelude = (f'{namer.roles[tp_output]} = {namer.roles[tp_output]} + w["{bias_key}"]',)
+        added = " + ".join(f'w["{key}"]' for key, bias in biases.items() if bias)
+        if added:
+            # The projections' biases must be added once, so they wait until the reduce-scatter.
+            prelude = (f'{namer.roles[tp_output]} = {namer.roles[tp_output]} + {added}',)
         roles = dict(namer.roles)
         if region is namer.layer.after_mlp:
             roles.update(self._next_entry_roles(namer.layer))

@@ -32,21 +32,35 @@ class LayerNamer:
         self.attn_out = att.out.output
         self.mlp_out = mlp.down.output
         inside = set(layer.after_attention.nodes) | set(layer.after_mlp.nodes if layer.after_mlp else ())
-        inside |= {self.attn_out, self.mlp_out}
-        external = [att.input]
-        for region in (layer.after_attention, layer.after_mlp):
+        inside |= {self.attn_out, self.mlp_out} | ({layer.block_output} if layer.parallel else set())
+        external = [att.input] + ([mlp.input] if layer.parallel and mlp.input != att.input else [])
+        # The last layer's closing connective block runs in the epilogue, which may read the residual.
+        last = graph.epilogue if layer.index == len(graph.layers) - 1 else None
+        for region in (layer.after_attention, layer.after_mlp, last):
             for name in region.inputs if region else ():
-                if name not in inside and name not in fqns and name not in external:
+                static = name in graph.prologue.outputs and name not in graph.token_sliced
+                if name not in inside and name not in fqns and name not in external and not static:
                     external.append(name)
         if mlp.input not in inside and mlp.input not in external:
-            raise UntraceableModelError(f"layer {layer.index}: the MLP does not follow the attention "
-                                        "(parallel attention/MLP blocks are not supported yet)")
+            raise UntraceableModelError(f"layer {layer.index}: the MLP reads a value from before the layer that "
+                                        "its attention does not read", "", mlp.input)
         self.entries = tuple(external)
-        self.roles = {name: self._fresh("x" if i == 0 else "residual") for i, name in enumerate(external)}
+        self.roles: dict[str, str] = {}
+        for name in external:
+            role = "x" if name == att.input else "x_mlp" if name == mlp.input else "residual"
+            self.roles[name] = self._fresh(role)
         self.roles[self.attn_out] = "attn_out"
         self.roles[self.mlp_out] = "mlp_out"
+        if layer.parallel:
+            self.roles[layer.block_output] = "out"
         for name in layer.after_attention.outputs:
             self.roles.setdefault(name, self._fresh("hidden" if name == mlp.input else "residual"))
+
+    @property
+    def block_inputs(self) -> tuple[str, ...]:
+        """Names of what a parallel layer's block reads: x, or x and x_mlp."""
+        att, mlp = self.layer.attention, self.layer.mlp
+        return tuple(dict.fromkeys(self.roles[n] for n in (att.input, mlp.input)))
 
     def _fresh(self, base: str) -> str:
         taken = set(getattr(self, "roles", {}).values())

@@ -9,13 +9,13 @@ import torch
 import torch.fx as fx
 
 from galaxy.compiler.capture.trace import CapturedModel
-from galaxy.compiler.errors import UntraceableModelError
+from galaxy.compiler.errors import PlanFileError, UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, TransformerGraph
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram, StagePosition
 from galaxy.compiler.lower.layer_code import LayerCode
 from galaxy.compiler.lower.regions import LayerNamer, check_layers_match, relative_weight_name
-from galaxy.compiler.lower.weights import attention_weights, mlp_weights
+from galaxy.compiler.lower.weights import attention_weights, fuse_parallel, mlp_weights
 from galaxy.compiler.lower.emit import dict_literal, emit
 from galaxy.compiler.lower.fold import evaluate, input_free
 from galaxy.compiler.lower.roles import STATIC_PREFIX, graph_roles, static_roles, stream_shape
@@ -74,8 +74,15 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         last_leader=plan.stages[-1].ranks[0], input_source=plan.stages[0].ranks.index(0))
 
     weights: dict[str, torch.Tensor] = {}
+    fused_block = code.first.parallel and stage.schedule.shards_weights
+    fuse_inputs = fused_block and att.input == mlp.input
+    gather = stage.schedule.block("par").find("AG") if code.first.parallel else None
+    if gather is not None and gather.tiles > 1 and att.input != mlp.input:
+        raise PlanFileError(f"stage {stage_index}: {gather} tiles the all-gather of parallel blocks whose attention "
+                            "and MLP read different inputs (two GEMMs follow it, so no tile hides behind one); "
+                            "plan them with tiles 1")
     for layer in graph.layers[stage.first_layer:stage.end_layer]:
-        weights.update(_layer_weights(layer, captured, heads, kv_heads, columns))
+        weights.update(_layer_weights(layer, captured, heads, kv_heads, columns, fused_block, fuse_inputs))
 
     needed = set(layer_statics(graph))
     if rank == 0 or stage.schedule.enter.op == "REP":  # the ranks that compute the layer inputs
@@ -121,11 +128,13 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         query_row_statics=_query_row_statics(graph, code) if stage.schedule.block("attn").shape == "sequence" else (),
         attention=attention, mlp=mlp_code,
         transforms=tuple({f.name: f for f in transforms.values()}.values()),
-        prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
+        prologue=prologue, after_attention=fns.get("after_attention"),
+        after_mlp=fns.get("after_mlp") or fns.get("after_block"),
         epilogue=epilogue, layer_entries=tuple(code.static_roles[n] for n in namer.entries),
         layer_entry_roles=tuple(namer.roles[n] for n in namer.entries),
         entry_shapes=tuple(shape_of(n) for n in namer.entries),
         after_attention_outputs=tuple(namer.roles[o] for o in code.first.after_attention.outputs),
+        block_inputs=namer.block_inputs if code.first.parallel else (),
         mlp_input=namer.roles[code.first.mlp.input],
         epilogue_entries=epilogue_entries,
         epilogue_entry_shapes=tuple(shape_of(n) for n in graph.epilogue.inputs if n in last_namer.roles),
@@ -154,12 +163,15 @@ def _query_row_statics(graph: TransformerGraph, code: LayerCode) -> tuple[str, .
     return tuple(rows)
 
 
-def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range,
-                   columns: range) -> dict[str, torch.Tensor]:
-    """This rank's slices of one layer, keyed "layers.<i>.<name inside the layer>"."""
+def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range, columns: range,
+                   fused_block: bool, fuse_inputs: bool) -> dict[str, torch.Tensor]:
+    """This rank's slices of one layer, keyed "layers.<i>.<name inside the layer>" (a parallel
+    layer split by heads and columns: one block's weights, weights.fuse_parallel)."""
     tensors = captured.tensors
     shard = {**attention_weights(layer.attention, tensors, heads, kv_heads),
              **mlp_weights(layer.mlp, tensors, columns)}
+    if fused_block:
+        shard = fuse_parallel(shard, fuse_inputs)
     for region in (layer.after_attention, layer.after_mlp, layer.attention.q_transform,
                    layer.attention.k_transform, layer.attention.v_transform, layer.mlp.activation):
         for name in region.inputs if region else ():
@@ -231,10 +243,14 @@ def _epilogue(graph: TransformerGraph, captured: CapturedModel,
             names[name] = f'static["{code.static_roles[name]}"]'
         else:
             raise UntraceableModelError("the head reads a value it cannot get", "", name)
-    if last.mlp.down.bias:
-        key = captured.fqns[last.mlp.down.bias]
-        weights[key] = captured.tensors[last.mlp.down.bias]
-        prelude.append(f'mlp_out = mlp_out + weights["{key}"]')
+    # The output biases wait for the reduction: the MLP's (a parallel layer's block output: both).
+    summed = namer.roles[last.block_output] if last.parallel else "mlp_out"
+    biases = [b for b in ((last.attention.out.bias,) if last.parallel else ()) + (last.mlp.down.bias,) if b]
+    for bias in biases:
+        weights[captured.fqns[bias]] = captured.tensors[bias]
+    if biases:
+        added = " + ".join(f'weights["{captured.fqns[b]}"]' for b in biases)
+        prelude.append(f"{summed} = {summed} + {added}")
     params = tuple(dict.fromkeys(v for v in names.values() if not v.startswith(("weights[", "static["))))
     nodes = [code.nodes[n] for n in graph.epilogue.nodes]
     roles = {n: o for o, n in zip(graph.output_names, graph.output_nodes) if o.isidentifier()}

@@ -59,3 +59,18 @@ def mlp_weights(mlp: MLPBlock, tensors, columns: range) -> dict[str, torch.Tenso
     if mlp.down.bias:
         out["mlp.down.bias"] = tensors[mlp.down.bias]
     return out
+
+
+def fuse_parallel(shard: dict[str, torch.Tensor], fuse_inputs: bool) -> dict[str, torch.Tensor]:
+    """A parallel layer's slices as one block: `block.out.weight` takes the attention's and the MLP's
+    output columns side by side (one GEMM sums both partial outputs), and with `fuse_inputs` (both
+    read the same input) `block.in.weight` stacks their input rows (one GEMM, behind one gather)."""
+    out = dict(shard)
+    out["block.out.weight"] = torch.cat([out.pop("attention.out.weight"), out.pop("mlp.down.weight")], dim=1)
+    if fuse_inputs:
+        parts = [(out.pop("attention.qkv.weight"), out.pop("attention.qkv.bias", None)),
+                 (out.pop("mlp.in.weight"), out.pop("mlp.in.bias", None))]
+        out["block.in.weight"], bias = _fuse(parts)
+        if bias is not None:
+            out["block.in.bias"] = bias
+    return out
