@@ -24,6 +24,10 @@ class Projection:
     out_features: int  # of this projection (after the column range)
     column_offset: int = 0  # column range inside a fused weight
     nodes: tuple[str, ...] = ()  # every node the pattern covers
+    # Heads interleaved in a fused weight (GPT-NeoX: q, k, v of head 0, then of head 1...): head h
+    # of this projection is columns h * head_stride + column_offset + [0, head_width). 0: contiguous.
+    head_stride: int = 0
+    head_width: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,14 @@ template for the rank's own heads; the per-head transforms are kept verbatim as 
 """
 from __future__ import annotations
 
+import operator
+from dataclasses import replace
+
 import torch.fx as fx
 
 from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import AttentionBlock, Projection, Region
-from galaxy.compiler.passes.patterns import LAYOUT_OPS, POINTWISE, SDPA, VIEW_OPS, aten, shape
+from galaxy.compiler.passes.patterns import LAYOUT_OPS, POINTWISE, SDPA, SPLIT_OPS, VIEW_OPS, aten, shape
 
 _TRANSPOSES = {aten.transpose.int, aten.permute.default}
 
@@ -60,6 +63,10 @@ def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[s
         raise UntraceableModelError("could not find the split-heads view/transpose of an sdpa operand",
                                     str(arg.target), arg.name)
     view = split.args[0]
+    interleaved = _interleaved_piece(split, end, dynamic) if shape(view)[-1] != shape(sdpa)[-1] else None
+    if shape(view)[-1] != shape(sdpa)[-1] and interleaved is None:
+        raise UntraceableModelError("a split-heads view is wider than a head, but its heads are not cut "
+                                    "into q, k and v along the last dim", str(split.target), split.name)
     prepared = _scalar_ops_back(view.args[0])
     start = prepared[0].args[0] if prepared else view.args[0]
     proj = projections.get(start.name)
@@ -68,10 +75,53 @@ def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[s
                                     "elementwise ops with scalars may sit between them)", str(start.target),
                                     start.name)
     prepare = Region(tuple(n.name for n in prepared), (start.name,), (prepared[-1].name,) if prepared else ())
+    if interleaved is not None:  # GPT-NeoX: [q k v] of each head side by side in one projection
+        item, offset, width = interleaved
+        proj = replace(proj, output=item.name, column_offset=offset, out_features=shape(view)[2] * width,
+                       head_stride=shape(view)[-1], head_width=width,
+                       nodes=(*proj.nodes, view.name, split.name, item.args[0].name, item.name))
+        split = item
     nodes = _between(split, end, dynamic)
     inputs = _external_inputs(nodes, exclude={split.name})
     transform = Region(tuple(n.name for n in nodes), (split.name, *inputs), (end.name,) if nodes else ())
     return proj, prepare, transform, repeat
+
+
+def _interleaved_piece(split: fx.Node, end: fx.Node, dynamic: set[str]) -> tuple[fx.Node, int, int] | None:
+    """After a split-heads transpose of per-head [q k v] columns, the chunk of the last dim on the
+    way to `end`: (its getitem, column offset inside a head, width)."""
+    for user in split.users:
+        if user.target not in (aten.chunk.default, *SPLIT_OPS):
+            continue
+        dim = user.args[2] if len(user.args) > 2 else user.kwargs.get("dim", 0)
+        if dim not in (-1, 3):
+            continue
+        total = shape(split)[-1]
+        if user.target == aten.chunk.default:
+            sizes = split_sizes_of(total, -(-total // user.args[1]))
+        else:
+            sizes = split_sizes_of(total, user.args[1])
+        for item in user.users:
+            if item.target is operator.getitem and (item is end or item.name in _ancestors(end, dynamic)):
+                return item, sum(sizes[:item.args[1]]), sizes[item.args[1]]
+    return None
+
+
+def split_sizes_of(total: int, sizes: int | list[int]) -> list[int]:
+    """The piece widths of torch.split(x, sizes) along a dim of `total`."""
+    if isinstance(sizes, int):
+        return [min(sizes, total - i) for i in range(0, total, sizes)]
+    return list(sizes)
+
+
+def _ancestors(node: fx.Node, dynamic: set[str]) -> set[str]:
+    found, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current.name not in found:
+            found.add(current.name)
+            stack.extend(a for a in current.all_input_nodes if a.name in dynamic)
+    return found
 
 
 def _scalar_ops_back(node: fx.Node) -> list[fx.Node]:
