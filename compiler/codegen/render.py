@@ -106,7 +106,8 @@ def _constants(program: RankProgram) -> list[tuple[str, str, str]]:
         ("HEAD_DIM", str(program.attention.head_dim), ""),
         ("TOKENS_PER_RANK", str(list(program.tokens_per_rank)), "tokens of every rank, in ring order: the collectives need all"),
         ("MY_TOKENS", f"slice({tokens.start}, {tokens.stop})", ""),
-        ("QUERY_ROW_STATICS", str(list(program.query_row_statics)), "masks and position tables, one row per query"),
+        ("QUERY_ROW_STATICS", str(program.query_row_statics),
+         "masks and position tables, one row per query along this dim"),
     ]
 
 

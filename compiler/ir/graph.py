@@ -60,6 +60,8 @@ class AttentionBlock:
     q_prepare: Region = Region((), (), ())
     k_prepare: Region = Region((), (), ())
     v_prepare: Region = Region((), (), ())
+    # Head kinds whose transform reads the [B, S, H, D] view and transposes it itself (GPT-J).
+    seq_major: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ class AttentionCode:
     scale: float | None
     sources: tuple[str, ...]
     prepares: tuple[FunctionCode, ...] = ()  # `<kind>_prepare`: rewrites q, k or v before the heads split
+    seq_major: tuple[str, ...] = ()  # kinds whose transform reads [B, S, H, D] and transposes itself
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class RankProgram:
     tokens_per_rank: tuple[int, ...]
     schedule: StageSchedule  # the stage's actions: codegen emits one template macro per action
     head_receive: Action | None  # rank 0 of a pipeline: how the head's inputs come back
-    query_row_statics: tuple[str, ...]  # prologue values sliced to this rank's query rows (no TP)
+    query_row_statics: dict[str, int]  # prologue values sliced to this rank's query rows (no TP): their dim
     attention: AttentionCode
     mlp: MLPCode
     transforms: tuple[FunctionCode, ...]  # per-head transforms (q, k, v)

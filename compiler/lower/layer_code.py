@@ -73,8 +73,10 @@ class LayerCode:
             fn = shared[kinds[0]] if len(kinds) > 1 else self._transform(regions[kinds[0]], kinds[0])
             name = "rotary" if {"cos", "sin"} <= self._statics_read(regions[kinds[0]]) else f"{''.join(kinds)}_transform"
             what = " or ".join(kinds)
-            doc = (f"Rotary position embedding of {what} [batch, heads, tokens, head_dim] (cos and sin tables)."
-                   if name == "rotary" else f"Per-head transform of {what} [batch, heads, tokens, head_dim].")
+            layout = ("[batch, tokens, heads, head_dim] in, [batch, heads, tokens, head_dim] out"
+                      if kinds[0] in att.seq_major else "[batch, heads, tokens, head_dim]")
+            doc = (f"Rotary position embedding of {what} {layout} (cos and sin tables)."
+                   if name == "rotary" else f"Per-head transform of {what}, {layout}.")
             for kind in kinds:
                 result[kind] = FunctionCode(name, fn.params, fn.body, fn.returns, doc, fn.sources)
         return result

@@ -1,7 +1,8 @@
 """Names by role for the values generated code passes around, read from graph patterns.
 
     the SDPA mask input                       mask
-    a table a per-head transform reads        cos / sin (traced back to the op), else table
+    a table a per-head transform reads        cos / sin (traced back to the op, or by how RoPE uses
+                                              it: sin multiplies the rotated heads), else table
     an embedding lookup                       its weight's module (embed_tokens, wpe)
     an arange over the sequence               positions
     the hidden-stream values entering layer 0 their names inside the layer loop (x, residual)
@@ -59,6 +60,26 @@ def _table_role(node: fx.Node) -> str:
     return value_name(start) if start.op == "call_function" else "table"
 
 
+def _rotary_role(name: str, graph: TransformerGraph, nodes: dict[str, fx.Node]) -> str | None:
+    """cos or sin by how a transform uses the table: RoPE multiplies cos by the heads as they are and
+    sin by the heads rotated (a neg on the way), whatever computed the table (GPT-J reads a buffer)."""
+    att = graph.layers[0].attention
+    members = {n for kind in "qkv" for n in getattr(att, f"{kind}_transform").nodes}
+    for user in nodes[name].users:
+        if user.name in members and user.target == aten.mul.Tensor:
+            other = next((a for a in user.args if isinstance(a, fx.Node) and a.name != name), None)
+            stack, seen, rotated = [other] if other is not None else [], set(), False
+            while stack:
+                node = stack.pop()
+                if node.name in seen or node.name not in members:
+                    continue
+                seen.add(node.name)
+                rotated |= node.target == aten.neg.default
+                stack.extend(node.all_input_nodes)
+            return "sin" if rotated else "cos"
+    return None
+
+
 def static_roles(graph: TransformerGraph, nodes: dict[str, fx.Node],
                  entry_roles: dict[str, str]) -> dict[str, str]:
     """Prologue value -> its key in `static` (unique): mask, cos, sin, the layer entries' roles."""
@@ -68,6 +89,8 @@ def static_roles(graph: TransformerGraph, nodes: dict[str, fx.Node],
         if name in wanted:
             continue
         wanted[name] = "mask" if name == att.mask else _table_role(nodes[name])
+        if wanted[name] not in ("mask", "cos", "sin"):
+            wanted[name] = _rotary_role(name, graph, nodes) or wanted[name]
     roles: dict[str, str] = {}
     for name, role in wanted.items():
         unique, k = role, 2

@@ -107,7 +107,8 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         v_transform=transforms["v"].name if "v" in transforms else None,
         mask=code.static_roles.get(att.mask), is_causal=att.is_causal, scale=att.scale,
         sources=(att.q.output, att.k.output, att.v.output, att.sdpa, att.out.output),
-        prepares=tuple(fns[f"{kind}_prepare"] for kind in "qkv" if f"{kind}_prepare" in fns))
+        prepares=tuple(fns[f"{kind}_prepare"] for kind in "qkv" if f"{kind}_prepare" in fns),
+        seq_major=att.seq_major)
     activation = fns["mlp_activation"]
     mlp_code = MLPCode(
         columns=len(columns), first_column=columns.start, total_columns=mlp.intermediate,
@@ -125,7 +126,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
         tokens_per_rank=stage.tokens_per_rank, schedule=stage.schedule,
         head_receive=plan.head_receive if rank == 0 else None,
-        query_row_statics=_query_row_statics(graph, code) if stage.schedule.block("attn").shape == "sequence" else (),
+        query_row_statics=_query_row_statics(graph, code) if stage.schedule.block("attn").shape == "sequence" else {},
         attention=attention, mlp=mlp_code,
         transforms=tuple({f.name: f for f in transforms.values()}.values()),
         prologue=prologue, after_attention=fns.get("after_attention"),
@@ -144,23 +145,28 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     return LoweredRank(program, weights)
 
 
-def _query_row_statics(graph: TransformerGraph, code: LayerCode) -> tuple[str, ...]:
-    """Prologue values attention reads per query position (masks, rotary tables): a rank that runs
-    only its own queries keeps their rows, along dim -2 as in q's [batch, heads, seq, dim]."""
+def _query_row_statics(graph: TransformerGraph, code: LayerCode) -> dict[str, int]:
+    """Prologue values attention reads per query position (masks, rotary tables), each with the dim
+    of its query rows: a rank that runs only its own queries keeps those rows. Masks and tables
+    of [batch, heads, seq, dim] transforms have them at -2, those of [batch, seq, heads, dim]
+    transforms (GPT-J) at 1."""
     att = code.first.attention
-    names = [att.mask] if att.mask else []
-    for region in (att.q_transform, att.k_transform, att.v_transform):
-        names += [n for n in region.inputs[1:] if n in graph.prologue.outputs] if region.nodes else []
-    rows = []
-    for name in dict.fromkeys(names):
+    wanted = {att.mask: -2} if att.mask else {}
+    for kind in "qkv":
+        region = getattr(att, f"{kind}_transform")
+        for name in region.inputs[1:] if region.nodes else ():
+            if name in graph.prologue.outputs:
+                wanted.setdefault(name, 1 if kind in att.seq_major else -2)
+    rows = {}
+    for name, dim in wanted.items():
         shape = tuple(code.nodes[name].meta["val"].shape)
-        if len(shape) >= 2 and shape[-2] == graph.seq_len:
-            rows.append(code.static_roles[name])
-        elif len(shape) >= 2 and shape[-2] != 1:  # scalars, vectors and broadcast rows stay whole
+        if len(shape) >= 2 and shape[dim] == graph.seq_len:
+            rows[code.static_roles[name]] = dim
+        elif len(shape) >= 2 and shape[dim] != 1:  # scalars, vectors and broadcast rows stay whole
             raise UntraceableModelError(f"sequence parallelism only needs the query rows of {name} "
-                                        f"(shape {list(shape)}) along dim -2; plan it with tensor "
+                                        f"(shape {list(shape)}) along dim {dim}; plan it with tensor "
                                         "parallelism instead", "", name)
-    return tuple(rows)
+    return rows
 
 
 def _layer_weights(layer: Layer, captured: CapturedModel, heads: range, kv_heads: range, columns: range,

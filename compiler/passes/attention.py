@@ -1,7 +1,11 @@
 """Recognise attention blocks around each scaled_dot_product_attention.
 
-    x -> q/k/v projections -> view [B,S,H,D] -> transpose(1,2) -> per-head transform (RoPE...)
-      -> [GQA repeat: unsqueeze, expand, reshape] -> sdpa -> merge heads -> out projection
+    x -> q/k/v projections -> [ops with scalars] -> view [B,S,H,D] -> transpose(1,2)
+      -> per-head transform (RoPE...) -> [GQA repeat: unsqueeze, expand, reshape] -> sdpa
+      -> merge heads -> out projection
+
+A transform may also start before the transpose (GPT-J rotates [B,S,H,D]); a fused projection may
+hold q, k, v side by side (GPT-2) or interleaved head by head (GPT-NeoX).
 
 The split-heads and merge-heads reshapes and the GQA repeat are re-emitted by the attention
 template for the rank's own heads; the per-head transforms are kept verbatim as Regions.
@@ -26,9 +30,9 @@ def recognise_attention(sdpa: fx.Node, layer: int, projections: dict[str, Projec
     mask = _arg(sdpa, 3, "attn_mask")
     if _arg(sdpa, 4, "dropout_p", 0.0) not in (0, 0.0):
         raise UntraceableModelError("attention dropout is on; put the model in eval mode", "sdpa", sdpa.name)
-    q, q_prepare, q_transform, _ = _heads_path(q_arg, projections, dynamic, sdpa)
-    k, k_prepare, k_transform, k_repeat = _heads_path(k_arg, projections, dynamic, sdpa)
-    v, v_prepare, v_transform, v_repeat = _heads_path(v_arg, projections, dynamic, sdpa)
+    q, q_prepare, q_transform, _, q_seq_major = _heads_path(q_arg, projections, dynamic, sdpa)
+    k, k_prepare, k_transform, k_repeat, k_seq_major = _heads_path(k_arg, projections, dynamic, sdpa)
+    v, v_prepare, v_transform, v_repeat, v_seq_major = _heads_path(v_arg, projections, dynamic, sdpa)
     if q.input != k.input or q.input != v.input:
         raise UntraceableModelError("q, k and v read different inputs (cross-attention is not supported)",
                                     "sdpa", sdpa.name)
@@ -44,6 +48,7 @@ def recognise_attention(sdpa: fx.Node, layer: int, projections: dict[str, Projec
         is_causal=bool(_arg(sdpa, 5, "is_causal", False)), scale=_arg(sdpa, 6, "scale"),
         heads=heads, kv_heads=kv_heads, head_dim=head_dim, out=out,
         q_prepare=q_prepare, k_prepare=k_prepare, v_prepare=v_prepare,
+        seq_major=tuple(kind for kind, flag in zip("qkv", (q_seq_major, k_seq_major, v_seq_major)) if flag),
     )
 
 
@@ -54,15 +59,18 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 
 
 def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[str],
-                sdpa: fx.Node) -> tuple[Projection, Region, Region, int]:
+                sdpa: fx.Node) -> tuple[Projection, Region, Region, int, bool]:
     """Walk back from an sdpa operand to its projection. Returns (projection, prepare, transform,
-    repeat): `prepare` the scalar elementwise ops between the projection and the split-heads view."""
+    repeat, seq_major): `prepare` the scalar elementwise ops between the projection and the
+    split-heads view; `seq_major` when the transform reads the [B, S, H, D] view and transposes
+    itself (its region holds the transpose)."""
     end, repeat = _strip_gqa_repeat(arg)
     split = _find_split_heads(end, dynamic)
     if split is None:
         raise UntraceableModelError("could not find the split-heads view/transpose of an sdpa operand",
                                     str(arg.target), arg.name)
-    view = split.args[0]
+    seq_major = split.target in VIEW_OPS  # the transform starts before the transpose
+    view = split if seq_major else split.args[0]
     interleaved = _interleaved_piece(split, end, dynamic) if shape(view)[-1] != shape(sdpa)[-1] else None
     if shape(view)[-1] != shape(sdpa)[-1] and interleaved is None:
         raise UntraceableModelError("a split-heads view is wider than a head, but its heads are not cut "
@@ -84,7 +92,7 @@ def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[s
     nodes = _between(split, end, dynamic)
     inputs = _external_inputs(nodes, exclude={split.name})
     transform = Region(tuple(n.name for n in nodes), (split.name, *inputs), (end.name,) if nodes else ())
-    return proj, prepare, transform, repeat
+    return proj, prepare, transform, repeat, seq_major
 
 
 def _interleaved_piece(split: fx.Node, end: fx.Node, dynamic: set[str]) -> tuple[fx.Node, int, int] | None:
@@ -145,8 +153,9 @@ def _strip_gqa_repeat(node: fx.Node) -> tuple[fx.Node, int]:
 
 
 def _find_split_heads(end: fx.Node, dynamic: set[str]) -> fx.Node | None:
-    """Backward search over dynamic inputs for transpose(view(proj, [B,S,H,D]), 1, 2)."""
-    stack, seen = [end], set()
+    """Backward search over dynamic inputs for transpose(view(proj, [B,S,H,D]), 1, 2), else for the
+    view alone (GPT-J rotates q and k in [B,S,H,D] and transposes after)."""
+    stack, seen, view = [end], set(), None
     while stack:
         node = stack.pop()
         if node.name in seen:
@@ -154,8 +163,17 @@ def _find_split_heads(end: fx.Node, dynamic: set[str]) -> fx.Node | None:
         seen.add(node.name)
         if _is_split_heads(node):
             return node
+        if _is_heads_view(node):
+            view = node
+            continue  # its input is the projection: the search ends here
         stack.extend(a for a in node.all_input_nodes if a.name in dynamic)
-    return None
+    return view
+
+
+def _is_heads_view(node) -> bool:
+    """view(proj, [B, S, H, D]) of a [B, S, H * D] projection."""
+    return (isinstance(node, fx.Node) and node.target in VIEW_OPS and len(shape(node) or ()) == 4
+            and len(shape(node.args[0]) or ()) == 3)
 
 
 def _is_split_heads(node: fx.Node) -> bool:
@@ -163,9 +181,7 @@ def _is_split_heads(node: fx.Node) -> bool:
         return False
     dims = node.args[1:] if node.target == aten.transpose.int else tuple(node.args[1])
     swaps_1_2 = sorted(dims) == [1, 2] if len(dims) == 2 else list(dims) == [0, 2, 1, 3]
-    view = node.args[0]
-    return (swaps_1_2 and view.target in VIEW_OPS and len(shape(view) or ()) == 4
-            and len(shape(view.args[0]) or ()) == 3)
+    return swaps_1_2 and _is_heads_view(node.args[0])
 
 
 def _between(start: fx.Node, end: fx.Node, dynamic: set[str]) -> list[fx.Node]:

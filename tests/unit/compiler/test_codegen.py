@@ -88,7 +88,7 @@ def test_sequence_parallel_only_plans_gather_keys_and_values_once_per_layer(llam
     assert attention.count("all_gather(") == 1 and "torch.cat([k, v]" in attention
     assert "reduce_scatter" not in source and "all_gather" not in mlp
     # RoPE tables and the mask keep this rank's query rows; the whole-sequence values stay for the head.
-    assert "QUERY_ROW_STATICS = [" in source and "layer(w, x, residual, rows, ring)" in source
+    assert "QUERY_ROW_STATICS = {'mask': -2" in source and "layer(w, x, residual, rows, ring)" in source
     assert "sequence parallelism only" in source.split('"""')[1]
 
 
