@@ -71,6 +71,9 @@ def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[s
                                     str(arg.target), arg.name)
     seq_major = split.target in VIEW_OPS  # the transform starts before the transpose
     view = split if seq_major else split.args[0]
+    piece = None if seq_major else _heads_piece(view)
+    if piece is not None:
+        view = piece[0]
     interleaved = _interleaved_piece(split, end, dynamic) if shape(view)[-1] != shape(sdpa)[-1] else None
     if shape(view)[-1] != shape(sdpa)[-1] and interleaved is None:
         raise UntraceableModelError("a split-heads view is wider than a head, but its heads are not cut "
@@ -83,6 +86,12 @@ def _heads_path(arg: fx.Node, projections: dict[str, Projection], dynamic: set[s
                                     "elementwise ops with scalars may sit between them)", str(start.target),
                                     start.name)
     prepare = Region(tuple(n.name for n in prepared), (start.name,), (prepared[-1].name,) if prepared else ())
+    if piece is not None:  # Falcon: the heads of q, k and v one after the other in one projection
+        _, first, count = piece
+        width = shape(view)[-1]
+        item = split.args[0]
+        proj = replace(proj, output=item.name, column_offset=first * width, out_features=count * width,
+                       nodes=(*proj.nodes, view.name, item.args[0].name, item.name))
     if interleaved is not None:  # GPT-NeoX: [q k v] of each head side by side in one projection
         item, offset, width = interleaved
         proj = replace(proj, output=item.name, column_offset=offset, out_features=shape(view)[2] * width,
@@ -181,7 +190,20 @@ def _is_split_heads(node: fx.Node) -> bool:
         return False
     dims = node.args[1:] if node.target == aten.transpose.int else tuple(node.args[1])
     swaps_1_2 = sorted(dims) == [1, 2] if len(dims) == 2 else list(dims) == [0, 2, 1, 3]
-    return swaps_1_2 and _is_heads_view(node.args[0])
+    return swaps_1_2 and (_is_heads_view(node.args[0]) or _heads_piece(node.args[0]) is not None)
+
+
+def _heads_piece(node: fx.Node) -> tuple[fx.Node, int, int] | None:
+    """getitem(split(view(proj, [B, S, H, D]), sizes, dim=2), i): a fused projection cut by heads
+    (Falcon: q heads, then the k head, then the v head). Returns (view, first head, heads)."""
+    if node.target is not operator.getitem or node.args[0].target not in SPLIT_OPS:
+        return None
+    split = node.args[0]
+    dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+    if dim not in (2, -2) or not _is_heads_view(split.args[0]):
+        return None
+    sizes = split_sizes_of(shape(split.args[0])[2], split.args[1])
+    return split.args[0], sum(sizes[:node.args[1]]), sizes[node.args[1]]
 
 
 def _between(start: fx.Node, end: fx.Node, dynamic: set[str]) -> list[fx.Node]:
