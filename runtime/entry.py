@@ -2,12 +2,16 @@
 
     python rank_<k>.py --master HOST:PORT [--input IN [IN ...]] [--output OUT] [--timeout S]
                        [--requests M] [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
+                       [--token-file PATH]
 
 (or torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of --master).
+Every rank needs the cluster token (GALAXY_CLUSTER_TOKEN, or --token-file; runtime/auth.py).
 Steps: verify this rank's files against manifest.json, load plan and weights, join the
-gloo group, broadcast rank 0's inputs, then run `forward(inputs, weights, ctx)` under
-torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0 writes the
-outputs and reports latencies. Runtime errors end the process with one line on stderr.
+gloo group (proving the token), broadcast rank 0's inputs, then run `forward(inputs, weights,
+ctx)` under torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0
+writes the outputs and reports latencies. Runtime errors end the process with one line on
+stderr. A final barrier that fails once the work is done is a warning, not a failure: rank 0
+has already written complete outputs.
 
 With --requests M > 1 the M requests (the input files in turn) stream through the stages
 (runtime/stream.py): one barrier, then every rank runs its stream; rank 0 reports requests/s
@@ -23,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import statistics
 import sys
 import time
@@ -32,7 +37,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import bundle, rendezvous, timing
+from . import auth, bundle, rendezvous, timing
 from .collectives import broadcast_tensors
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
@@ -85,6 +90,8 @@ def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream:
     args = _parse_args(rank, argv)
     _setup_logging(rank, args.log_level)
     try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         return _run(rank, forward, stream or sequential(forward), args)
     except GalaxyRuntimeError as exc:
         message = " ".join(str(exc).split())
@@ -104,13 +111,10 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
     devices = tuple(plan["plan"]["devices"])
     world_size = len(devices)
     host, port = _master(rank, world_size, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    token = auth.load_token(args.token_file)
     weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
     log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
-    world = Ring(tuple(range(world_size)), rank, args.timeout, devices)
-    ctx = RankContext(rank, world_size, devices, args.timeout,
-                      tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
+    ctx = make_context(rank, plan, bundle_dir, args.timeout)
     packed = None
     if rank == 0:  # before joining, so a wrong input fails fast and alone
         example = bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS)
@@ -118,7 +122,9 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
         for inputs in files:
             check_inputs(inputs, example)
         packed = pack_requests(files, args.requests or len(files))
-    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
+    listener = socket.socket(fileno=args.master_fd) if args.master_fd is not None and rank == 0 else None
+    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices,
+                       token=token, plan_sha=auth.plan_digest(bundle_dir), listen_socket=listener)
     files, requests = unpack_requests(broadcast_tensors(packed, ctx.world()))  # rank 0's count rules
     if requests > 1:
         runs = _streamed_runs(forward, stream, [files[i % len(files)] for i in range(requests)], weights, ctx, args)
@@ -128,9 +134,21 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
         latencies, outputs = _timed_runs(forward, files[0], weights, ctx, args.warmup, args.repeat)
         if rank == 0:
             _report(outputs, latencies, args)
-    barrier(ctx.world(), "the final barrier")
+    try:
+        barrier(ctx.world(), "the final barrier")
+    except CollectiveError as exc:  # the work is done and rank 0's outputs are written
+        log.warning("rank %d (%s): the final barrier failed after the work was done (%s); the "
+                    "run's results stand", rank, devices[rank], " ".join(str(exc).split()))
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
+
+
+def make_context(rank: int, plan: dict, bundle_dir: Path, timeout_s: float) -> RankContext:
+    """The RankContext of `rank` in `plan` (plan.json as a dict)."""
+    devices = tuple(plan["plan"]["devices"])
+    world = Ring(tuple(range(len(devices))), rank, timeout_s, devices)
+    return RankContext(rank, len(devices), devices, timeout_s,
+                       tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
 
 
 def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor]) -> None:
@@ -250,6 +268,12 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
                                      description=f"Run rank {rank} of a Galaxy bundle.")
     parser.add_argument("--master", metavar="HOST:PORT",
                         help="rank 0's address and a free port (default: MASTER_ADDR/MASTER_PORT)")
+    parser.add_argument("--master-fd", type=_non_negative_int, metavar="FD",
+                        help="rank 0: serve the rendezvous on this inherited listening socket "
+                             "(the launcher binds and holds the port, so no other process takes it)")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help=f"read the cluster token from PATH ('-': one line of stdin; default: "
+                             f"${auth.TOKEN_ENV})")
     parser.add_argument("--input", metavar="IN.safetensors", nargs="+",
                         help="input tensors by name, one file per request (rank 0; default: "
                              "inputs/example.safetensors)")
