@@ -35,7 +35,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from galaxy.host.processes import OnLine, child_env, pump, start_rank, stop_processes, terminate_on_sigterm
+from galaxy.host.processes import (OnLine, child_env, last_words, pump, start_rank, stop_processes,
+                                  terminate_on_sigterm)
 from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
@@ -265,7 +266,7 @@ def _supervise(commands: list[list[str]], envs: list[dict], fds: list[list[int]]
             for reader in readers:
                 reader.join(timeout=2)
             raise LaunchError(f"rank {rank} ({devices[rank]}) failed with exit code {code}: "
-                              f"{_cause(tails[rank])}", rank)
+                              f"{last_words(tails[rank])}", rank)
     finally:
         stop_processes(procs)
         for reader in readers:
@@ -304,13 +305,6 @@ def _blame(procs, codes: list[int | None]) -> tuple[int, int]:
                      if rank not in dict(failures) and proc.poll() not in (None, 0)]
     own = [(rank, code) for rank, code in failures if code != EXIT_PEER_FAILED]
     return (own or failures)[0]
-
-
-def _cause(tail: collections.deque) -> str:
-    """The rank's own one-line error if it printed one, else its last output line."""
-    lines = [line for line in tail if line.strip()]
-    errors = [line for line in lines if line.startswith("galaxy rank") or "Error" in line]
-    return (errors or lines or ["(no output)"])[-1].strip()
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ def pump(proc: subprocess.Popen, rank: int, tail: collections.deque, on_line: On
         on_line(rank, line)
 
 
+def last_words(tail: collections.deque) -> str:
+    """A child's own one-line error if it printed one, else its last output line."""
+    lines = [line for line in tail if line.strip()]
+    errors = [line for line in lines if line.startswith("galaxy rank") or "Error" in line]
+    return (errors or lines or ["(no output)"])[-1].strip()
+
+
 def stop_processes(procs: Sequence[subprocess.Popen], grace_s: float = 3.0) -> None:
     """SIGTERM every live process group, SIGKILL those still there after `grace_s`; never raises."""
     alive = [proc for proc in procs if proc.poll() is None]

@@ -3,6 +3,7 @@
     python rank_<k>.py --master HOST:PORT [--input IN [IN ...]] [--output OUT] [--timeout S]
                        [--requests M] [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
                        [--token-file PATH]
+    python rank_<k>.py --serve HOST:PORT [--token-file PATH|-] [--timeout S] [--threads N]
 
 (or torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of --master).
 Every rank needs the cluster token (GALAXY_CLUSTER_TOKEN, or --token-file; runtime/auth.py).
@@ -12,6 +13,9 @@ ctx)` under torch.inference_mode() (warmup + repeat times, a barrier before each
 writes the outputs and reports latencies. Runtime errors end the process with one line on
 stderr. A final barrier that fails once the work is done is a warning, not a failure: rank 0
 has already written complete outputs.
+
+With --serve the rank stays up and answers requests from the coordinator of galaxy-serve at
+HOST:PORT (runtime/serving.py) until it is told to stop or loses the coordinator.
 
 With --requests M > 1 the M requests (the input files in turn) stream through the stages
 (runtime/stream.py): one barrier, then every rank runs its stream; rank 0 reports requests/s
@@ -37,7 +41,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import auth, bundle, rendezvous, timing
+from . import auth, bundle, rendezvous, serving, timing
 from .collectives import broadcast_tensors
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
@@ -92,6 +96,9 @@ def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.serve:
+            return serving.serve(rank, sys.modules[forward.__module__], args.serve, args.token_file,
+                                 args.timeout, args.connect_timeout or args.timeout)
         return _run(rank, forward, stream or sequential(forward), args)
     except GalaxyRuntimeError as exc:
         message = " ".join(str(exc).split())
@@ -151,10 +158,11 @@ def make_context(rank: int, plan: dict, bundle_dir: Path, timeout_s: float) -> R
                        tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
 
 
-def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor]) -> None:
+def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor],
+                 what: str = "the input file") -> None:
     """The generated code is specialised to the example inputs' names, shapes and dtypes."""
     if set(inputs) != set(example):
-        raise UsageError(f"the input file has tensors {sorted(inputs)}; this bundle takes {sorted(example)}")
+        raise UsageError(f"{what} has tensors {sorted(inputs)}; this bundle takes {sorted(example)}")
     for name, tensor in example.items():
         got = inputs[name]
         if got.shape != tensor.shape or got.dtype != tensor.dtype:
@@ -271,6 +279,8 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--master-fd", type=_non_negative_int, metavar="FD",
                         help="rank 0: serve the rendezvous on this inherited listening socket "
                              "(the launcher binds and holds the port, so no other process takes it)")
+    parser.add_argument("--serve", metavar="HOST:PORT",
+                        help="stay up and serve requests from the galaxy-serve coordinator at HOST:PORT")
     parser.add_argument("--token-file", metavar="PATH",
                         help=f"read the cluster token from PATH ('-': one line of stdin; default: "
                              f"${auth.TOKEN_ENV})")

@@ -12,6 +12,7 @@ of gloo's message, which changes between versions.
 """
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,14 @@ from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
 
 _TIMED_OUT = 0.95  # a failed wait that lasted this fraction of the timeout is the timeout firing
+_sent_bytes: collections.Counter = collections.Counter()  # peer rank -> bytes posted since take_sent_bytes()
+
+
+def take_sent_bytes() -> dict[int, int]:
+    """Bytes this rank posted to each peer since the last call (the serving metrics' bytes per link)."""
+    sent = dict(_sent_bytes)
+    _sent_bytes.clear()
+    return sent
 
 
 @dataclass
@@ -55,6 +64,7 @@ def isend(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> T
         work = dist.isend(tensor, dst=peer, tag=tag)
     except RuntimeError as exc:
         raise _translate(exc, "send to", peer, what, ring) from exc
+    _sent_bytes[peer] += tensor.numel() * tensor.element_size()
     return Transfer(work, tensor, peer, "send to", what, ring)
 
 
