@@ -65,7 +65,8 @@ class Channel:
     def __init__(self, sock: socket.socket, peer: str):
         self.sock, self.peer = sock, peer
         self._send_lock = threading.Lock()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # small frames go out at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def send(self, kind: str, header: Mapping | None = None,
              tensors: Mapping[str, torch.Tensor] | None = None, timeout_s: float | None = None) -> None:

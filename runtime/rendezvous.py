@@ -175,14 +175,14 @@ def _join(store, rank, world_size, deadline, check: _TokenCheck, who, timeout_s,
         if size != world_size:
             raise RendezvousError(f"{who(rank)} expects {world_size} ranks but rank 0 expects {size}; "
                                   "all devices must run modules from the same bundle")
+        own_nonce = auth.new_nonce()
+        store.set(f"galaxy/joined/{rank}", json.dumps({  # posted first, so rank 0 names us too
+            "device": who(rank), "plan": check.plan_sha, "world_size": world_size, "nonce": own_nonce,
+            "proof": check.prove("rank", challenge, rank)}))
         if check.token is not None and their_plan != check.plan_sha:
             raise auth.AuthenticationError(
                 f"{who(rank)} runs plan {check.plan_sha[:12]} but rank 0 at {master_addr}:{master_port} "
                 f"runs plan {their_plan[:12]} (another bundle): deploy the same bundle to every device", rank)
-        own_nonce = auth.new_nonce()
-        store.set(f"galaxy/joined/{rank}", json.dumps({
-            "device": who(rank), "plan": check.plan_sha, "world_size": world_size, "nonce": own_nonce,
-            "proof": check.prove("rank", challenge, rank)}))
         verdict = _wait_verdict(store, deadline + _VERDICT_GRACE_S)
     except (RuntimeError, OSError) as exc:  # the master went away mid-rendezvous
         raise RendezvousTimeout(
