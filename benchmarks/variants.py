@@ -12,7 +12,7 @@ from galaxy.compiler.cost.table import build_cost_table
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.planner import make_plan, plan_from_table
+from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 
 
@@ -23,24 +23,19 @@ class Variant:
     make: Callable[[ModelSummary, Cluster], Plan]
 
 
-def _megatron(summary: ModelSummary, cluster: Cluster) -> Plan:
-    plan = plan_from_table(build_cost_table(summary, cluster), solver="even")
-    stages = tuple(replace(s, sequence_parallel=False, tiles=1) for s in plan.stages)
-    return replace(plan, stages=stages, solver="megatron")
-
-
 def _edgepipe(summary: ModelSummary, cluster: Cluster) -> Plan:
     """EdgePipe as published: one device per stage (the planner's own DP also tries device groups)."""
     return pipeline_dp_plan(build_cost_table(summary, cluster), max_group_devices=1)
 
 
 def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
-    return replace(make_plan(summary, cluster, wire_dtype_bytes=2), wire_dtype="float16")
+    return make_plan(summary, cluster, wire_dtype="float16")
 
 
 VARIANTS = {v.name: v for v in (
     Variant("local", "fastest device alone", lambda s, c: make_plan(s, c, solver="single")),
-    Variant("megatron", "even TP, all-reduce, replicated connective, no overlap", _megatron),
+    Variant("megatron", "even TP, all-reduce, replicated connective, no overlap",
+            lambda s, c: make_plan(s, c, solver="megatron")),
     Variant("proportional", "simple uneven HMP: shares in proportion to GFLOP/s, no overlap",
             lambda s, c: make_plan(s, c, solver="proportional")),
     Variant("sequence", "sequence parallelism only: every weight everywhere, keys/values all-gathered",

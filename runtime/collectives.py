@@ -9,7 +9,7 @@ input (no communication, no wire cast). Results never alias inputs, so callers m
 them in place.
 
 `wire_dtype` (e.g. torch.float16) casts what travels, never the result's dtype. For
-all_gather and gather_tokens the local piece is rounded through `wire_dtype` too, so every
+all_gather and gather_hidden the local piece is rounded through `wire_dtype` too, so every
 rank sees the same gathered tensor.
 
 Each ring function has a slow, obviously correct twin (`*_naive`) that tests compare with.
@@ -132,55 +132,64 @@ def reduce_scatter(x_partial: torch.Tensor, tokens_per_rank: Sequence[int], ring
     return result
 
 
-@timed("gather_tokens")
-def gather_tokens(x_local: torch.Tensor, tokens_per_rank: Sequence[int], ring: Ring, dst: int = 0,
-                  dim: int = 1, wire_dtype: torch.dtype | None = None) -> torch.Tensor | None:
-    """All tokens on ring position `dst` (direct sends to it); None on every other rank."""
-    sizes = check_split(tokens_per_rank, ring)
-    _expect(x_local, dim, sizes[ring.index], "gather_tokens", ring)
-    if ring.size == 1:
-        return x_local.clone()
-    if not 0 <= dst < ring.size:
-        raise ValueError(f"gather_tokens: dst {dst} is not a ring position 0..{ring.size - 1}")
-    me, wire, root = ring.index, wire_dtype or x_local.dtype, ring.rank_at(dst)
-    if me != dst:
-        if sizes[me]:
-            send(x_local.to(wire), root, ring, f"gather_tokens to {ring.describe(root)}")
-        return None
-    starts = offsets(sizes)
-    out = x_local.new_empty(with_tokens(x_local, dim, sum(sizes)))
-    recvs = {src: irecv(x_local.new_empty(with_tokens(x_local, dim, sizes[src]), dtype=wire),
-                        ring.rank_at(src), ring, 0, "gather_tokens")
-             for src in range(ring.size) if src != me and sizes[src]}
-    out.narrow(dim, starts[me], sizes[me]).copy_(x_local.to(wire))
-    for src, transfer in recvs.items():
-        out.narrow(dim, starts[src], sizes[src]).copy_(transfer.wait())
-    return out
-
-
-@timed("scatter_tokens")
-def scatter_tokens(x_full: torch.Tensor | None, tokens_per_rank: Sequence[int], ring: Ring,
-                   shape: Sequence[int], src: int = 0, dim: int = 1,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Each rank's own tokens of the tensor that ring position `src` holds whole (direct sends).
-
-    The inverse of gather_tokens. `shape` is the whole tensor's shape: the other ranks need it
-    to receive, since only `src` has `x_full`."""
+@timed("scatter_hidden")
+def scatter_hidden(tensors: Sequence[torch.Tensor] | None, tokens_per_rank: Sequence[int], ring: Ring,
+                   shapes: Sequence[Sequence[int]], src: int = 0, dim: int = 1,
+                   dtype: torch.dtype = torch.float32, wire_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """Each rank's own tokens of every tensor ring position `src` holds whole (the layer inputs, on
+    rank 0 only: the others pass None). Every send and receive is posted at once; what travels
+    is cast to `wire_dtype` and back, and the source rounds its own tokens the same way."""
     sizes = check_split(tokens_per_rank, ring)
     starts = offsets(sizes)
     me, root = ring.index, ring.rank_at(src)
     if me == src:
-        sends = [isend(x_full.narrow(dim, starts[dst], sizes[dst]).contiguous(), ring.rank_at(dst), ring, 0,
-                       "scatter_tokens") for dst in range(ring.size) if dst != me and sizes[dst]]
+        if tensors is None or len(tensors) != len(shapes):
+            raise ValueError(f"scatter_hidden on the source rank needs {len(shapes)} tensors")
+        wired = [t.to(wire_dtype or t.dtype) for t in tensors]
+        sends = [isend(t.narrow(dim, starts[dst], sizes[dst]).contiguous(), ring.rank_at(dst), ring, i,
+                       f"scatter of the layer inputs [{i}]")
+                 for i, t in enumerate(wired) for dst in range(ring.size) if dst != me and sizes[dst]]
         for transfer in sends:
             transfer.wait()
-        return x_full.narrow(dim, starts[me], sizes[me]).clone()
-    local_shape = list(shape)
-    local_shape[dim] = sizes[me]
-    out = torch.empty(local_shape, dtype=dtype)
-    if sizes[me]:
-        recv(out, root, ring, f"scatter_tokens from {ring.describe(root)}")
-    return out
+        return [t.narrow(dim, starts[me], sizes[me]).to(dtype, copy=True) for t in wired]
+    outs = [torch.empty(with_tokens(torch.empty(shape, device="meta"), dim, sizes[me]), dtype=wire_dtype or dtype)
+            for shape in shapes]
+    pending = [irecv(out, root, ring, i, f"scatter of the layer inputs from {ring.describe(root)} [{i}]")
+               for i, out in enumerate(outs) if sizes[me]]
+    for transfer in pending:
+        transfer.wait()
+    return [out.to(dtype) for out in outs]
+
+
+@timed("gather_hidden")
+def gather_hidden(tensors: Sequence[torch.Tensor], tokens_per_rank: Sequence[int], ring: Ring, dst: int = 0,
+                  dim: int = 1, wire_dtype: torch.dtype | None = None) -> list[torch.Tensor | None]:
+    """Every tensor whole on ring position `dst` (each rank sends its tokens straight to it, all at
+    once); the other ranks get None for each."""
+    sizes = check_split(tokens_per_rank, ring)
+    for t in tensors:
+        _expect(t, dim, sizes[ring.index], "gather_hidden", ring)
+    if not 0 <= dst < ring.size:
+        raise ValueError(f"gather_hidden: dst {dst} is not a ring position 0..{ring.size - 1}")
+    if ring.size == 1:
+        return [t.clone() for t in tensors]
+    me, root = ring.index, ring.rank_at(dst)
+    if me != dst:
+        sends = [isend(t.to(wire_dtype or t.dtype).contiguous(), root, ring, i, f"gather of the head inputs [{i}]")
+                 for i, t in enumerate(tensors) if sizes[me]]
+        for transfer in sends:
+            transfer.wait()
+        return [None] * len(tensors)
+    starts = offsets(sizes)
+    outs = [t.new_empty(with_tokens(t, dim, sum(sizes))) for t in tensors]
+    recvs = [(i, src, irecv(t.new_empty(with_tokens(t, dim, sizes[src]), dtype=wire_dtype or t.dtype),
+                            ring.rank_at(src), ring, i, f"gather of the head inputs [{i}]"))
+             for i, t in enumerate(tensors) for src in range(ring.size) if src != me and sizes[src]]
+    for i, t in enumerate(tensors):
+        outs[i].narrow(dim, starts[me], sizes[me]).copy_(t.to(wire_dtype or t.dtype))
+    for i, src, transfer in recvs:
+        outs[i].narrow(dim, starts[src], sizes[src]).copy_(transfer.wait())
+    return outs
 
 
 def broadcast_tensors(tensors: Mapping[str, torch.Tensor] | None, ring: Ring,
@@ -266,14 +275,16 @@ def reduce_scatter_naive(x_partial: torch.Tensor, tokens_per_rank: Sequence[int]
 
 
 @timed("all_reduce")
-def all_reduce(x: torch.Tensor, ring: Ring) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, ring: Ring, wire_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum `x` over the ring's ranks with gloo's own all-reduce (Megatron-style plans, whose
     connective blocks are replicated). The ring must span every rank: gloo's default group.
-    Reduces in place (x is a GEMM's fresh output, so copying it would only cost time)."""
+    Reduces in place (x is a GEMM's fresh output, so copying it would only cost time); with
+    `wire_dtype` the sum travels and accumulates in that dtype."""
     out = x.contiguous()
     if ring.size == 1:
         return out
     if ring.size != dist.get_world_size():
         raise ValueError("all_reduce needs a ring of every rank (a one-stage plan)")
-    work = dist.all_reduce(out, async_op=True)
-    return Transfer(work, out, ring.next_rank, "all-reduce with", "all_reduce", ring).wait()
+    wire = out if wire_dtype is None else out.to(wire_dtype)
+    work = dist.all_reduce(wire, async_op=True)
+    return Transfer(work, wire, ring.next_rank, "all-reduce with", "all_reduce", ring).wait().to(x.dtype)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .collectives import gather_tokens
+from .collectives import gather_hidden
 from .p2p import Transfer, irecv, isend
 from .ring import Ring
 
@@ -33,21 +33,23 @@ class Handoff:
         self._in_flight: list[Transfer] = []
 
     def send(self, tensors: Sequence[torch.Tensor | None], tokens_per_rank: Sequence[int], ring: Ring,
-             destinations: Sequence[int], what: str) -> None:
-        """Gather each tensor on this stage's leader, which posts it whole to every destination rank."""
-        whole = [gather_tokens(t, tokens_per_rank, ring, dst=0) for t in tensors]
+             destinations: Sequence[int], what: str, wire_dtype: torch.dtype | None = None) -> None:
+        """Gather the tensors on this stage's leader, which posts each whole to every destination rank
+        (in `wire_dtype`, if given)."""
+        whole = gather_hidden(tensors, tokens_per_rank, ring, dst=0, wire_dtype=wire_dtype)
         if ring.index != 0:
             return
         self.flush()  # the previous request's hand-off: its buffers are free once these complete
-        self._in_flight = [isend(tensor.contiguous(), dst, self.world, _TAG + i, f"{what} [{i}]")
+        self._in_flight = [isend(tensor.to(wire_dtype or tensor.dtype).contiguous(), dst, self.world, _TAG + i,
+                                 f"{what} [{i}]")
                            for dst in destinations for i, tensor in enumerate(whole)]
 
     def receive(self, shapes: Sequence[Sequence[int]], source: int, what: str,
-                dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-        """Whole tensors of the given shapes from `source` (another stage's leader)."""
-        pending = [irecv(torch.empty(tuple(shape), dtype=dtype), source, self.world, _TAG + i, f"{what} [{i}]")
-                   for i, shape in enumerate(shapes)]
-        return [transfer.wait() for transfer in pending]
+                dtype: torch.dtype = torch.float32, wire_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Whole tensors of the given shapes from `source` (another stage's leader), as `dtype`."""
+        pending = [irecv(torch.empty(tuple(shape), dtype=wire_dtype or dtype), source, self.world, _TAG + i,
+                         f"{what} [{i}]") for i, shape in enumerate(shapes)]
+        return [transfer.wait().to(dtype) for transfer in pending]
 
     def flush(self) -> None:
         """Wait until every posted send has been received."""

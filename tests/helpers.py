@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
+from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.pipeline import capture_model, write_plan_bundle
 from galaxy.runtime.splits import split_sizes
@@ -21,22 +22,23 @@ def captured_tiny(kind: str, seq_len: int | None = None):
 
 
 def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_weights, tiles: int = 1,
-                wire_dtype: str = "float32", sequence_parallel: bool = True) -> Plan:
-    """A hand-written plan: shares proportional to the given per-rank weights (0 allowed).
-    heads_weights=None (with columns_weights=None): sequence parallelism only."""
+                wire_dtype: str = "float32", shape: str = "hybrid") -> Plan:
+    """A hand-written one-stage plan: shares proportional to the given per-rank weights (0 allowed),
+    blocks run as `shape` (ir/schedule.py: hybrid, tensor or sequence). heads_weights=None (with
+    columns_weights=None): sequence parallelism only."""
     n = len(tokens_weights)
     group = summary.heads // summary.kv_heads
-    tensor_parallel = heads_weights is not None
-    kv = split_sizes(summary.kv_heads, heads_weights) if tensor_parallel else [summary.kv_heads] * n
-    columns = split_sizes(summary.intermediate, columns_weights) if tensor_parallel else [summary.intermediate] * n
+    shape = "sequence" if heads_weights is None else shape
+    kv = split_sizes(summary.kv_heads, heads_weights) if shape != "sequence" else [summary.kv_heads] * n
+    columns = split_sizes(summary.intermediate, columns_weights) if shape != "sequence" else [summary.intermediate] * n
+    tokens = split_sizes(summary.seq_len, tokens_weights) if shape != "tensor" else [summary.seq_len] * n
     stage = StageSplit(
         ranks=tuple(range(n)), first_layer=0, end_layer=summary.n_layers,
         heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
-        columns_per_rank=tuple(columns),
-        tokens_per_rank=tuple(split_sizes(summary.seq_len, tokens_weights)), tiles=tiles,
-        sequence_parallel=sequence_parallel, tensor_parallel=tensor_parallel)
+        columns_per_rank=tuple(columns), tokens_per_rank=tuple(tokens),
+        schedule=stage_schedule(n, shape=shape, tiles=tiles, wire=wire_dtype))
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(n)),
-                stages=(stage,), solver="manual", wire_dtype=wire_dtype)
+                stages=(stage,), solver="manual")
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
                   summary.n_layers)
     return plan
@@ -46,7 +48,8 @@ def build_bundle(out_dir, captured, graph, summary, plan: Plan, source: str = "t
     return write_plan_bundle(out_dir, plan, summary, graph, captured, source)
 
 
-def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], tiles: int = 1) -> Plan:
+def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], tiles: int = 1,
+                  wire_dtype: str = "float32") -> Plan:
     """Stages of (layer count, per-rank weights): each stage splits its layers like manual_plan."""
     group = summary.heads // summary.kv_heads
     splits, first, next_rank = [], 0, 0
@@ -57,7 +60,9 @@ def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], 
             ranks=ranks, first_layer=first, end_layer=first + n_layers,
             heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
             columns_per_rank=tuple(split_sizes(summary.intermediate, weights)),
-            tokens_per_rank=tuple(split_sizes(summary.seq_len, weights)), tiles=tiles))
+            tokens_per_rank=tuple(split_sizes(summary.seq_len, weights)),
+            schedule=stage_schedule(len(weights), tiles=tiles, wire=wire_dtype, first=first == 0,
+                                    last=first + n_layers == summary.n_layers)))
         first, next_rank = first + n_layers, next_rank + len(weights)
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(next_rank)),
                 stages=tuple(splits), solver="manual")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch
 import torch.nn.functional as F
 
-from galaxy_runtime.collectives import all_gather, gather_tokens, reduce_scatter
+from galaxy_runtime.collectives import all_gather, gather_hidden, reduce_scatter
 from galaxy_runtime.entry import run_rank
 from galaxy_runtime.overlap import all_gather_linear, linear_reduce_scatter
 
@@ -52,7 +52,7 @@ def forward(inputs, weights, ctx):
     hidden = torch.relu(all_gather_linear(y_local, weights["w1"], weights["b1"], TOKENS_PER_RANK,
                                           ring, tiles=TILES))
     z_local = linear_reduce_scatter(hidden, weights["w2"], TOKENS_PER_RANK, ring, tiles=TILES)
-    y = gather_tokens(z_local + weights["b2"], TOKENS_PER_RANK, ring)
+    (y,) = gather_hidden([z_local + weights["b2"]], TOKENS_PER_RANK, ring)
     return {{"y": y}} if y is not None else None
 
 

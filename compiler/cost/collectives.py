@@ -58,7 +58,14 @@ def collective_cpu_s(table: "CostTable", device: int, ring_size: int, token_byte
     return table.comm_cpu_s_per_byte[device] * moved
 
 
-def gather_link_s(table: "CostTable", dst: int, senders: Sequence[tuple[int, int]]) -> float:
-    """Link time to send each (device, tokens) in `senders` to `dst`, one after another."""
-    return sum(table.alpha_s[d][dst] + table.beta_s_per_byte[d][dst] * x * table.token_wire_bytes
-               for d, x in senders if d != dst)
+def gather_link_s(table: "CostTable", root: int, peers: Sequence[tuple[int, int]], token_bytes: float | None = None,
+                  outward: bool = False) -> float:
+    """Link time to move each (device, tokens) in `peers` to `root` (or from it, `outward`), one
+    after another (`token_bytes`: bytes per token if not one token of the hidden stream)."""
+    per_token = token_bytes or table.token_wire_bytes
+
+    def link(d: int) -> tuple[float, float]:
+        a, b = (root, d) if outward else (d, root)
+        return table.alpha_s[a][b], table.beta_s_per_byte[a][b]
+
+    return sum(link(d)[0] + link(d)[1] * x * per_token for d, x in peers if d != root)

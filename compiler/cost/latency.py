@@ -1,67 +1,55 @@
-"""predict(plan, table): the latency model, the one definition the ILP linearises.
+"""predict(plan, table): the latency model, one walk over each stage's schedule.
 
-Legend (one stage, ring of n ranks r in ring order; d(r) is the device of rank r):
-    G[r], C[r], x[r]  KV groups, MLP columns, tokens of rank r;  m = max_r x[r];  t tiles
-    a, a_in, a_out    attention seconds per group (all, QKV projections, output projection)
-    c, c_in, c_out    MLP seconds per column (all, up/gate, down)
+The walk follows what a rank runs (ir/schedule.py): the stage's enter action, each layer's blocks
+with the actions at their borders, the stage's exit action; the head at the end. Every action is
+charged by the one cost function of its kind (cost/actions.py), so the sequence of actions
+charged is the sequence the generated modules call. The ILP (planner/ilp.py) and the pipeline
+DP (planner/pipeline_dp.py) linearise this model and check their objective against it.
+
+Legend (one stage, n ranks r in ring order; d(r) is the device of rank r):
+    G[r], C[r], x[r]  KV groups, MLP columns, tokens rank r holds;  S tokens;  L layers of the stage
+    a, c              attention seconds per KV group, MLP seconds per column (whole sequence)
     k_con             connective seconds per token;  P, E prologue, epilogue seconds
-    kappa             comm CPU seconds per byte;  b token wire bytes;  S tokens;  L layers
-    ring(t)           link time of one AllGather or ReduceScatter in t tiles (cost/collectives.py)
-    exposed(t, G)     its link time not hidden behind G seconds of GEMM (cost/overlap.py):
-                      ring(1) for t = 1; max(0, ring(t) + G/(n t) - G, ring(t)/((n-1) t) - G/n) else
 
-Per layer of a stage (each block waits for its slowest rank; a rank's CPU also does its
-communication work, so that CPU time adds to its compute):
+Compute of a block on rank r (a rank of a block with an all-gather, or a Megatron-style all-reduce,
+works on every token of its heads or columns; otherwise on its own x[r] of the S tokens):
 
-    cpu[r]   = 2 collectives x kappa[d] 2 (n - 1)/n S b                   (0 when n = 1)
-    att      = max_r (G[r] a[d] + cpu[r]) + exposed(t, min_r G[r] a_in[d]) + exposed(t, min_r G[r] a_out[d])
-    con      = max_r  x[r] k_con[d]
-    mlp      = max_r (C[r] c[d] + cpu[r]) + exposed(t, min_r C[r] c_in[d]) + exposed(t, min_r C[r] c_out[d])
-    layer    = att + con + mlp
+    attention = G[r] a[d] q[r]        q[r] = 1 if the block gathers tokens or holds them all, else x[r] / S
+    mlp       = C[r] c[d] q[r]
+    connective = x[r] k_con[d]        (both connective blocks of a layer)
 
-Sequence parallelism only (tensor_parallel false: every rank holds every weight and runs whole
-layers on its x[r] tokens; attention all-gathers keys and values, 2 / g hidden-stream bytes a token):
+A block's seconds are max over ranks (compute + the CPU its actions spend moving bytes) + link
+time of its actions - the part hidden behind GEMMs. Per forward:
 
-    att      = max_r (x[r] / S Gtot a[d] + kappa[d] 2 (n - 1)/n S b 2/g) + ring(1) at 2 b / g a token
-    mlp      = max_r  x[r] / S Ctot c[d]
-
-Once per forward:
-
-    prologue = max over ranks of stage 0 of P[d]                           (replicated, whole sequence)
-    transfer = h_in (max over links (i in stage s-1, j in stage s) alpha + beta S b,  plus max_j kappa[j] S b)
-               before each later stage s (pipelines: stages run one after another for one request)
-    epilogue = E[d(0)] + h_out (kappa[d(0)] (S - x[0]) b + sum_{r != 0 in last stage} alpha[r][0] + beta[r][0] x[r] b)
-    h_in, h_out  hidden-stream tensors a hand-off moves and the head reads (ModelSummary; 2 for GPT-2
-                 and Llama: the residual travels beside the normed stream). Not charged: the gather
-                 to a stage's leader before a hand-off, and rank 0's scatter of the embeddings.
-    latency  = prologue + sum_s (transfer_s + L_s layer_s) + epilogue
-
-Each term is one `BlockTime`; a block's seconds are max(compute_s_per_rank) + comm_s - hidden_s
-(comm_s = link time of all its collectives, hidden_s = the part overlap hides), and
-latency = sum of block seconds, times the stage's layer count for per-layer blocks.
+    prologue  = max over stage 0 of P[d] (+ its enter action: SCATTER or REP)
+    transfer  = the RECV of each later stage
+    layers    = L_s (attention + connective + mlp) per stage
+    handoff   = the stage's exit action (GATHER to rank 0, or SEND to the next stage's leader)
+    epilogue  = E[d(0)] (+ in a pipeline, receiving the head's inputs from the last stage's leader)
+    latency   = sum of them (a request crosses the stages one after another)
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from galaxy.compiler.cost.collectives import collective_cpu_s, gather_link_s, ring_collective_s
-from galaxy.compiler.cost.overlap import exposed_s, projection_exposed_s
+from galaxy.compiler.cost.actions import Charge, Site, charge, total
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.plan import BlockTime, Plan, StageSplit
+from galaxy.compiler.ir.schedule import Action, BlockSchedule
 
 
 def predict(plan: Plan, table: CostTable) -> tuple[float, tuple[BlockTime, ...]]:
     """Predicted latency of one forward and its per-block times."""
     blocks: list[BlockTime] = []
-    prev_ring: list[int] = []
+    previous: tuple[int, ...] = ()
     for i, stage in enumerate(plan.stages):
-        ring = [table.index(plan.devices[r]) for r in stage.ranks]
-        if i == 0:
-            blocks.append(BlockTime(0, "prologue", tuple(table.prologue_s[d] for d in ring), per_layer=False))
-        else:
-            blocks.append(_transfer(table, i, prev_ring, ring, stage.tokens_per_rank))
-        blocks.extend(_layer_blocks(table, i, stage, ring))
-        prev_ring = ring
+        ring = tuple(table.index(plan.devices[r]) for r in stage.ranks)
+        blocks.append(enter_block(table, i, stage, ring, previous))
+        blocks.extend(layer_blocks(table, i, stage, ring))
+        if stage.schedule.exit is not None:
+            site = Site(table, ring, stage.tokens_per_rank)
+            blocks.append(_block(i, "handoff", [0.0] * len(ring), [(stage.schedule.exit, site)], per_layer=False))
+        previous = ring
     blocks.append(_epilogue(plan, table))
     return total_latency_s(plan, blocks), tuple(blocks)
 
@@ -75,83 +63,95 @@ def total_latency_s(plan: Plan, blocks: Sequence[BlockTime]) -> float:
 
 
 def stage_layer_s(table: CostTable, stage: StageSplit, ring: Sequence[int]) -> float:
-    """Seconds of one layer of `stage` over the devices `ring` (att + con + mlp above)."""
-    return sum(block_s(b) for b in _layer_blocks(table, 0, stage, list(ring)))
+    """Seconds of one layer of `stage` over the devices `ring` (attention + connective + mlp)."""
+    return sum(block_s(b) for b in layer_blocks(table, 0, stage, tuple(ring)))
 
 
-def transfer_s(table: CostTable, src: Sequence[int], dst: Sequence[int], tokens: Sequence[int]) -> float:
-    """Seconds of the hand-off from the stage on `src` to the stage on `dst` (its tokens per rank)."""
-    return block_s(_transfer(table, 0, list(src), list(dst), tokens))
+def enter_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ...],
+                previous: tuple[int, ...]) -> BlockTime:
+    """The prologue and the stage's enter action (stage 0), or the RECV from the stage before."""
+    action = stage.schedule.enter
+    if i == 0:
+        compute = [table.prologue_s[d] for d in ring]
+        return _block(0, "prologue", compute, [(action, Site(table, ring, stage.tokens_per_rank))], per_layer=False)
+    site = Site(table, ring, stage.tokens_per_rank, sender=previous[0])
+    return _block(i, "transfer", [0.0] * len(ring), [(action, site)], per_layer=False)
 
 
-def epilogue_s(table: CostTable, head: int, senders: Sequence[tuple[int, int]], own_tokens: int) -> float:
-    """Seconds of the head on device `head`: its inputs come from `senders` (device, tokens), `own_tokens`
-    are already there."""
-    cpu, link = _head_return(table, head, senders, own_tokens)
-    return table.epilogue_s[head] + cpu + link
-
-
-def _layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
-    if not stage.tensor_parallel:
-        return _sequence_parallel_blocks(table, i, stage, ring)
-    n, x, t = len(ring), stage.tokens_per_rank, stage.tiles
-    ring_s = ring_collective_s(table, ring, max(x), t)
-    cpu = tuple(2 * collective_cpu_s(table, d, n) for d in ring)
-
-    def tp_block(name: str, work: Sequence[int], per: tuple[float, ...], per_in: tuple[float, ...],
-                 per_out: tuple[float, ...]) -> BlockTime:
-        exposed = (exposed_s(ring_s, t, min(w * per_in[d] for w, d in zip(work, ring)), n)
-                   + exposed_s(ring_s, t, min(w * per_out[d] for w, d in zip(work, ring)), n))
-        compute = tuple(w * per[d] + c for w, d, c in zip(work, ring, cpu))
-        return BlockTime(i, name, compute, comm_s=2 * ring_s, hidden_s=2 * ring_s - exposed,
-                         comm_cpu_s_per_rank=cpu)
-
+def layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ...]) -> list[BlockTime]:
+    """Attention, connective, MLP of one layer of stage `i`."""
+    x = stage.tokens_per_rank
+    attention = stage.schedule.block("attn")
+    mlp = stage.schedule.block("mlp")
     return [
-        tp_block("attention", stage.kv_heads_per_rank, table.attention_s_per_group,
-                 table.attention_in_s_per_group, table.attention_out_s_per_group),
-        BlockTime(i, "connective", tuple(xj * table.connective_s_per_token[d] for xj, d in zip(x, ring))),
-        tp_block("mlp", stage.columns_per_rank, table.mlp_s_per_column,
-                 table.mlp_in_s_per_column, table.mlp_out_s_per_column),
+        _tp_block(table, i, "attention", attention, ring, x, stage.kv_heads_per_rank,
+                  table.attention_s_per_group, table.attention_in_s_per_group, table.attention_out_s_per_group),
+        _block(i, "connective", [xj * table.connective_s_per_token[d] for xj, d in zip(x, ring)], []),
+        _tp_block(table, i, "mlp", mlp, ring, x, stage.columns_per_rank,
+                  table.mlp_s_per_column, table.mlp_in_s_per_column, table.mlp_out_s_per_column),
     ]
 
 
-def _sequence_parallel_blocks(table: CostTable, i: int, stage: StageSplit, ring: list[int]) -> list[BlockTime]:
-    x, share, t = stage.tokens_per_rank, [xj / table.tokens for xj in stage.tokens_per_rank], stage.tiles
-    kv_bytes = 2 * table.token_wire_bytes / table.heads_per_group  # one token's keys and values
-    gather_s = ring_collective_s(table, ring, max(x), t, token_bytes=kv_bytes)
-    projection_s = min(f * table.kv_groups * table.attention_in_s_per_group[d] for f, d in zip(share, ring))
-    exposed = projection_exposed_s(gather_s, t, projection_s, len(ring))
-    cpu = tuple(collective_cpu_s(table, d, len(ring), token_bytes=kv_bytes) for d in ring)
-    attention = tuple(f * table.kv_groups * table.attention_s_per_group[d] + c for f, d, c in zip(share, ring, cpu))
-    return [
-        BlockTime(i, "attention", attention, comm_s=gather_s, hidden_s=gather_s - exposed, comm_cpu_s_per_rank=cpu),
-        BlockTime(i, "connective", tuple(xj * table.connective_s_per_token[d] for xj, d in zip(x, ring))),
-        BlockTime(i, "mlp", tuple(f * table.columns * table.mlp_s_per_column[d] for f, d in zip(share, ring))),
-    ]
+def _tp_block(table: CostTable, i: int, name: str, block: BlockSchedule, ring: tuple[int, ...],
+              tokens: Sequence[int], work: Sequence[int], per: Sequence[float], per_in: Sequence[float],
+              per_out: Sequence[float]) -> BlockTime:
+    """A tensor-parallel block: its compute on each rank and each of its actions, with the GEMM the
+    action may hide behind (the input GEMM for a gather, the output GEMM for a reduction)."""
+    queries = [1.0 if block.shape in ("hybrid", "tensor") else xj / table.tokens for xj in tokens]
+    compute = [w * per[d] * q for w, d, q in zip(work, ring, queries)]
+    sites = []
+    for action in block.actions:
+        gemm = per_in if action.op in ("AG", "KVAG") else per_out
+        if action.op == "KVAG":  # the key/value part of the QKV projection, on this rank's tokens
+            gemm_s = min(w * gemm[d] * q for w, d, q in zip(work, ring, queries))
+        else:
+            gemm_s = min(w * gemm[d] for w, d in zip(work, ring))
+        sites.append((action, Site(table, ring, tuple(tokens), gemm_s)))
+    return _block(i, name, compute, sites)
 
 
-def _transfer(table: CostTable, i: int, src: list[int], dst: list[int], tokens: Sequence[int]) -> BlockTime:
-    # every layer-entry tensor travels whole, one message each, and every receiver takes it whole
-    k, full = table.entry_tensors, table.tokens * table.token_wire_bytes
-    link = max(k * (table.alpha_s[a][b] + table.beta_s_per_byte[a][b] * full) for a in src for b in dst)
-    cpu = tuple(k * table.comm_cpu_s_per_byte[d] * full for d in dst)
-    return BlockTime(i, "transfer", cpu, comm_s=link, per_layer=False, comm_cpu_s_per_rank=cpu)
+def _block(i: int, name: str, compute: Sequence[float], sites: Sequence[tuple[Action, Site]],
+           per_layer: bool = True) -> BlockTime:
+    charges = [charge(action, site) for action, site in sites]
+    summed = total(charges, len(compute)) if charges else Charge(cpu_s_per_rank=(0.0,) * len(compute))
+    return BlockTime(i, name, tuple(c + cpu for c, cpu in zip(compute, summed.cpu_s_per_rank)),
+                     comm_s=summed.link_s, hidden_s=summed.hidden_s, per_layer=per_layer,
+                     comm_cpu_s_per_rank=summed.cpu_s_per_rank,
+                     actions=tuple(str(action) for action, _ in sites if action.op != "REP"))
 
 
 def _epilogue(plan: Plan, table: CostTable) -> BlockTime:
+    """The head on rank 0; in a pipeline it first receives its inputs from the last stage's leader."""
     head = table.index(plan.devices[0])
+    ranks = plan.stages[0].ranks
+    if len(plan.stages) == 1:
+        return _block(0, "epilogue", [table.epilogue_s[head] if r == 0 else 0.0 for r in ranks], [], per_layer=False)
     last = plan.stages[-1]
-    senders = [(table.index(plan.devices[r]), x) for r, x in zip(last.ranks, last.tokens_per_rank) if r != 0]
-    own = dict(zip(last.ranks, last.tokens_per_rank)).get(0, 0)
-    cpu, link = _head_return(table, head, senders, own)
-    first = plan.stages[0].ranks
-    return BlockTime(0, "epilogue", tuple(table.epilogue_s[head] + cpu if r == 0 else 0.0 for r in first),
-                     comm_s=link, per_layer=False,
-                     comm_cpu_s_per_rank=tuple(cpu if r == 0 else 0.0 for r in first))
+    site = Site(table, (head,), (table.tokens,), sender=table.index(plan.devices[last.ranks[0]]),
+                tensors=table.head_tensors)
+    received = _block(0, "epilogue", [table.epilogue_s[head]], [(plan.head_receive, site)], per_layer=False)
+    on_head = {0: (received.compute_s_per_rank[0], received.comm_cpu_s_per_rank[0])}
+    return BlockTime(0, "epilogue", tuple(on_head.get(r, (0.0, 0.0))[0] for r in ranks), comm_s=received.comm_s,
+                     per_layer=False, comm_cpu_s_per_rank=tuple(on_head.get(r, (0.0, 0.0))[1] for r in ranks),
+                     actions=received.actions)
 
 
-def _head_return(table: CostTable, head: int, senders: Sequence[tuple[int, int]], own: int) -> tuple[float, float]:
-    """(CPU seconds on the head, link seconds) to bring the head's inputs (each a message) to it."""
-    k = table.head_tensors
-    cpu = k * table.comm_cpu_s_per_byte[head] * (table.tokens - own) * table.token_wire_bytes
-    return cpu, k * gather_link_s(table, head, senders)
+def stage_enter_s(table: CostTable, stage: StageSplit, ring: Sequence[int], previous: Sequence[int] = ()) -> float:
+    """Seconds of a stage's enter block over the devices `ring`: the prologue and its SCATTER or REP
+    (the first stage), or the RECV from the stage on `previous`."""
+    first = not previous
+    return block_s(enter_block(table, 0 if first else 1, stage, tuple(ring), tuple(previous)))
+
+
+def stage_exit_s(table: CostTable, stage: StageSplit, ring: Sequence[int]) -> float:
+    """Seconds of a stage's exit action over the devices `ring` (0 without one)."""
+    if stage.schedule.exit is None:
+        return 0.0
+    site = Site(table, tuple(ring), stage.tokens_per_rank)
+    return block_s(_block(0, "handoff", [0.0] * len(ring), [(stage.schedule.exit, site)], per_layer=False))
+
+
+def head_receive_s(table: CostTable, head: int, sender: int, wire: str = "float32") -> float:
+    """Seconds rank 0 on `head` spends receiving the head's inputs whole from `sender` (a pipeline)."""
+    site = Site(table, (head,), (table.tokens,), sender=sender, tensors=table.head_tensors)
+    return block_s(_block(0, "epilogue", [0.0], [(Action("RECV", wire=wire), site)], per_layer=False))

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from galaxy.compiler.cost.flops import layer_flops
 from galaxy.compiler.cost.memory import layer_bytes
 from galaxy.compiler.ir.cluster import Cluster, Device
+from galaxy.compiler.ir.schedule import WIRE_BYTES
 from galaxy.compiler.ir.summary import ModelSummary
 
 MAX_COLUMN_UNIT = 64  # columns per ILP variable unit, at most
 MIN_COLUMN_UNITS = 32  # but keep at least this many units (when the intermediate allows)
-WIRE_DTYPES = {4: "float32", 2: "float16", 1: "int8"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,11 @@ class CostTable:
         return len(self.devices)
 
     @property
+    def token_elements(self) -> int:
+        """Elements of one token of the hidden stream (batch x hidden)."""
+        return self.token_wire_bytes // WIRE_BYTES[self.wire_dtype]
+
+    @property
     def heads(self) -> int:
         return self.kv_groups * self.heads_per_group
 
@@ -112,7 +117,7 @@ def choose_column_unit(columns: int) -> int:
     return best
 
 
-def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: int = 4,
+def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = "float32",
                      column_unit: int | None = None) -> CostTable:
     if summary.heads % summary.kv_heads:
         raise ValueError(f"{summary.heads} heads are not whole groups of {summary.kv_heads} KV heads")
@@ -144,8 +149,8 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype_bytes: 
         model=summary.name, cluster=cluster.name, devices=cluster.names,
         n_layers=summary.n_layers, kv_groups=summary.kv_heads, heads_per_group=summary.heads_per_kv_group,
         columns=summary.intermediate, column_unit=unit, tokens=summary.seq_len,
-        token_wire_bytes=summary.batch * summary.hidden * wire_dtype_bytes,
-        wire_dtype=WIRE_DTYPES.get(wire_dtype_bytes, f"{wire_dtype_bytes}-byte"),
+        token_wire_bytes=summary.batch * summary.hidden * WIRE_BYTES[wire_dtype],
+        wire_dtype=wire_dtype,
         flops_per_s=tuple(d.flops_per_s for d in devs),
         attention_s_per_group=tuple(attention_s(d) for d in devs),
         attention_in_s_per_group=hiding(fl.attention_in_per_group),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from galaxy.compiler.ir.schedule import Action, StageSchedule
+
 
 @dataclass(frozen=True)
 class FunctionCode:
@@ -88,14 +90,9 @@ class RankProgram:
     hidden: int
     n_layers: int
     tokens_per_rank: tuple[int, ...]
-    heads_per_rank: tuple[int, ...]
-    kv_heads_per_rank: tuple[int, ...]
-    columns_per_rank: tuple[int, ...]
-    tiles: int
-    sequence_parallel: bool  # False: Megatron-style, replicated connective + all-reduce
-    tensor_parallel: bool  # False: sequence parallelism only, every weight on every rank
+    schedule: StageSchedule  # the stage's actions: codegen emits one template macro per action
+    head_receive: Action | None  # rank 0 of a pipeline: how the head's inputs come back
     query_row_statics: tuple[str, ...]  # prologue values sliced to this rank's query rows (no TP)
-    wire_dtype: str
     attention: AttentionCode
     mlp: MLPCode
     transforms: tuple[FunctionCode, ...]  # per-head transforms (q, k, v)

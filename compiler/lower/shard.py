@@ -48,10 +48,10 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     stage = plan.stages[stage_index]
     i = stage.ranks.index(rank)
     att, mlp = code.first.attention, code.first.mlp
-    if stage.tensor_parallel:
+    if stage.schedule.shards_weights:
         heads, kv_heads = _range(stage.heads_per_rank, i), _range(stage.kv_heads_per_rank, i)
         columns = _range(stage.columns_per_rank, i)
-    else:  # sequence parallelism only: every rank holds every weight
+    else:  # sequence parallelism only, or one rank: it holds every weight
         heads, kv_heads, columns = range(att.heads), range(att.kv_heads), range(mlp.intermediate)
     position = StagePosition(
         index=stage_index, count=len(plan.stages), ring_index=i, first_layer=stage.first_layer,
@@ -65,7 +65,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         weights.update(_layer_weights(layer, captured, heads, kv_heads, columns))
 
     needed = set(layer_statics(graph))
-    if rank == 0 or not stage.sequence_parallel:  # rank 0 scatters the embeddings to its stage
+    if rank == 0 or stage.schedule.enter.op == "REP":  # the ranks that compute the layer inputs
         needed |= set(layer_inputs(graph))
     if rank == 0:
         needed |= set(epilogue_statics(graph))
@@ -101,11 +101,10 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         rank=rank, world_size=plan.world_size, stage=position, device=plan.devices[rank], source=source,
         cluster=plan.cluster, plan_id=plan_id(plan), predicted_latency_s=plan.predicted_latency_s,
         batch=graph.batch, seq_len=graph.seq_len, hidden=graph.hidden, n_layers=len(graph.layers),
-        tokens_per_rank=stage.tokens_per_rank, heads_per_rank=stage.heads_per_rank,
-        kv_heads_per_rank=stage.kv_heads_per_rank, columns_per_rank=stage.columns_per_rank,
-        tiles=stage.tiles, sequence_parallel=stage.sequence_parallel, tensor_parallel=stage.tensor_parallel,
-        query_row_statics=() if stage.tensor_parallel else _query_row_statics(graph, code),
-        wire_dtype=plan.wire_dtype, attention=attention, mlp=mlp_code,
+        tokens_per_rank=stage.tokens_per_rank, schedule=stage.schedule,
+        head_receive=plan.head_receive if rank == 0 else None,
+        query_row_statics=_query_row_statics(graph, code) if stage.schedule.block("attn").shape == "sequence" else (),
+        attention=attention, mlp=mlp_code,
         transforms=tuple(fns[k] for k in ("q_transform", "k_transform", "v_transform") if k in fns),
         prologue=prologue, after_attention=fns["after_attention"], after_mlp=fns.get("after_mlp"),
         epilogue=epilogue, layer_entries=namer.entries,

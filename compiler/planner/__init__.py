@@ -2,7 +2,7 @@
 
     make_plan(summary, cluster, objective="latency", solver="ilp", time_limit_s=60.0) -> Plan
 
-solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | proportional |
+solver: ilp (PuLP; CBC, or HiGHS with backend="highs") | single | even | megatron | proportional |
 sequence | pipeline-dp | brute-force (tiny models only). "ilp" is the whole planner (choose.py):
 the ILP's hybrid plan, against the sequence-parallel-only plan with `sequence_only=True` (the
 default; it needs every used device to hold the whole model but gathers only keys and values,
@@ -19,7 +19,8 @@ from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
-from galaxy.compiler.planner.baselines import even_plan, proportional_plan, sequence_plan, single_device_plan
+from galaxy.compiler.planner.baselines import (even_plan, megatron_plan, proportional_plan, sequence_plan,
+                                               single_device_plan)
 from galaxy.compiler.planner.brute_force import brute_force_plan
 from galaxy.compiler.planner.choose import candidates, choose_for_latency
 from galaxy.compiler.planner.search_space import TILE_CHOICES
@@ -28,16 +29,16 @@ from galaxy.compiler.planner.throughput import choose_for_throughput
 
 log = logging.getLogger(__name__)
 
-SOLVERS = ("ilp", "single", "even", "proportional", "sequence", "pipeline-dp", "brute-force")
+SOLVERS = ("ilp", "single", "even", "megatron", "proportional", "sequence", "pipeline-dp", "brute-force")
 OBJECTIVES = ("latency", "throughput")
 
 __all__ = ["OBJECTIVES", "SOLVERS", "make_plan", "plan_from_table"]
 
 
 def make_plan(summary: ModelSummary, cluster: Cluster, objective: str = "latency", solver: str = "ilp",
-              time_limit_s: float = 60.0, *, wire_dtype_bytes: int = 4, backend: str = "cbc",
+              time_limit_s: float = 60.0, *, wire_dtype: str = "float32", backend: str = "cbc",
               tile_choices: tuple[int, ...] = TILE_CHOICES, sequence_only: bool = True) -> Plan:
-    table = build_cost_table(summary, cluster, wire_dtype_bytes)
+    table = build_cost_table(summary, cluster, wire_dtype)
     plan = plan_from_table(table, objective, solver, time_limit_s, backend=backend, tile_choices=tile_choices,
                            sequence_only=sequence_only)
     validate_plan(plan, heads=summary.heads, kv_heads=summary.kv_heads, intermediate=summary.intermediate,
@@ -59,6 +60,8 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
         return single_device_plan(table, objective=objective)
     if solver == "even":
         return even_plan(table, objective)
+    if solver == "megatron":
+        return megatron_plan(table, objective)
     if solver == "proportional":
         return proportional_plan(table, objective)
     if solver == "sequence":

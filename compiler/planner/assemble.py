@@ -12,6 +12,7 @@ from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.cost.throughput import s_per_request
 from galaxy.compiler.ir.plan import Plan, StageSplit
+from galaxy.compiler.ir.schedule import stage_schedule
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,19 @@ def ring_order(table: CostTable, used: Iterable[int], head: int) -> tuple[int, .
 
 def stage_split(table: CostTable, ring: tuple[int, ...], ranks: tuple[int, ...], split: Split,
                 first_layer: int, end_layer: int) -> StageSplit:
+    """A hybrid-parallel stage over `ring` (devices, ring order) running layers first..end-1; its
+    schedule knows its place in the pipeline from the layers (the first holds layer 0, the last
+    the model's last layer)."""
     g = table.heads_per_group
+    schedule = stage_schedule(len(ring), shape="hybrid", tiles=split.tiles, wire=table.wire_dtype,
+                              first=first_layer == 0, last=end_layer == table.n_layers)
     return StageSplit(
         ranks=ranks, first_layer=first_layer, end_layer=end_layer,
         heads_per_rank=tuple(split.groups.get(d, 0) * g for d in ring),
         kv_heads_per_rank=tuple(split.groups.get(d, 0) for d in ring),
         columns_per_rank=tuple(split.columns.get(d, 0) for d in ring),
         tokens_per_rank=tuple(split.tokens.get(d, 0) for d in ring),
-        tiles=split.tiles)
+        schedule=schedule)
 
 
 def build_hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",
@@ -50,7 +56,7 @@ def build_hmp_plan(table: CostTable, split: Split, solver: str, objective: str =
     ring = ring_order(table, split.used, split.head)
     stage = stage_split(table, ring, tuple(range(len(ring))), split, 0, table.n_layers)
     return Plan(model=table.model, cluster=table.cluster, devices=tuple(table.devices[d] for d in ring),
-                stages=(stage,), solver=solver, objective=objective, wire_dtype=table.wire_dtype, notes=notes)
+                stages=(stage,), solver=solver, objective=objective, notes=notes)
 
 
 def hmp_plan(table: CostTable, split: Split, solver: str, objective: str = "latency",

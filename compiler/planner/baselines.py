@@ -1,7 +1,9 @@
 """Baselines the benchmarks run next to the ILP. Each returns a Plan, predicted with `predict`.
 
 - single:        the fastest device that holds the whole model, alone
-- even:          Megatron-style: every device, equal heads (KV groups), columns and tokens
+- even:          every device, equal heads (KV groups), columns and tokens, hybrid schedule
+- megatron:      Megatron-style tensor parallelism: every device, equal heads and columns, every
+                 token on every rank, an all-reduce after attention and after the MLP
 - proportional:  every device, heads/columns/tokens in proportion to flops_per_s
 - sequence:      sequence parallelism only: the fastest k devices that hold the whole model
                  (k by predicted latency), tokens in inverse proportion to each one's time
@@ -19,6 +21,7 @@ from galaxy.compiler.cost.memory import memory_shortfall_bytes, rank_memory_byte
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
+from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
 from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
@@ -27,7 +30,9 @@ from galaxy.runtime.splits import split_sizes
 log = logging.getLogger(__name__)
 
 WHAT = {"single": "the fastest device that holds the whole model, alone",
-        "even": "every device, equal heads, columns and tokens (Megatron-style), no overlap",
+        "even": "every device, equal heads, columns and tokens, hybrid parallelism, no overlap",
+        "megatron": "Megatron-style tensor parallelism: every device, equal heads and columns, every token "
+                    "on every rank, an all-reduce after attention and after the MLP, replicated connective blocks",
         "proportional": "every device, heads, columns and tokens in proportion to GFLOP/s, no overlap",
         "sequence": "sequence parallelism only: whole layers on each device's own tokens, every weight "
                     "on every device, keys and values all-gathered"}
@@ -77,6 +82,19 @@ def even_plan(table: CostTable, objective: str = "latency") -> Plan:
     return weighted_split(table, order, order[0], [1.0] * len(order), "even", objective)
 
 
+def megatron_plan(table: CostTable, objective: str = "latency") -> Plan:
+    """Even heads and columns over every device; the hidden stream stays whole on every rank."""
+    order = table.speed_order()
+    even = build_hmp_plan(table, Split(used=order, head=order[0],
+                                       groups=dict(zip(order, split_sizes(table.kv_groups, [1.0] * len(order)))),
+                                       columns=dict(zip(order, split_sizes(table.columns, [1.0] * len(order)))),
+                                       tokens={d: table.tokens for d in order}), "megatron", objective)
+    stage = replace(even.stages[0], schedule=stage_schedule(len(order), shape="tensor", wire=table.wire_dtype))
+    plan = require_fit(with_prediction(replace(even, stages=(stage,)), table), table)
+    notes = [f"megatron baseline: {WHAT['megatron']}", block_note(plan), *device_notes(table, plan, {})]
+    return replace(plan, notes=tuple(notes))
+
+
 def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
     order = table.speed_order()
     return weighted_split(table, order, order[0], [table.flops_per_s[d] for d in order], "proportional", objective)
@@ -116,12 +134,13 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_
     plan = build_hmp_plan(table, split, "sequence", objective)
     ring = ring_order(table, used, used[0])
     n = len(ring)
-    stage = replace(plan.stages[0], tensor_parallel=False, heads_per_rank=(table.heads,) * n,
+    stage = replace(plan.stages[0], heads_per_rank=(table.heads,) * n,
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
     # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
     tiles = [t for t in tile_choices if n > 1 and t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
-    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, tiles=t),)), table) for t in tiles]
+    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, schedule=stage_schedule(
+        n, shape="sequence", tiles=t, wire=table.wire_dtype)),)), table) for t in tiles]
     return require_fit(min(by_tiles, key=lambda p: p.predicted_latency_s), table)
 
 

@@ -17,14 +17,17 @@ constants (each the largest value its row's right-hand side can take).
     m                 largest token chunk  T_pro, T_att, T_con, T_mlp  block epigraphs (max over d)
     R[t]              ring(t): link time of one collective, all t tiles (cost/collectives.py)
     Ex[q]             exposed link time of collective q     T_gat  gather to rank 0 + its CPU
+    T_sca             link time of rank 0's scatter of the layer inputs   (k_in entry tensors, h head inputs)
 Objective (= predict(plan) for the plan read back):
-    min T_pro + L (T_att + T_con + T_mlp + sum_q Ex[q]) + sum_d E[d] z[d] + T_gat  + eps * tie-break
+    min T_pro + T_sca + L (T_att + T_con + T_mlp + sum_q Ex[q]) + sum_d E[d] z[d] + T_gat  + eps * tie-break
 Rows (one add_* function per family):
     total_*            sum_d G = Gtot, sum_d C = Ctot, sum_d X = S, sum_d z = 1, sum_d u = k, sum_t s = 1
     use_*[d]           G <= Gtot u, C <= Ctot u, X <= S u, z <= u        (an unused device gets nothing)
     mem[d]             L (G w_g + U C w_c + conn u) + G a_g + U C a_c + X a_t + (buffers + prologue) u
                        + epilogue z <= mem[d]                              (cost/memory.py)
     prologue[d]        T_pro >= P[d] u[d]
+    scatter_cpu[d]     T_pro >= P[d] u[d] + k_in kappa[d] b (S z[d] - X[d])   (the head sends S - X[d] tokens)
+    scatter[d]         T_sca >= k_in sum_{e != d} (alpha[d][e] u[e] + beta[d][e] b X[e]) - M (1 - z[d])
     attention[d]       T_att >= a[d] G[d] + 4 kappa[d] (k - 1)/k S b u[d]   (2 collectives' CPU)
     connective[d]      T_con >= k_con[d] X[d]
     mlp[d]             T_mlp >= U c[d] C[d] + 4 kappa[d] (k - 1)/k S b u[d]
@@ -96,6 +99,7 @@ class TimeVars:
     mlp: pulp.LpVariable
     m: pulp.LpVariable
     gat: pulp.LpVariable
+    sca: pulp.LpVariable
     s: dict[int, pulp.LpVariable]
     R: dict[int, pulp.LpVariable]
     Ex: dict[str, pulp.LpVariable]
@@ -131,7 +135,7 @@ def add_time_vars(prob: pulp.LpProblem, tile_choices: tuple[int, ...]) -> TimeVa
         return prob.add_variable(name, 0)
 
     return TimeVars(pro=pos("T_pro"), att=pos("T_att"), con=pos("T_con"), mlp=pos("T_mlp"), m=pos("m"),
-                    gat=pos("T_gat"), s={t: prob.add_variable(f"s[{t}]", cat="Binary") for t in tile_choices},
+                    gat=pos("T_gat"), sca=pos("T_sca"), s={t: prob.add_variable(f"s[{t}]", cat="Binary") for t in tile_choices},
                     R={t: pos(f"R[{t}]") for t in tile_choices}, Ex={q: pos(f"Ex[{q}]") for q in BLOCKS_Q})
 
 
@@ -260,6 +264,18 @@ def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVar
         prob += (tv.gat >= link + cpu - M * (1 - v.z[d]), f"gather[{name}]")
 
 
+def add_scatter(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:
+    """Rank 0 computes the layer inputs and sends every other rank its tokens (cost/actions.py SCATTER)."""
+    b, S, k = table.token_wire_bytes, table.tokens, table.entry_tensors
+    for d, name in enumerate(labels(table)):
+        others = [e for e in range(table.n_devices) if e != d]
+        cpu = k * table.comm_cpu_s_per_byte[d] * b * (S * v.z[d] - v.X[d])
+        prob += (tv.pro >= table.prologue_s[d] * v.u[d] + cpu, f"scatter_cpu[{name}]")
+        link = k * pulp.lpSum(table.alpha_s[d][e] * v.u[e] + table.beta_s_per_byte[d][e] * b * v.X[e] for e in others)
+        M = k * sum(table.alpha_s[d][e] + table.beta_s_per_byte[d][e] * b * S for e in others)
+        prob += (tv.sca >= link - M * (1 - v.z[d]), f"scatter[{name}]")
+
+
 def identical_devices(table: CostTable, d: int, e: int) -> bool:
     per_device = ("flops_per_s", "attention_s_per_group", "attention_in_s_per_group",
                   "attention_out_s_per_group", "mlp_s_per_column", "mlp_in_s_per_column",
@@ -282,7 +298,7 @@ def add_symmetry(prob: pulp.LpProblem, table: CostTable, v: SplitVars) -> None:
 
 # --- objective and solve -----------------------------------------------------------------------
 def latency_expr(table: CostTable, v: SplitVars, tv: TimeVars) -> pulp.LpAffineExpression:
-    return (tv.pro + table.n_layers * (tv.att + tv.con + tv.mlp + pulp.lpSum(tv.Ex.values()))
+    return (tv.pro + tv.sca + table.n_layers * (tv.att + tv.con + tv.mlp + pulp.lpSum(tv.Ex.values()))
             + pulp.lpSum(table.epilogue_s[d] * v.z[d] for d in range(table.n_devices)) + tv.gat)
 
 
@@ -326,6 +342,7 @@ def build_problem(table: CostTable, k: int, tile_choices: tuple[int, ...]):
     add_ring_time(prob, table, tv, k)
     add_overlap(prob, table, v, tv, k)
     add_gather(prob, table, v, tv)
+    add_scatter(prob, table, v, tv)
     add_symmetry(prob, table, v)
     latency = latency_expr(table, v, tv)
     prob += latency + tie_break_expr(table, v, tv)

@@ -4,23 +4,24 @@ Search space: the groups of `stage_groups.py` (runs of at most MAX_GROUP_DEVICES
 devices of the speed order, each with its fixed HMP split, layer time t[g] and memory caps). A
 pipeline is a sequence of disjoint groups in speed order (any device may be skipped), each running
 a contiguous range of at least one layer within its cap; the first group's fastest device is
-rank 0 (input, prologue, head). One-device groups are EdgePipe's stages. Every term is
-cost/latency.py's for that plan (h = rank 0, S tokens, b token wire bytes, x[r] a rank's tokens):
+rank 0 (input, prologue, head). One-device groups are EdgePipe's stages. Every term is the
+block time cost/latency.py gives that plan's schedule (h = rank 0, the first device of f):
 
-    own(f, n)      = max_{d in f} P[d] + n t[f]                           (prologue + first stage)
-    transfer(p, g) = max_{a in p, b in g} (alpha[a][b] + beta[a][b] S b) + max_{b in g} kappa[b] x[b] b
-    ends(f, z)     = E[h] + kappa[h] (S - own tokens) b + sum_{r in z, r != h} alpha[r][h] + beta[r][h] x[r] b
-                     (own tokens: h's when the pipeline is the one stage f, else 0)
+    own(f, n)      = enter(f) + n t[f]              (prologue and SCATTER, or REP alone; the layers)
+    out(g)         = send(g)                        (SEND: g's leader gathers the hidden states)
+    transfer(p, g) = recv(leader of p -> g)         (RECV: the whole hidden states to every rank of g)
+    ends(f, z)     = out(f) + E[h] + recv(leader of z -> h)   (the head's inputs back to rank 0)
+                     or, for the one stage f, gather(f) + E[h]  (GATHER by tokens to rank 0)
 
-    latency    = own(f, n_0) + ends(f, z) + sum_{i>0} (transfer(g_{i-1}, g_i) + n_i t[g_i])
-    throughput = max(own(f, n_0) + ends(f, z), max_{i>0} transfer(g_{i-1}, g_i) + n_i t[g_i])
+    latency    = own(f, n_0) + ends(f, z) + sum_{i>0} (transfer(g_{i-1}, g_i) + n_i t[g_i] + out(g_i))
+    throughput = max(own(f, n_0) + ends(f, z), max_{i>0} transfer(g_{i-1}, g_i) + n_i t[g_i] + out(g_i))
                  (the busiest stage; stage 0 also runs the head and waits for its inputs: cost/throughput.py)
 
 DP, once per first group f: chain[g][r] = the least sum (latency) or max (throughput) of the later
 stages' terms over chains of groups after f that end in g and hold r layers:
 
     chain[f][0] = 0;  chain[g][r] = min over p (f, or a group between f and g), n in 1..cap[g]:
-                                    chain[p][r - n] (+ | max) (transfer(p, g) + n t[g])
+                                    chain[p][r - n] (+ | max) (transfer(p, g) + out(g) + n t[g])
 
 and the plan is the least own(f, n_0) (+ | max) ends(f, z) ... over n_0 and the last group z, with
 r = L - n_0 (the caps depend only on a stage's layer count, so one DP serves every n_0). For each
@@ -33,7 +34,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from galaxy.compiler.cost.latency import epilogue_s, transfer_s
+from galaxy.compiler.cost.latency import head_receive_s, stage_enter_s, stage_exit_s
 from galaxy.compiler.cost.memory import rank_memory_bytes
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError, SolverError
@@ -108,7 +109,9 @@ def _chains(table: CostTable, groups: tuple[StageGroup, ...], fi: int, objective
             if groups[pi].end > group.start:
                 continue
             if (pi, gi) not in transfers:
-                transfers[pi, gi] = transfer_s(table, groups[pi].ring, group.ring, group.tokens())
+                later = group.stage(table, tuple(range(len(group.ring))), 1, table.n_layers)
+                transfers[pi, gi] = (stage_enter_s(table, later, group.ring, previous=groups[pi].ring)
+                                     + stage_exit_s(table, later, group.ring))
             values, layers = _window(chain.cost, transfers[pi, gi], group.layer_s, group.cap, objective)
             for r in range(1, L + 1):
                 if values[r] < cost[r]:
@@ -171,13 +174,17 @@ def _finishes(table: CostTable, groups: tuple[StageGroup, ...], fi: int, chains:
               objective: str) -> Iterator[tuple[float, int, int]]:
     """(objective, first-stage layers, last group) of every pipeline starting with group `fi`."""
     first, L = groups[fi], table.n_layers
-    pro = max(table.prologue_s[d] for d in first.ring)
-    head = first.ring[0]
-    ends = {gi: _ends_s(table, head, groups[gi], gi == fi) for gi in chains}
+    head, ranks = first.ring[0], tuple(range(len(first.ring)))
+    alone = first.stage(table, ranks, 0, L)
+    leading = first.stage(table, ranks, 0, 1) if L > 1 else alone
+    enter = stage_enter_s(table, leading, first.ring)  # the prologue and SCATTER (or REP), alone or not
+    alone_ends = stage_exit_s(table, alone, first.ring) + table.epilogue_s[head]
+    ends = {gi: stage_exit_s(table, leading, first.ring) + table.epilogue_s[head]
+            + head_receive_s(table, head, groups[gi].ring[0], table.wire_dtype) for gi in chains if gi != fi}
     for n0 in range(1, min(first.cap_first, L) + 1):
-        own = pro + n0 * first.layer_s
+        own = enter + n0 * first.layer_s
         if n0 == L:
-            yield own + ends[fi], L, fi
+            yield own + alone_ends, L, fi
             continue
         for gi, chain in chains.items():
             later = chain.cost[L - n0]
@@ -186,11 +193,6 @@ def _finishes(table: CostTable, groups: tuple[StageGroup, ...], fi: int, chains:
             stage0 = own + ends[gi]
             cost = max(stage0, later) if objective == "throughput" else stage0 + later
             yield cost, n0, gi
-
-
-def _ends_s(table: CostTable, head: int, last: StageGroup, single: bool) -> float:
-    senders = [(d, x) for d, x in zip(last.ring, last.tokens()) if d != head]
-    return epilogue_s(table, head, senders, last.split.tokens[head] if single else 0)
 
 
 def _path(chains: dict[int, _Chain], gi: int, r: int) -> tuple[tuple[int, int], ...]:
@@ -213,7 +215,7 @@ def build_pipeline_plan(table: CostTable, choice: PipelineChoice, objective: str
         devices.extend(table.devices[d] for d in group.ring)
         first += layers
     plan = Plan(model=table.model, cluster=table.cluster, devices=tuple(devices), stages=tuple(stages),
-                solver="pipeline-dp", objective=objective, wire_dtype=table.wire_dtype)
+                solver="pipeline-dp", objective=objective)
     return replace(with_prediction(plan, table), notes=tuple(_notes(table, choice, objective)))
 
 

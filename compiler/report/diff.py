@@ -1,7 +1,7 @@
 """`galaxy-plan diff`: what changed between two plans, in words and small tables.
 
 Devices added or removed, each device's share (attention heads and KV heads, MLP columns,
-connective tokens) and stage, tiles, stage boundaries, the predicted latency (absolute and %),
+connective tokens) and stage, schedules, stage boundaries, the predicted latency (absolute and %),
 and the predicted time per block per forward. Informational: it never fails on a difference.
 """
 from __future__ import annotations
@@ -123,14 +123,14 @@ def stage_lines(a: Plan, b: Plan) -> list[str]:
     def bounds(p: Plan) -> str:
         return " | ".join(f"{s.first_layer}-{s.end_layer - 1}" for s in p.stages)
 
-    def tiles(p: Plan) -> str:
-        return "/".join(str(s.tiles) for s in p.stages)
+    def schedules(p: Plan) -> str:
+        return " || ".join(str(s.schedule) for s in p.stages)
 
     lines = []
     if bounds(a) != bounds(b):
         lines.append(f"stages: {len(a.stages)} -> {len(b.stages)}, layers {bounds(a)} -> {bounds(b)}")
-    if tiles(a) != tiles(b):
-        lines.append(f"tiles: {tiles(a)} -> {tiles(b)}")
+    if schedules(a) != schedules(b):
+        lines.append(f"schedule: {schedules(a)} -> {schedules(b)}")
     modes = ["; ".join(dict.fromkeys(s.parallelism for s in p.stages)) for p in (a, b)]
     if modes[0] != modes[1]:
         lines.append(f"parallelism: {modes[0]} -> {modes[1]}")

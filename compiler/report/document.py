@@ -12,14 +12,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from galaxy.compiler.cost.table import WIRE_DTYPES, CostTable, build_cost_table
+from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import PlanFileError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 
 DOCUMENT_VERSION = 1
-WIRE_DTYPE_BYTES = {name: n for n, name in WIRE_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class PlanDocument:
         """The cost table the plan was made from, or None for a bare plan."""
         if self.summary is None or self.cluster is None:
             return None
-        return build_cost_table(self.summary, self.cluster, WIRE_DTYPE_BYTES.get(self.plan.wire_dtype, 4))
+        return build_cost_table(self.summary, self.cluster, self.plan.wire_dtype)
 
 
 def document_from_json(data: dict, path: str = "") -> PlanDocument:

@@ -41,7 +41,8 @@ def share_lines(doc: PlanDocument) -> list[str]:
     for i, stage in enumerate(plan.stages):
         totals = _totals(stage)
         lines.append(f"stage {i}: layers {stage.first_layer}-{stage.end_layer - 1} ({len(stage.layers)}), "
-                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, tiles {stage.tiles}, {stage.parallelism}")
+                     f"{len(stage.ranks)} rank{'s' if len(stage.ranks) > 1 else ''}, {stage.parallelism}")
+        lines.append(f"  schedule: {stage.schedule}")
         rows = []
         for j, rank in enumerate(stage.ranks):
             name = plan.devices[rank]
@@ -59,10 +60,11 @@ def share_lines(doc: PlanDocument) -> list[str]:
 
 
 def _totals(stage: StageSplit) -> tuple[int, int, int, int]:
-    """The model's heads, KV heads, columns and tokens (sequence parallelism only: every rank holds all)."""
-    whole = sum if stage.tensor_parallel else max
-    return (whole(stage.heads_per_rank), whole(stage.kv_heads_per_rank), whole(stage.columns_per_rank),
-            sum(stage.tokens_per_rank))
+    """The model's heads, KV heads, columns and tokens (ranks that hold all of them list all)."""
+    weights = sum if stage.schedule.shards_weights else max
+    tokens = max if stage.schedule.layout == "whole" else sum
+    return (weights(stage.heads_per_rank), weights(stage.kv_heads_per_rank), weights(stage.columns_per_rank),
+            tokens(stage.tokens_per_rank))
 
 
 def _memory_cells(used: int | None, limit: int | None) -> list[str]:

@@ -102,8 +102,8 @@ def write_timeline_png(plan: Plan, path: str | Path) -> Path:
     first = axes[0][0]
     first.set_yticks(range(n), [f"rank {r}\n{d}" for r, d in enumerate(plan.devices)])
     first.set_ylim(n - 0.4, -1.1)
-    tiles = "/".join(str(s.tiles) for s in plan.stages)
-    fig.suptitle(f"{plan.model} on {plan.cluster} ({plan.solver}, tiles {tiles}): "
+    schedules = " || ".join(str(s.schedule) for s in plan.stages)
+    fig.suptitle(f"{plan.model} on {plan.cluster} ({plan.solver}, {schedules}): "
                  f"predicted {plan.predicted_latency_s * 1e3:.1f} ms per forward", fontsize=11)
     fig.legend(handles=_legend(spans, segments), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1 + 0.1 / n, 1, 1))

@@ -17,7 +17,8 @@ from torch.testing import assert_close
 from _gloo import assert_op_passed, check, free_port, make, run_world
 from galaxy.runtime import rendezvous
 from galaxy.runtime.collectives import (all_gather, all_gather_naive, broadcast_tensors,
-                                        gather_tokens, reduce_scatter, reduce_scatter_naive)
+                                        gather_hidden, reduce_scatter, reduce_scatter_naive,
+                                        scatter_hidden)
 from galaxy.runtime.errors import CollectiveError, CollectiveTimeout, RendezvousTimeout
 from galaxy.runtime.p2p import barrier
 from galaxy.runtime.ring import Ring
@@ -34,7 +35,7 @@ SPLITS = {1: [[5], [0]], 2: [[3, 2], [0, 4]], 3: [[2, 0, 3], [1, 1, 1], [0, 0, 4
 RING_ORDERS = {1: [(0,)], 2: [(0, 1), (1, 0)], 3: [(0, 1, 2), (2, 0, 1)],
                4: [(0, 1, 2, 3), (3, 1, 0, 2)]}
 DEVICES = ("alpha", "beta", "gamma", "delta")
-OPS = ["all_gather", "reduce_scatter", "gather_tokens", "wire_float16", "broadcast_tensors"]
+OPS = ["all_gather", "reduce_scatter", "gather_hidden", "scatter_hidden", "wire_float16", "broadcast_tensors"]
 
 
 def cases(world: int):
@@ -68,9 +69,13 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
         check(failures, "reduce_scatter", case + " vs naive", lambda: assert_close(got, naive, **FP32))
 
         for dst in {0, world - 1}:
-            got = gather_tokens(local, split, ring, dst=dst, dim=dim)
-            check(failures, "gather_tokens", f"{case} dst {dst}",
-                  lambda: assert_close(got, full, **EXACT) if me == dst else _is_none(got))
+            got = gather_hidden([local, 2 * local], split, ring, dst=dst, dim=dim)
+            check(failures, "gather_hidden", f"{case} dst {dst}",
+                  lambda: assert_close(got, [full, 2 * full], **EXACT) if me == dst else _all_none(got, 2))
+            shape = list(full.shape)
+            got = scatter_hidden([full, 2 * full] if me == dst else None, split, ring, [shape, shape], src=dst, dim=dim)
+            check(failures, "scatter_hidden", f"{case} src {dst}",
+                  lambda: assert_close(got, [local, 2 * local], **EXACT))
 
         rounded = full.half().float() if world > 1 else full  # a ring of 1 moves nothing
         got = all_gather(local, split, ring, dim, wire_dtype=torch.float16)
@@ -79,9 +84,9 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
         got = reduce_scatter(partials[me], split, ring, dim, wire_dtype=torch.float16)
         check(failures, "wire_float16", case + " reduce_scatter",
               lambda: assert_close(got, expected, **FP16_WIRE))
-        got = gather_tokens(local, split, ring, dim=dim, wire_dtype=torch.float16)
-        check(failures, "wire_float16", case + " gather_tokens",
-              lambda: assert_close(got, rounded, **EXACT) if me == 0 else _is_none(got))
+        got = gather_hidden([local], split, ring, dim=dim, wire_dtype=torch.float16)
+        check(failures, "wire_float16", case + " gather_hidden",
+              lambda: assert_close(got, [rounded], **EXACT) if me == 0 else _all_none(got, 1))
 
     world_ring = Ring(tuple(range(world)), rank, timeout_s=10)
     sent = {"ids": torch.arange(6).reshape(2, 3), "mask": torch.tensor([[True, False]]),
@@ -94,8 +99,8 @@ def run_all_cases(rank: int, world: int) -> dict[str, list[str]]:
     return failures
 
 
-def _is_none(value) -> None:
-    assert value is None, f"expected None off the destination, got {type(value).__name__}"
+def _all_none(values, count: int) -> None:
+    assert values == [None] * count, f"expected {count} None off the destination, got {values!r}"
 
 
 def _same_keys(a: dict, b: dict) -> None:

@@ -120,5 +120,5 @@ def test_pipeline_stages(tmp_path, tiny_models, kind, shape):
 def test_megatron_style_baseline(tmp_path, tiny_models, kind):
     """The baseline: replicated connective blocks, all-reduce after tensor-parallel blocks."""
     summary = tiny_models[kind][2]
-    plan = manual_plan(summary, [1, 1, 1], [1, 1, 1], [1, 1, 1], sequence_parallel=False)
+    plan = manual_plan(summary, [1, 1, 1], [1, 1, 1], [1, 1, 1], shape="tensor")
     _run(tmp_path, tiny_models[kind], plan)

@@ -53,7 +53,7 @@ def test_update_rewrites_and_reports_the_change(tmp_path):
     case = next(c for c in CASES if c.name == "llama-base__home-3")
     shutil.copy(case.path(), tmp_path)
     data = json.loads(case.path(tmp_path).read_text())
-    data["plan"]["stages"][0]["tiles"] = 3  # no planner picks 3 tiles
+    data["plan"]["stages"][0]["schedule"] = "SCATTER | attn:AG(t3)>RS(t3) mlp:AG(t3)>RS(t3) | GATHER"  # no planner picks 3
     data["plan"]["predicted_latency_s"] = 9.0
     case.path(tmp_path).write_text(json.dumps(data))
 
@@ -62,7 +62,7 @@ def test_update_rewrites_and_reports_the_change(tmp_path):
     new = read(case, tmp_path)
     first = report.splitlines()[0]
     assert first.startswith("== llama-base__home-3: ") and first.endswith("plan changed")
-    assert f"tiles: 3 -> {new.plan.stages[0].tiles}" in report
+    assert f"schedule: SCATTER | attn:AG(t3)>RS(t3) mlp:AG(t3)>RS(t3) | GATHER -> {new.plan.stages[0].schedule}" in report
     assert f"predicted latency: 9000.00 ms -> {new.plan.predicted_latency_s * 1e3:.2f} ms" in report
     assert new.plan == replan(new)
     assert update([case], plans_dir=tmp_path) == ["== llama-base__home-3: unchanged"]

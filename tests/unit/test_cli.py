@@ -115,15 +115,16 @@ def test_show_prints_shares_memory_blocks_and_notes(capsys):
     assert cli.plan_main(["show", str(DATA / "llama-base__home-3.json")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan for llama-base on home-3: ilp, latency objective, wire float32, 1 stage, "
-                          "3 of 3 devices\npredicted latency 5837.09 ms per forward\n")
-    assert "stage 0: layers 0-15 (16), 3 ranks, tiles 2" in out
+                          "3 of 3 devices\npredicted latency 5856.20 ms per forward\n")
+    assert "stage 0: layers 0-15 (16), 3 ranks, hybrid" in out
+    assert "  schedule: SCATTER | attn:AG(t2)>RS(t2) mlp:AG(t2)>RS(t2) | GATHER" in out
     doc = read_plan_document(DATA / "llama-base__home-3.json")
     held = plan_memory_bytes(doc.plan, doc.cost_table())["tablet"]
     tablet = next(x for x in out.splitlines() if x.strip().startswith("2     tablet"))
     assert tablet.split() == ["2", "tablet", "8/32", "2/8", "2048/8192", "85/256", *gib(held).split(), "3.00", "GiB",
                               f"{held / 3 / 2**30:.0%}"]
     assert next(x for x in out.splitlines() if " mlp " in x).split()[:3] == ["0", "mlp", "x16"]
-    assert next(x for x in out.splitlines() if x.strip().startswith("total")).split() == ["total", "5837.09",
+    assert next(x for x in out.splitlines() if x.strip().startswith("total")).split() == ["total", "5856.20",
                                                                                            "100%"]
     assert "why (planner notes):" in out and "in  tablet (rank 2, 3rd fastest" in out
 
@@ -153,10 +154,10 @@ def test_diff_explains_and_exits_zero(reference, capsys):
     assert cli.plan_main(["diff", str(old), str(new)]) == 0
     out = capsys.readouterr().out
     assert "cluster: two-uneven -> home-3 (desktop added" in out
-    assert "predicted latency: 6760.88 ms -> 5837.09 ms (-923.79 ms, -13.7%)" in out
+    assert "predicted latency: 6764.07 ms -> 5856.20 ms (-907.87 ms, -13.4%)" in out
     assert "devices added: desktop (rank 0), laptop (rank 1), tablet (rank 2)" in out
     assert "devices removed: fast (was rank 0), slow (was rank 1)" in out
-    assert "tiles: 8 -> 2" in out
+    assert "schedule: SCATTER | attn:AG(t8)>RS(t8) mlp:AG(t8)>RS(t8) | GATHER -> SCATTER | attn:AG(t2)>RS(t2)" in out
     assert "predicted time per block per forward (ms):" in out
 
 

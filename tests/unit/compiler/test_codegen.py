@@ -32,8 +32,9 @@ def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_la
     sources = _sources(llama, manual_plan(summary, [2, 1, 0], [2, 1, 1], [1, 1, 2]))
     assert set(sources) == {0, 1, 2}
     first = sources[0]
-    assert 'this device, "dev0" (rank 0 of 3), runs 4 of 6 attention' in first
-    assert "heads (0-3)" in first and "tokens 0-7 of 32" in first
+    assert 'this device, "dev0" (rank 0 of 3), runs 4 of 6 attention heads (0-3)' in first
+    assert "tokens 0-7 of 32" in first
+    assert "Schedule: SCATTER | attn:AG>RS mlp:AG>RS | GATHER" in first
     assert "It holds the input, runs the head" in first and "It holds the input" not in sources[1]
     assert "def epilogue(" in first and "def epilogue(" not in sources[1]
     layer = _function(first, "layer")
@@ -42,8 +43,8 @@ def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_la
     assert _function(first, "attention").count("reduce_scatter(") == 1
     assert _function(first, "mlp").count("all_gather(") == 1
     assert _function(first, "mlp").count("reduce_scatter(") == 1
-    assert "TOKENS_PER_RANK = [8, 8, 16]" in first
-    assert "HEADS_PER_RANK = [4, 2, 0]" in first and "No heads of 6" in sources[2]
+    assert "TOKENS_PER_RANK = [8, 8, 16]" in first and "No heads of 6" in sources[2]
+    assert "HEADS_PER_RANK" not in first  # no constant nothing reads
     # RoPE is copied from the graph as a per-head transform of q and k.
     assert "def q_transform(q, static):" in first and "aten.neg.default" in _function(first, "q_transform")
     # One layer function, called in a loop: identical layers share code.
@@ -54,17 +55,19 @@ def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_la
 def test_overlap_plans_call_the_fused_ring_ops(llama):
     summary = llama[2]
     source = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1], tiles=4))[1]
-    assert "TILES = 4" in source
-    assert "all_gather_linear(" in _function(source, "attention")
+    assert "TILES" not in source
+    assert "all_gather_linear(x, " in _function(source, "attention") and ", tiles=4)" in _function(source, "attention")
     assert "linear_reduce_scatter(" in _function(source, "mlp")
     assert "reduce_scatter(F.linear" not in source
 
 
 def test_megatron_plans_all_reduce_and_keep_every_token(llama):
     summary = llama[2]
-    source = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1], sequence_parallel=False))[0]
+    source = _sources(llama, manual_plan(summary, [1, 1], [1, 1], [1, 1], shape="tensor"))[0]
     assert "all_reduce(F.linear(" in _function(source, "attention")
-    assert "MY_TOKENS" not in source and "all_gather" not in source
+    assert "all_reduce(F.linear(" in _function(source, "mlp")
+    assert "MY_TOKENS" not in source and "all_gather" not in source and "TOKENS_PER_RANK" not in source
+    assert "Schedule: REP | attn:AR mlp:AR | -" in source
 
 
 def test_pipeline_stages_hand_over_between_leaders(llama):

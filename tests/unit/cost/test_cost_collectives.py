@@ -7,6 +7,7 @@ import pytest
 
 from galaxy.compiler.cost.collectives import collective_cpu_s, ring_collective_s, ring_links
 from galaxy.compiler.cost.memory import plan_memory_bytes, rank_memory_bytes
+from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.ir.plan import Plan, StageSplit
 
 
@@ -47,7 +48,7 @@ def test_tiles_add_alphas(toy):
 
 
 def test_plan_memory_by_hand(toy):
-    stage = StageSplit((0, 1), 0, 2, (1, 1), (1, 1), (3, 1), (3, 1))
+    stage = StageSplit((0, 1), 0, 2, (1, 1), (1, 1), (3, 1), (3, 1), stage_schedule(2))
     plan = Plan(model="toy", cluster="toy2", devices=("B", "A"), stages=(stage,), solver="manual")
     # B is rank 0: 2 layers x (1 group x 1000 + 3 columns x 100 + 10) + 50 + 15 + 9 + buffers 7
     # + prologue 20 + epilogue 30

@@ -5,11 +5,14 @@ import pytest
 
 from galaxy.compiler.cost.latency import block_s, predict
 from galaxy.compiler.ir.plan import Plan, StageSplit
+from galaxy.compiler.ir.schedule import StageSchedule, stage_schedule
+
+ALONE = StageSchedule.parse("REP | attn:- mlp:- | -")
 
 
 def hmp(tiles: int) -> Plan:
     stage = StageSplit(ranks=(0, 1), first_layer=0, end_layer=2, heads_per_rank=(1, 1), kv_heads_per_rank=(1, 1),
-                       columns_per_rank=(3, 1), tokens_per_rank=(3, 1), tiles=tiles)
+                       columns_per_rank=(3, 1), tokens_per_rank=(3, 1), schedule=stage_schedule(2, tiles=tiles))
     return Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=(stage,), solver="manual")
 
 
@@ -19,13 +22,15 @@ def test_two_devices_untiled(toy):
     attention = max(1 * 1.0 + cpu_a, 1 * 2.0 + cpu_b) + 2 * ring
     connective = max(3 * 0.01, 1 * 0.02)
     mlp = max(3 * 0.5 + cpu_a, 1 * 1.0 + cpu_b) + 2 * ring
-    prologue = max(0.1, 0.2)
-    epilogue = 0.2 + 1e-4 * 1 * 1000 + (0.01 + 1e-4 * 1 * 1000)  # E, head CPU for B's token, B -> A link
-    expected = prologue + 2 * (attention + connective + mlp) + epilogue
-    assert expected == pytest.approx(15.55)
+    scatter = 0.01 + 1e-4 * 1 * 1000  # A -> B link for B's token; A's CPU to send it, with its prologue
+    prologue = max(0.1 + 1e-4 * 1 * 1000, 0.2) + scatter
+    gather = 1e-4 * 1 * 1000 + (0.01 + 1e-4 * 1 * 1000)  # head CPU for B's token, B -> A link
+    expected = prologue + 2 * (attention + connective + mlp) + gather + 0.2
+    assert expected == pytest.approx(15.66)
     latency, blocks = predict(hmp(1), toy)
     assert latency == pytest.approx(expected, rel=1e-12)
-    assert [b.block for b in blocks] == ["prologue", "attention", "connective", "mlp", "epilogue"]
+    assert [b.block for b in blocks] == ["prologue", "attention", "connective", "mlp", "handoff", "epilogue"]
+    assert [b.actions for b in blocks] == [("SCATTER",), ("AG", "RS"), (), ("AG", "RS"), ("GATHER",), ()]
     assert blocks[1].comm_cpu_s_per_rank == pytest.approx((cpu_a, cpu_b))
 
 
@@ -38,16 +43,15 @@ def test_two_devices_two_tiles(toy):
 
     attention = (2.0 + 1.6) + exposed(min(0.25, 0.5)) + exposed(min(0.125, 0.25))
     mlp = (1.0 + 1.6) + exposed(min(3 * 0.125, 0.25)) + exposed(min(3 * 0.125, 0.25))
-    expected = 0.2 + 2 * (attention + 0.03 + mlp) + 0.41
-    assert expected == pytest.approx(14.3175)
+    expected = 0.31 + 2 * (attention + 0.03 + mlp) + 0.41
+    assert expected == pytest.approx(14.4275)
     latency, blocks = predict(hmp(2), toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert blocks[1].comm_s == pytest.approx(2 * ring2) and blocks[1].hidden_s > 0
 
 
 def test_pipeline_of_two_stages(toy):
-    stages = (StageSplit((0,), 0, 1, (2,), (2,), (4,), (4,)), StageSplit((1,), 1, 2, (2,), (2,), (4,), (4,)))
-    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=stages, solver="manual")
+    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=two_stages(), solver="manual")
     stage_a = 2 * 1.0 + 4 * 0.01 + 4 * 0.5
     transfer = 0.01 + 1e-4 * 4000 + 2e-4 * 4000  # link A -> B, B's CPU to receive
     stage_b = 2 * 2.0 + 4 * 0.02 + 4 * 1.0
@@ -55,10 +59,16 @@ def test_pipeline_of_two_stages(toy):
     latency, blocks = predict(plan, toy)
     assert latency == pytest.approx(0.1 + stage_a + transfer + stage_b + back, rel=1e-12)
     assert [b.block for b in blocks].count("transfer") == 1
+    assert [b.actions for b in blocks if b.actions] == [("SEND",), ("RECV",), ("SEND",), ("RECV",)]
+
+
+def two_stages() -> tuple[StageSplit, StageSplit]:
+    return (StageSplit((0,), 0, 1, (2,), (2,), (4,), (4,), stage_schedule(1, first=True, last=False)),
+            StageSplit((1,), 1, 2, (2,), (2,), (4,), (4,), stage_schedule(1, first=False, last=True)))
 
 
 def test_one_device_has_no_communication(toy):
-    stage = StageSplit((0,), 0, 2, (2,), (2,), (4,), (4,), tiles=4)
+    stage = StageSplit((0,), 0, 2, (2,), (2,), (4,), (4,), ALONE)
     plan = Plan(model="toy", cluster="toy2", devices=("B",), stages=(stage,), solver="manual")
     latency, blocks = predict(plan, toy)
     assert latency == pytest.approx(0.2 + 2 * (2 * 2.0 + 4 * 0.02 + 4 * 1.0) + 0.4, rel=1e-12)
@@ -74,13 +84,13 @@ def test_latency_is_the_sum_of_block_times(toy):
 def test_sequence_parallel_only(toy):
     """Whole layers on 3 and 1 tokens; one all-gather of keys and values (2 / g = 2 hidden-stream
     bytes a token) per layer, no collective after attention or the MLP."""
-    stage = StageSplit((0, 1), 0, 2, (2, 2), (2, 2), (4, 4), (3, 1), tensor_parallel=False)
+    stage = StageSplit((0, 1), 0, 2, (2, 2), (2, 2), (4, 4), (3, 1), stage_schedule(2, shape="sequence"))
     plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=(stage,), solver="manual")
     gather = 1 * (0.01 + 1e-4 * 3 * 2000)  # one step, largest chunk 3 tokens of 2000 B
     cpu_a, cpu_b = 1e-4 * 8000, 2e-4 * 8000  # kappa x 2(n-1)/n x S x 2000 B
     attention = max(3 / 4 * 2 * 1.0 + cpu_a, 1 / 4 * 2 * 2.0 + cpu_b) + gather
     mlp = max(3 / 4 * 4 * 0.5, 1 / 4 * 4 * 1.0)
-    expected = 0.2 + 2 * (attention + max(0.03, 0.02) + mlp) + 0.41
+    expected = 0.31 + 2 * (attention + max(0.03, 0.02) + mlp) + 0.41
     latency, blocks = predict(plan, toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert [b.comm_s for b in blocks[1:4]] == pytest.approx([gather, 0.0, 0.0])
@@ -89,8 +99,7 @@ def test_sequence_parallel_only(toy):
 def test_hand_offs_and_the_head_gather_move_every_hidden_stream_tensor(toy):
     """GPT-2 and Llama hand the residual over beside the normed stream: two messages, twice the bytes."""
     from dataclasses import replace
-    stages = (StageSplit((0,), 0, 1, (2,), (2,), (4,), (4,)), StageSplit((1,), 1, 2, (2,), (2,), (4,), (4,)))
-    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=stages, solver="manual")
+    plan = Plan(model="toy", cluster="toy2", devices=("A", "B"), stages=two_stages(), solver="manual")
     one = {b.block: b for b in predict(plan, toy)[1]}
     two = {b.block: b for b in predict(plan, replace(toy, entry_tensors=2, head_tensors=2))[1]}
     for block in ("transfer", "epilogue"):

@@ -35,7 +35,7 @@ def test_bert_base_numbers():
 
 
 def test_links_and_fp16_wire():
-    table = build_cost_table(bert_base_summary(), two_devices(link_override=True), wire_dtype_bytes=2)
+    table = build_cost_table(bert_base_summary(), two_devices(link_override=True), wire_dtype="float16")
     assert table.wire_dtype == "float16" and table.token_wire_bytes == 768 * 2
     assert table.alpha_s == ((0.0, 1e-3), (1e-3, 0.0))
     assert table.beta_s_per_byte[0][1] == pytest.approx(1 / 12.5e6)

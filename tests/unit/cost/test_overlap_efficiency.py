@@ -30,7 +30,7 @@ def test_no_efficiency_hides_nothing_and_halves_hide_less():
 
 def test_planner_stops_tiling_when_nothing_hides():
     plan = make_plan(bert_base_summary(), _two(0.0))
-    assert all(stage.tiles == 1 for stage in plan.stages)
+    assert all(stage.schedule.tiles == 1 for stage in plan.stages)
 
 
 def test_cluster_file_reads_it_and_rejects_values_above_one(tmp_path):

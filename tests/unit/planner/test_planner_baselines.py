@@ -86,7 +86,7 @@ def test_sequence_only_baseline_splits_tokens_by_speed_and_keeps_every_weight(be
     from galaxy.compiler.planner.baselines import sequence_plan
     table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=10_000))
     stage = sequence_plan(table).stages[0]
-    assert not stage.tensor_parallel
+    assert stage.schedule.block("attn").shape == "sequence" and not stage.schedule.shards_weights
     assert set(stage.heads_per_rank) == {12} and set(stage.columns_per_rank) == {3072}
     tokens = dict(zip(sequence_plan(table).devices, stage.tokens_per_rank))
     assert set(tokens) == {"a", "b", "c"}  # 10 Gbit/s: every device pays for its key/value gather
@@ -110,7 +110,7 @@ def test_sequence_only_baseline_skips_a_fastest_device_that_cannot_hold_the_mode
     table = build_cost_table(bert, make_cluster([("a", 0.3, 40), ("b", 4, 20), ("c", 4, 20)], mbit_per_s=10_000))
     plan = sequence_plan(table)
     assert plan.solver == "sequence" and plan.devices == ("b", "c")
-    assert not plan.stages[0].tensor_parallel
+    assert str(plan.stages[0].schedule).startswith("SCATTER | attn:KVAG")
     assert any(n.startswith("out a") and "cannot hold the whole model" in n for n in plan.notes)
 
 
@@ -126,7 +126,7 @@ def test_ilp_takes_sequence_parallelism_only_when_it_fits_and_is_faster(bert, me
         return
     sequence = make_plan(bert, cluster, solver="sequence")
     assert sequence.predicted_latency_s < hybrid.predicted_latency_s
-    assert not chosen.stages[0].tensor_parallel and chosen.solver == "ilp"
+    assert not chosen.stages[0].schedule.shards_weights and chosen.solver == "ilp"
     assert chosen.predicted_latency_s == sequence.predicted_latency_s
     assert chosen.notes[0].startswith("sequence parallelism only: predicted")
 
@@ -138,11 +138,12 @@ def test_sequence_only_baseline_sends_keys_and_values_in_tiles_when_the_projecti
     from galaxy.compiler.cost.latency import predict
     from galaxy.compiler.cost.table import build_cost_table
     from galaxy.compiler.planner.baselines import sequence_plan
+    from galaxy.compiler.ir.schedule import stage_schedule
     from galaxy.compiler.planner.search_space import TILE_CHOICES
-    for latency_s, tiled in ((1e-5, True), (0.05, False)):
+    for latency_s, tiled in ((1e-5, True), (0.03, False)):
         table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=1_000, latency_s=latency_s))
         plan = sequence_plan(table)
-        assert len(plan.devices) > 1 and (plan.stages[0].tiles > 1) == tiled, (latency_s, plan.stages[0])
-        others = [predict(replace(plan, stages=(replace(plan.stages[0], tiles=t),)), table)[0]
-                  for t in TILE_CHOICES]
+        assert len(plan.devices) > 1 and (plan.stages[0].schedule.tiles > 1) == tiled, (latency_s, plan.stages[0])
+        others = [predict(replace(plan, stages=(replace(plan.stages[0], schedule=stage_schedule(
+            len(plan.devices), shape="sequence", tiles=t)),)), table)[0] for t in TILE_CHOICES]
         assert plan.predicted_latency_s == pytest.approx(min(others))

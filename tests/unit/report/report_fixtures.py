@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from galaxy.compiler.cost import build_cost_table, predict
+from galaxy.compiler.ir.schedule import StageSchedule
 from galaxy.compiler.ir.plan import Plan, StageSplit
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.report import PlanDocument, read_plan_document
@@ -31,7 +32,9 @@ def predicted(plan: Plan, doc: PlanDocument) -> Plan:
 def pipeline() -> PlanDocument:
     """bert-base on four-uneven in two stages: layers 0-5 on dev-a/dev-b, 6-11 on dev-c/dev-d."""
     doc = golden()
-    stages = (StageSplit((0, 1), 0, 6, (8, 4), (8, 4), (2048, 1024), (128, 128), tiles=2),
-              StageSplit((2, 3), 6, 12, (8, 4), (8, 4), (2048, 1024), (160, 96)))
+    stages = (StageSplit((0, 1), 0, 6, (8, 4), (8, 4), (2048, 1024), (128, 128),
+                         StageSchedule.parse("SCATTER | attn:AG(t2)>RS(t2) mlp:AG(t2)>RS(t2) | SEND")),
+              StageSplit((2, 3), 6, 12, (8, 4), (8, 4), (2048, 1024), (160, 96),
+                         StageSchedule.parse("RECV | attn:AG>RS mlp:AG>RS | SEND")))
     plan = Plan(doc.summary.name, doc.cluster.name, ("dev-a", "dev-b", "dev-c", "dev-d"), stages, "manual")
     return PlanDocument(predicted(plan, doc), doc.summary, doc.cluster, "pipeline")

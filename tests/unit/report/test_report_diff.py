@@ -1,4 +1,4 @@
-"""galaxy-plan diff: devices, shares per device and block, tiles, stages, latency and block deltas."""
+"""galaxy-plan diff: devices, shares per device and block, schedules, stages, latency and block deltas."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -23,9 +23,10 @@ def test_ilp_to_even_lists_every_change():
     assert "cluster: four-uneven (same devices and links)" in text
     assert "solver: ilp -> even" in text
     old, new = golden().plan.predicted_latency_s, baseline(golden()).plan.predicted_latency_s
-    assert f"predicted latency: 742.69 ms -> {ms(new, 2)} ms ({signed_ms(new - old, 2)} ms, {pct(new, old)})" in text
+    assert f"predicted latency: 751.05 ms -> {ms(new, 2)} ms ({signed_ms(new - old, 2)} ms, {pct(new, old)})" in text
     assert "devices added: dev-c (rank 2), dev-d (rank 3)" in text
-    assert "tiles: 4 -> 1" in text
+    assert ("schedule: SCATTER | attn:AG(t4)>RS(t4) mlp:AG(t4)>RS(t4) | GATHER -> "
+            "SCATTER | attn:AG>RS mlp:AG>RS | GATHER") in text
     assert line(text, "dev-a").split() == ["dev-a", "0", "8", "->", "3", "(-5)", "8", "->", "3", "(-5)",
                                            "2048", "->", "768", "(-1280)", "128", "->", "64", "(-64)"]
     assert line(text, "dev-d").split() == ["dev-d", "-", "->", "0", "-", "->", "3", "-", "->", "3",
@@ -51,7 +52,8 @@ def test_identical_plans():
 def test_stage_boundaries_and_new_blocks():
     text = diff_plans(golden(), pipeline())
     assert "stages: 1 -> 2, layers 0-11 -> 0-5 | 6-11" in text
-    assert "tiles: 4 -> 2/1" in text
+    assert ("schedule: SCATTER | attn:AG(t4)>RS(t4) mlp:AG(t4)>RS(t4) | GATHER -> SCATTER | attn:AG(t2)>RS(t2) "
+            "mlp:AG(t2)>RS(t2) | SEND || RECV | attn:AG>RS mlp:AG>RS | SEND") in text
     assert line(text, "1      transfer").split()[2] == "-"
     assert line(text, "1      transfer").split()[-1] == "new"
 

@@ -39,7 +39,9 @@ def test_cost_table_uses_the_plan_wire_dtype():
     doc = golden()
     assert doc.cost_table().token_wire_bytes == 768 * 4
     from dataclasses import replace
-    half = PlanDocument(replace(doc.plan, wire_dtype="float16"), doc.summary, doc.cluster)
+    from galaxy.compiler.ir.schedule import stage_schedule
+    stage = replace(doc.plan.stages[0], schedule=stage_schedule(2, tiles=4, wire="float16"))
+    half = PlanDocument(replace(doc.plan, stages=(stage,)), doc.summary, doc.cluster)
     assert half.cost_table().token_wire_bytes == 768 * 2
 
 

@@ -17,9 +17,10 @@ def test_header_shares_memory_and_unused_devices():
     text = show_plan(doc)
     assert text.splitlines()[0] == ("plan for bert-base on four-uneven: ilp, latency objective, wire float32, "
                                     "1 stage, 2 of 4 devices")
-    assert "predicted latency 742.69 ms per forward" in text
-    assert ("stage 0: layers 0-11 (12), 2 ranks, tiles 4, hybrid: tensor-parallel attention and MLP, "
+    assert "predicted latency 751.05 ms per forward" in text
+    assert ("stage 0: layers 0-11 (12), 2 ranks, hybrid: tensor-parallel attention and MLP, "
             "sequence-parallel connective blocks") in text
+    assert "  schedule: SCATTER | attn:AG(t4)>RS(t4) mlp:AG(t4)>RS(t4) | GATHER" in text
     memory = plan_memory_bytes(doc.plan, doc.cost_table())
     assert rows(text, "0")[0] == ["0", "dev-a", "8/12", "8/12", "2048/3072", "128/256",
                                   *gib(memory["dev-a"]).split(), "8.00", "GiB", f"{memory['dev-a'] / 8 / 2**30:.0%}"]
@@ -30,11 +31,11 @@ def test_header_shares_memory_and_unused_devices():
 def test_per_block_times_add_up_to_the_latency():
     text = show_plan(golden())
     blocks = {r[1]: r for r in rows(text, "0") if r[1] != "dev-a"}
-    assert set(blocks) == {"prologue", "attention", "connective", "mlp", "epilogue"}
+    assert set(blocks) == {"prologue", "attention", "connective", "mlp", "handoff", "epilogue"}
     assert blocks["attention"][2] == "x12" and blocks["epilogue"][2] == "x1"
     total = [line.split() for line in text.splitlines() if line.split()[:1] == ["total"]][0]
-    assert total == ["total", "742.69", "100%"]
-    assert abs(sum(float(b[-2]) for b in blocks.values()) - 742.69) < 0.05
+    assert total == ["total", "751.05", "100%"]
+    assert abs(sum(float(b[-2]) for b in blocks.values()) - 751.05) < 0.05
 
 
 def test_notes_say_why_devices_are_in_or_out():
@@ -47,7 +48,8 @@ def test_notes_say_why_devices_are_in_or_out():
 def test_pipeline_shows_each_stage_and_the_transfer():
     text = show_plan(pipeline())
     assert "2 stages" in text.splitlines()[0]
-    assert "stage 1: layers 6-11 (6), 2 ranks, tiles 1" in text
+    assert "stage 1: layers 6-11 (6), 2 ranks, hybrid" in text
+    assert "  schedule: RECV | attn:AG>RS mlp:AG>RS | SEND" in text
     transfer = rows(text, "1")
     assert any(r[1] == "transfer" and r[3:5] == ["-", "-"] for r in transfer)
 
@@ -73,9 +75,10 @@ def test_throughput_plan_shows_requests_per_second():
 
 def test_sequence_only_plan_shows_every_weight_of_the_model_on_each_rank():
     from galaxy.compiler.ir.plan import Plan, StageSplit
+    from galaxy.compiler.ir.schedule import stage_schedule
     from report_fixtures import predicted
     doc = golden()
-    stage = StageSplit((0, 1), 0, 12, (12, 12), (12, 12), (3072, 3072), (160, 96), tensor_parallel=False)
+    stage = StageSplit((0, 1), 0, 12, (12, 12), (12, 12), (3072, 3072), (160, 96), stage_schedule(2, shape="sequence"))
     plan = predicted(Plan(doc.summary.name, doc.cluster.name, ("dev-a", "dev-b"), (stage,), "manual"), doc)
     text = show_plan(PlanDocument(plan, doc.summary, doc.cluster, "sequence"))
     assert rows(text, "0")[0][2:6] == ["12/12", "12/12", "3072/3072", "160/256"]

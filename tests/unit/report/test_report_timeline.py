@@ -11,9 +11,9 @@ from galaxy.compiler.report.timeline import timeline_segments, write_timeline_pn
 def test_spans_follow_block_times_and_end_at_one_layer_per_stage():
     plan = golden().plan
     segments, spans = timeline_segments(plan)
-    assert [s.block for s in spans] == ["prologue", "attention", "connective", "mlp", "epilogue"]
+    assert [s.block for s in spans] == ["prologue", "attention", "connective", "mlp", "handoff", "epilogue"]
     assert spans[-1].end_s == pytest.approx(sum(block_s(b) for b in plan.predicted_blocks))
-    assert [s.runs for s in spans] == [1, 12, 12, 12, 1]
+    assert [s.runs for s in spans] == [1, 12, 12, 12, 1, 1]
     for before, after in zip(spans, spans[1:]):
         assert after.start_s == before.end_s
 

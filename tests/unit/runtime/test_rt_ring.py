@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from galaxy.runtime.collectives import all_gather, check_split, gather_tokens, reduce_scatter
+from galaxy.runtime.collectives import all_gather, check_split, gather_hidden, reduce_scatter
 from galaxy.runtime.overlap import all_gather_linear, linear_reduce_scatter, token_tiles
 from galaxy.runtime.ring import Ring
 
@@ -43,7 +43,7 @@ def test_size_one_ring_is_identity_without_communication():
     x = torch.randn(2, 5, 4)
     w, b = torch.randn(3, 4), torch.randn(3)
     for result in (all_gather(x, [5], ring, wire_dtype=torch.float16), reduce_scatter(x, [5], ring),
-                   gather_tokens(x, [5], ring)):
+                   gather_hidden([x], [5], ring)[0]):
         torch.testing.assert_close(result, x, rtol=0, atol=0)
         assert result.data_ptr() != x.data_ptr()  # never aliases: callers may modify in place
     torch.testing.assert_close(all_gather_linear(x, w, b, [5], ring, tiles=3), F.linear(x, w, b))

@@ -1,0 +1,145 @@
+"""One cost function per schedule action (ir/schedule.py), looked up by its op in `CHARGES`.
+
+Each returns a `Charge`: link seconds, the part of them hidden behind a GEMM, and the CPU seconds
+each rank of the stage spends moving the bytes. Legend as in cost/latency.py: n ranks in ring
+order, x[r] tokens of rank r, S tokens, b bytes of one token of the hidden stream at the action's
+wire dtype, kappa[d] comm CPU seconds per byte, alpha/beta the link matrices, k the hidden-stream
+tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
+
+    AG, RS    ring(t) of the largest chunk (cost/collectives.py); exposed(t, G) of it shows, G the
+              GEMM next to it (cost/overlap.py); cpu[r] = kappa 2 (n - 1)/n S b
+    AR        gloo's ring all-reduce: a reduce-scatter then an all-gather of even chunks,
+              2 (n - 1) (alpha + beta S b / n); cpu[r] = 2 kappa 2 (n - 1)/n S b; nothing hides
+    KVAG      the ring of keys and values (2 / g hidden-stream bytes a token), projected and sent in
+              t tiles: projection_exposed(t, G) shows, G the key/value projection
+    SCATTER   rank 0 sends every other rank its tokens, one after another:
+              k sum_{r != 0} (alpha + beta x[r] b); cpu k kappa (S - x[0]) b on rank 0 (each other rank
+              moves its own few tokens meanwhile)
+    REP       nothing (every rank computes the layer inputs itself)
+    RECV      the previous stage's leader sends every rank of this stage the k tensors whole, one
+              rank after another: k sum_r (alpha + beta S b); cpu k kappa S b on each receiver
+    SEND      the stage's leader gathers the k tensors by tokens: k sum_{r != leader}
+              (alpha + beta x[r] b); cpu k kappa (S - x[leader]) b on the leader (the whole tensors
+              then travel under the receiver's RECV)
+    GATHER    the head's k inputs gathered to rank 0 (ring position 0): as SEND with rank 0 the leader
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from galaxy.compiler.cost.collectives import collective_cpu_s, gather_link_s, ring_collective_s, ring_step_s
+from galaxy.compiler.cost.overlap import exposed_s, projection_exposed_s
+from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.ir.schedule import WIRE_BYTES, Action
+
+
+@dataclass(frozen=True)
+class Charge:
+    link_s: float = 0.0
+    hidden_s: float = 0.0  # part of link_s hidden behind compute
+    cpu_s_per_rank: tuple[float, ...] = ()  # aligned with the site's ring
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an action runs: the stage's devices in ring order and their tokens, the GEMM the action
+    may hide behind (the least over the ring, in seconds), and the ranks at the other end of a
+    hand-off (RECV: the previous stage's leader)."""
+
+    table: CostTable
+    ring: tuple[int, ...]
+    tokens: tuple[int, ...]
+    gemm_s: float = 0.0
+    sender: int | None = None  # RECV: the device sending the whole tensors
+    tensors: int | None = None  # hidden-stream tensors a hand-off moves (default: the layer entries)
+
+
+def token_bytes(table: CostTable, action: Action) -> float:
+    """Bytes of one token of the hidden stream at the action's wire dtype."""
+    return table.token_elements * WIRE_BYTES[action.wire]
+
+
+def _ring_collective(action: Action, site: Site, per_token: float) -> tuple[float, tuple[float, ...]]:
+    table, n = site.table, len(site.ring)
+    link = ring_collective_s(table, site.ring, max(site.tokens), action.tiles, token_bytes=per_token)
+    cpu = tuple(collective_cpu_s(table, d, n, token_bytes=per_token) for d in site.ring)
+    return link, cpu
+
+
+def all_gather_or_reduce_scatter(action: Action, site: Site) -> Charge:
+    link, cpu = _ring_collective(action, site, token_bytes(site.table, action))
+    exposed = exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
+    return Charge(link, link - exposed, cpu)
+
+
+def all_reduce(action: Action, site: Site) -> Charge:
+    table, n = site.table, len(site.ring)
+    if n < 2:
+        return Charge(cpu_s_per_rank=(0.0,) * n)
+    b = token_bytes(table, action)
+    link = 2 * (n - 1) * ring_step_s(table, site.ring, table.tokens * b / n)
+    cpu = tuple(2 * collective_cpu_s(table, d, n, token_bytes=b) for d in site.ring)
+    return Charge(link, 0.0, cpu)
+
+
+def key_value_gather(action: Action, site: Site) -> Charge:
+    table = site.table
+    link, cpu = _ring_collective(action, site, 2 * token_bytes(table, action) / table.heads_per_group)
+    exposed = projection_exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
+    return Charge(link, link - exposed, cpu)
+
+
+def _to_one(action: Action, site: Site, tensors: int, outward: bool) -> Charge:
+    """`tensors` hidden-stream tensors between ring position 0 and each other rank's tokens: sent
+    out from it (`outward`) or gathered to it, one rank after another."""
+    table, b = site.table, token_bytes(site.table, action)
+    root = site.ring[0]
+    others = [(d, x) for d, x in zip(site.ring[1:], site.tokens[1:])]
+    link = tensors * gather_link_s(table, root, others, b, outward=outward)
+    root_cpu = tensors * table.comm_cpu_s_per_byte[root] * b * (table.tokens - site.tokens[0])
+    return Charge(link, 0.0, (root_cpu,) + (0.0,) * len(others))
+
+
+def scatter(action: Action, site: Site) -> Charge:
+    return _to_one(action, site, site.table.entry_tensors, outward=True)
+
+
+def gather_to_leader(action: Action, site: Site) -> Charge:
+    """SEND gathers the hand-off's tensors to the leader; GATHER the head's inputs to rank 0."""
+    tensors = site.table.entry_tensors if action.op == "SEND" else site.table.head_tensors
+    return _to_one(action, site, site.tensors or tensors, outward=False)
+
+
+def receive(action: Action, site: Site) -> Charge:
+    table, k = site.table, site.tensors or site.table.entry_tensors
+    whole = table.tokens * token_bytes(table, action)
+    link = k * sum(table.alpha_s[site.sender][d] + table.beta_s_per_byte[site.sender][d] * whole
+                   for d in site.ring if d != site.sender)
+    cpu = tuple(k * table.comm_cpu_s_per_byte[d] * whole if d != site.sender else 0.0 for d in site.ring)
+    return Charge(link, 0.0, cpu)
+
+
+def replicated(action: Action, site: Site) -> Charge:
+    return Charge(cpu_s_per_rank=(0.0,) * len(site.ring))
+
+
+CHARGES: dict[str, Callable[[Action, Site], Charge]] = {
+    "AG": all_gather_or_reduce_scatter, "RS": all_gather_or_reduce_scatter, "AR": all_reduce,
+    "KVAG": key_value_gather, "SCATTER": scatter, "REP": replicated, "RECV": receive,
+    "SEND": gather_to_leader, "GATHER": gather_to_leader,
+}
+
+
+def charge(action: Action, site: Site) -> Charge:
+    """The cost of `action` at `site`, by the one cost function of its kind."""
+    return CHARGES[action.op](action, site)
+
+
+def total(charges: Sequence[Charge], ranks: int) -> Charge:
+    """Several charges of one block added up."""
+    cpu = [0.0] * ranks
+    for c in charges:
+        for j, seconds in enumerate(c.cpu_s_per_rank):
+            cpu[j] += seconds
+    return Charge(sum(c.link_s for c in charges), sum(c.hidden_s for c in charges), tuple(cpu))

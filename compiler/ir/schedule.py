@@ -1,0 +1,230 @@
+"""The schedule: which communication runs at which block border of a pipeline stage. Plain data.
+
+Every rank of a stage runs the same program shape: take the layer inputs (`enter`), run each
+layer's blocks with the actions at their borders (`layer`), hand the result on (`exit`). The
+planner chooses the schedule once; the cost model charges each action with the one cost
+function of its kind (cost/actions.py) and codegen emits it with the one template macro of its
+kind (templates/actions.py.jinja), both walking this same list.
+
+Vocabulary (`op`), and where each runs:
+
+    enter   SCATTER  rank 0 computes the layer inputs (embeddings) and sends each rank its tokens
+            REP      every rank computes the layer inputs itself, whole (replicated prologue)
+            RECV     the previous stage's leader sends the hidden states whole; each rank keeps
+                     what its layout needs (its tokens, or all of them)
+    layer   AG       all-gather tokens before the block's first GEMM (its input is token-split)
+            RS       reduce-scatter the block's partial sums by tokens after its last GEMM
+            AR       all-reduce the block's partial sums (the hidden stream stays whole: Megatron)
+            KVAG     keys and values all-gathered after they are projected, tile by tile
+                     (sequence parallelism only: every rank holds every weight)
+            (none)   the block runs locally, printed "-"
+    exit    GATHER   the head's inputs gathered to rank 0 by tokens
+            SEND     the leader gathers the hidden states and sends them whole to the next stage
+                     (the last stage: the head's inputs to rank 0)
+            (none)   rank 0 already holds what the head reads, printed "-"
+
+An action's options are its tile count (overlap with the neighbouring GEMM), the dtype of what
+travels on the wire, and the collective's algorithm. The string form round-trips:
+
+    SCATTER | attn:AG(t2)>RS(t2) mlp:AG>RS | GATHER         hybrid parallelism, 2 tiles
+    REP | attn:AR mlp:AR | -                                 Megatron-style tensor parallelism
+    SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER               sequence parallelism only, fp16 wire
+    REP | attn:- mlp:- | -                                   one device
+    RECV | attn:AG>RS mlp:AG>RS | SEND                       a later pipeline stage
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from galaxy.compiler.errors import PlanFileError
+
+ENTER_OPS = ("SCATTER", "REP", "RECV")
+LAYER_OPS = ("AG", "RS", "AR", "KVAG")
+EXIT_OPS = ("GATHER", "SEND")
+BLOCKS = ("attn", "mlp")  # a layer's tensor-parallel blocks, in order
+WIRE_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # dtype -> short form
+WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+ALGORITHMS = ("ring", "direct")
+# The actions a block may carry, in order (the layouts Galaxy generates code for).
+BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence"}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One communication step: `op` with its tile count, wire dtype and algorithm."""
+
+    op: str
+    tiles: int = 1
+    wire: str = "float32"
+    algorithm: str = "ring"
+
+    def __post_init__(self) -> None:
+        if self.op not in ENTER_OPS + LAYER_OPS + EXIT_OPS:
+            raise PlanFileError(f"unknown schedule action {self.op!r}; expected one of "
+                                f"{', '.join(ENTER_OPS + LAYER_OPS + EXIT_OPS)}")
+        if self.tiles < 1:
+            raise PlanFileError(f"action {self.op}: tiles must be >= 1, not {self.tiles}")
+        if self.wire not in WIRE_DTYPES:
+            raise PlanFileError(f"action {self.op}: wire dtype {self.wire!r} is not one of {', '.join(WIRE_DTYPES)}")
+        if self.algorithm not in ALGORITHMS:
+            raise PlanFileError(f"action {self.op}: algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+
+    def __str__(self) -> str:
+        options = [f"t{self.tiles}"] if self.tiles > 1 else []
+        options += [WIRE_DTYPES[self.wire]] if self.wire != "float32" else []
+        options += [self.algorithm] if self.algorithm != "ring" else []
+        return f"{self.op}({','.join(options)})" if options else self.op
+
+    @staticmethod
+    def parse(text: str) -> "Action":
+        match = re.fullmatch(r"([A-Z]+)(?:\(([^()]*)\))?", text.strip())
+        if not match:
+            raise PlanFileError(f"cannot read schedule action {text!r}; expected e.g. AG, RS(t2) or KVAG(t2,f16)")
+        op, options = match.group(1), match.group(2)
+        fields: dict = {}
+        short_to_wire = {short: name for name, short in WIRE_DTYPES.items()}
+        for option in filter(None, (o.strip() for o in (options or "").split(","))):
+            if re.fullmatch(r"t\d+", option):
+                fields["tiles"] = int(option[1:])
+            elif option in short_to_wire:
+                fields["wire"] = short_to_wire[option]
+            elif option in ALGORITHMS:
+                fields["algorithm"] = option
+            else:
+                raise PlanFileError(f"schedule action {text!r}: unknown option {option!r} (tN tiles, "
+                                    f"{'/'.join(short_to_wire)} wire dtype, {'/'.join(ALGORITHMS)})")
+        return Action(op, **fields)
+
+
+@dataclass(frozen=True)
+class BlockSchedule:
+    """The actions at the borders of one tensor-parallel block kind, in the order they run."""
+
+    block: str  # attn | mlp
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def shape(self) -> str:
+        """local | hybrid | tensor | sequence (BLOCK_SHAPES)."""
+        return BLOCK_SHAPES[tuple(a.op for a in self.actions)]
+
+    def find(self, op: str) -> Action | None:
+        return next((a for a in self.actions if a.op == op), None)
+
+    def __str__(self) -> str:
+        return f"{self.block}:{'>'.join(str(a) for a in self.actions) or '-'}"
+
+    @staticmethod
+    def parse(text: str) -> "BlockSchedule":
+        block, sep, rest = text.partition(":")
+        if not sep or block not in BLOCKS:
+            raise PlanFileError(f"cannot read block schedule {text!r}; expected e.g. attn:AG>RS or mlp:-")
+        actions = () if rest.strip() == "-" else tuple(Action.parse(a) for a in rest.split(">"))
+        schedule = BlockSchedule(block, actions)
+        if tuple(a.op for a in actions) not in BLOCK_SHAPES:
+            raise PlanFileError(f"block schedule {text!r}: a block carries AG>RS, AR, KVAG or nothing (-)")
+        if block == "mlp" and schedule.shape == "sequence":
+            raise PlanFileError(f"block schedule {text!r}: KVAG gathers keys and values, so only attention has it")
+        return schedule
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """How a stage enters, runs each of its layers, and exits."""
+
+    enter: Action | None
+    layer: tuple[BlockSchedule, ...]
+    exit: Action | None
+
+    def block(self, name: str) -> BlockSchedule:
+        return next(b for b in self.layer if b.block == name)
+
+    @property
+    def layout(self) -> str:
+        """How the hidden stream is held between blocks: `split` by tokens, or `whole` on every rank."""
+        shapes = {b.shape for b in self.layer}
+        return "whole" if shapes <= {"tensor", "local"} and "tensor" in shapes else "split"
+
+    @property
+    def shards_weights(self) -> bool:
+        """False when every rank holds every weight (sequence parallelism only, or one rank)."""
+        return any(b.shape in ("hybrid", "tensor") for b in self.layer)
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        """Every action, in the order a rank runs them for a one-layer stage."""
+        return (*(() if self.enter is None else (self.enter,)),
+                *(a for b in self.layer for a in b.actions), *(() if self.exit is None else (self.exit,)))
+
+    @property
+    def tiles(self) -> int:
+        """The most tiles any action of the stage cuts its transfers into (1: no overlap)."""
+        return max((a.tiles for a in self.actions), default=1)
+
+    @property
+    def parallelism(self) -> str:
+        """How the stage shares a layer, in words."""
+        shapes = {b.shape for b in self.layer}
+        if shapes == {"local"}:
+            return "one device: no collectives"
+        if "sequence" in shapes:
+            return "sequence parallelism only (every weight on every rank, keys and values all-gathered)"
+        if self.layout == "whole":
+            return "tensor parallelism, replicated connective blocks (Megatron-style, all-reduce)"
+        return "hybrid: tensor-parallel attention and MLP, sequence-parallel connective blocks"
+
+    def __str__(self) -> str:
+        enter = str(self.enter) if self.enter else "-"
+        exit_ = str(self.exit) if self.exit else "-"
+        return f"{enter} | {' '.join(str(b) for b in self.layer)} | {exit_}"
+
+    @staticmethod
+    def parse(text: str) -> "StageSchedule":
+        parts = [p.strip() for p in text.split("|")]
+        if len(parts) != 3:
+            raise PlanFileError(f"cannot read stage schedule {text!r}; expected 'ENTER | BLOCKS | EXIT', "
+                                "e.g. 'SCATTER | attn:AG>RS mlp:AG>RS | GATHER'")
+        enter = None if parts[0] == "-" else Action.parse(parts[0])
+        exit_ = None if parts[2] == "-" else Action.parse(parts[2])
+        layer = tuple(BlockSchedule.parse(b) for b in parts[1].split())
+        if enter is not None and enter.op not in ENTER_OPS:
+            raise PlanFileError(f"stage schedule {text!r}: a stage enters with {', '.join(ENTER_OPS)}, not {enter.op}")
+        if exit_ is not None and exit_.op not in EXIT_OPS:
+            raise PlanFileError(f"stage schedule {text!r}: a stage exits with {', '.join(EXIT_OPS)} or -, not {exit_.op}")
+        if tuple(b.block for b in layer) != BLOCKS:
+            raise PlanFileError(f"stage schedule {text!r}: a layer lists {' and '.join(BLOCKS)}, in that order")
+        if enter is None:
+            raise PlanFileError(f"stage schedule {text!r}: a stage needs an enter action ({', '.join(ENTER_OPS)})")
+        return StageSchedule(enter, layer, exit_)
+
+
+def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: str = "float32",
+                   first: bool = True, last: bool = True, algorithm: str = "ring") -> StageSchedule:
+    """The schedule of a stage of `ranks` ranks whose blocks run as `shape` (hybrid | tensor |
+    sequence): the one place a parallel layout becomes actions. One rank runs everything locally;
+    `first`/`last` place the stage in a pipeline (the first stage holds rank 0)."""
+    def action(op: str, tiles_: int = 1) -> Action:
+        return Action(op, tiles_, wire, algorithm)
+
+    local = ranks == 1
+    whole = shape == "tensor"
+    if local:
+        blocks = (BlockSchedule("attn"), BlockSchedule("mlp"))
+    elif shape == "hybrid":
+        blocks = tuple(BlockSchedule(b, (action("AG", tiles), action("RS", tiles))) for b in BLOCKS)
+    elif shape == "tensor":
+        blocks = tuple(BlockSchedule(b, (action("AR"),)) for b in BLOCKS)
+    elif shape == "sequence":
+        blocks = (BlockSchedule("attn", (action("KVAG", tiles),)), BlockSchedule("mlp"))
+    else:
+        raise ValueError(f"unknown stage shape {shape!r}; expected hybrid, tensor or sequence")
+    if not first:
+        enter = action("RECV")
+    else:
+        enter = Action("REP") if local or whole else action("SCATTER")
+    if not (first and last):
+        exit_ = action("SEND")
+    else:
+        exit_ = None if local or whole else action("GATHER")
+    return StageSchedule(enter, blocks, exit_)

@@ -1,0 +1,78 @@
+"""The schedule vocabulary: strings that round-trip, clear errors, and the layouts they imply."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from galaxy.compiler.errors import PlanFileError
+from galaxy.compiler.ir.plan import FORMAT_VERSION, Plan
+from galaxy.compiler.ir.schedule import Action, StageSchedule, stage_schedule
+
+EXAMPLES = [
+    "SCATTER | attn:AG(t2)>RS(t2) mlp:AG>RS | GATHER",
+    "REP | attn:AR mlp:AR | -",
+    "SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER",
+    "REP | attn:- mlp:- | -",
+    "RECV | attn:AG(bf16,direct)>RS(t4,bf16,direct) mlp:AG>RS | SEND",
+]
+
+
+@pytest.mark.parametrize("text", EXAMPLES)
+def test_strings_round_trip(text):
+    schedule = StageSchedule.parse(text)
+    assert str(schedule) == text
+    assert StageSchedule.parse(str(schedule)) == schedule
+
+
+def test_an_action_carries_its_tiles_wire_dtype_and_algorithm():
+    assert Action.parse("RS(t4,f16,direct)") == Action("RS", 4, "float16", "direct")
+    assert str(Action("AG", 1, "float32", "ring")) == "AG"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("SCATTER | attn:AG>RS mlp:AG>RS", "expected 'ENTER | BLOCKS | EXIT'"),
+    ("SCATTER | attn:XX mlp:- | GATHER", "unknown schedule action 'XX'"),
+    ("SCATTER | attn:AG(t0)>RS mlp:- | GATHER", "tiles must be >= 1"),
+    ("SCATTER | attn:AG(f8) mlp:- | GATHER", "unknown option 'f8'"),
+    ("SCATTER | attn:RS>AG mlp:- | GATHER", "a block carries AG>RS, AR, KVAG or nothing"),
+    ("SCATTER | mlp:- attn:- | GATHER", "lists attn and mlp, in that order"),
+    ("SCATTER | attn:- mlp:KVAG | GATHER", "only attention has it"),
+    ("GATHER | attn:- mlp:- | -", "enters with SCATTER, REP, RECV"),
+])
+def test_bad_strings_say_what_is_expected(text, message):
+    with pytest.raises(PlanFileError, match=message):
+        StageSchedule.parse(text)
+
+
+def test_the_layouts_a_schedule_implies():
+    hybrid, megatron, sequence, alone = (StageSchedule.parse(t) for t in EXAMPLES[:4])
+    assert (hybrid.layout, hybrid.shards_weights, hybrid.tiles) == ("split", True, 2)
+    assert (megatron.layout, megatron.shards_weights) == ("whole", True)
+    assert (sequence.layout, sequence.shards_weights) == ("split", False)
+    assert (alone.layout, alone.shards_weights, alone.tiles) == ("split", False, 1)
+    assert [str(a) for a in hybrid.actions] == ["SCATTER", "AG(t2)", "RS(t2)", "AG", "RS", "GATHER"]
+
+
+def test_stage_schedule_is_the_one_place_a_layout_becomes_actions():
+    assert str(stage_schedule(3, tiles=2)) == "SCATTER | attn:AG(t2)>RS(t2) mlp:AG(t2)>RS(t2) | GATHER"
+    assert str(stage_schedule(3, shape="tensor")) == "REP | attn:AR mlp:AR | -"
+    assert str(stage_schedule(3, shape="sequence", tiles=4, wire="float16")) == \
+        "SCATTER(f16) | attn:KVAG(t4,f16) mlp:- | GATHER(f16)"
+    assert str(stage_schedule(1, tiles=8)) == "REP | attn:- mlp:- | -"
+    assert str(stage_schedule(2, first=False, last=False)) == "RECV | attn:AG>RS mlp:AG>RS | SEND"
+    assert str(stage_schedule(1, first=True, last=False)) == "REP | attn:- mlp:- | SEND"
+
+
+def test_format_1_plans_are_read_with_their_schedules():
+    v1 = {"format_version": 1, "model": "m", "cluster": "c", "devices": ["a", "b"], "solver": "manual",
+          "wire_dtype": "float16", "stages": [
+              {"ranks": [0, 1], "first_layer": 0, "end_layer": 2, "heads_per_rank": [2, 2],
+               "kv_heads_per_rank": [2, 2], "columns_per_rank": [4, 4], "tokens_per_rank": [3, 3],
+               "tiles": 1, "sequence_parallel": False, "tensor_parallel": True}]}
+    plan = Plan.from_json(json.loads(json.dumps(v1)))
+    assert plan.format_version == FORMAT_VERSION == 2
+    assert str(plan.stages[0].schedule) == "REP | attn:AR(f16) mlp:AR(f16) | -"
+    assert plan.stages[0].tokens_per_rank == (6, 6)  # Megatron-style: every rank holds every token
+    assert plan.wire_dtype == "float16"
+    assert Plan.from_json(json.loads(plan.dumps())) == plan
