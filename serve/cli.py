@@ -66,6 +66,8 @@ def serve(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         stack.callback(http_socket.close)
         cluster = stack.enter_context(_ranks(args, plan))
+        control = cluster.listener.getsockname()
+        sys.stderr.write(f"galaxy-serve: the coordinator listens for ranks on {control[0]}:{control[1]}\n")
         coordinator = Coordinator(plan, cluster.token, cluster.listener, cluster.placement,
                                   heartbeat_s=args.heartbeat, dead_after_s=args.dead_after, timeout_s=args.timeout,
                                   connect_timeout_s=args.connect_timeout,
@@ -130,3 +132,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.timeout <= 0 or args.heartbeat <= 0 or args.dead_after <= args.heartbeat:
         parser.error("--timeout and --heartbeat must be > 0 and --dead-after > --heartbeat")
     return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
