@@ -35,8 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from galaxy.host.processes import (OnLine, child_env, last_words, pump, start_rank, stop_processes,
-                                  terminate_on_sigterm)
+from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
 from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
@@ -338,29 +337,21 @@ def _read_cluster_json(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    terminate_on_sigterm()  # a terminated galaxy-run stops its ranks (the finally blocks run)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(message)s")
     options = dict(input_path=args.input, output_path=args.output, requests=args.requests,
                    repeat=args.repeat,
                    warmup=args.warmup, timeout_s=args.timeout, threads=args.threads,
                    overall_timeout_s=args.overall_timeout)
-    try:
+
+    def run() -> int:
         if args.emulate:
             result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, **options)
         else:
             result = run_local(args.bundle, **options)
-    except GalaxyRuntimeError as exc:
-        sys.stderr.write(f"galaxy-run: error: {' '.join(str(exc).split())}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("galaxy-run: interrupted; stopped every rank\n")
-        return EXIT_INTERRUPTED
-    except SystemExit as exc:  # SIGTERM or SIGHUP, after every rank was stopped
-        sys.stderr.write(f"galaxy-run: terminated (exit {exc.code}); stopped every rank\n")
-        return int(exc.code)
-    print(_summary(result, args.output))
-    return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
+        print(_summary(result, args.output))
+        return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
+    return cli_exit_code("galaxy-run", run)  # a terminated galaxy-run stops its ranks first
 
 
 def _summary(result: RunResult, output: str | None) -> str:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -106,3 +107,25 @@ def terminate_on_sigterm() -> Callable[[], None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
     return restore
+
+
+def cli_exit_code(prog: str, work: Callable[[], int], terminated_ok: bool = False) -> int:
+    """Run a command-line tool's `work` with SIGTERM/SIGHUP unwinding its `finally` blocks; a
+    GalaxyRuntimeError is one line on stderr and exit 2, Ctrl-C exit 130, SIGTERM/SIGHUP exit
+    128 + the signal (0 with `terminated_ok`: how a server is normally stopped)."""
+    from galaxy.runtime.errors import GalaxyRuntimeError
+
+    terminate_on_sigterm()
+    try:
+        return work()
+    except GalaxyRuntimeError as exc:
+        sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; stopped every rank\n")
+        return 130
+    except SystemExit as exc:
+        if exc.code not in (128 + signal.SIGTERM, 128 + signal.SIGHUP):
+            raise
+        sys.stderr.write(f"{prog}: terminated; stopped every rank\n")
+        return 0 if terminated_ok else int(exc.code)

@@ -9,9 +9,9 @@ plan predicts per block too.
 """
 from __future__ import annotations
 
-import functools
-import time
 from types import ModuleType
+
+from .timing import accumulating
 
 BLOCK_OF_FUNCTION = {"prologue": "prologue", "attention": "attention", "after_attention": "connective",
                      "mlp": "mlp", "after_mlp": "connective", "epilogue": "epilogue"}
@@ -35,12 +35,8 @@ class BlockClock:
         return totals
 
     def _timed(self, fn, block: str):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._totals[block] = self._totals.get(block, 0.0) + time.perf_counter() - start
+        def record(seconds: float) -> None:
+            self._totals[block] = self._totals.get(block, 0.0) + seconds
+        wrapper = accumulating(fn, record)
         wrapper._galaxy_timed = True
         return wrapper

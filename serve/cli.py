@@ -10,50 +10,36 @@ emulated devices. The cluster token comes from --token-file, GALAXY_CLUSTER_TOKE
 --hosts, the hosts file; --local and --emulate make a fresh one when none is set (then
 POST /v1/plan cannot be used).
 
-Exit codes: 0 stopped by a signal after serving; 2 could not start (one line names the cause);
-130 interrupted before serving.
+Exit codes: 0 stopped by SIGTERM/SIGHUP (how a server is normally stopped); 2 could not start
+(one line names the cause); 130 Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-from galaxy.host.processes import terminate_on_sigterm
+from galaxy.host.processes import cli_exit_code
 from galaxy.runtime import auth, rendezvous
-from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
+from galaxy.runtime.errors import UsageError
 
 from .bundles import HostBundle
-from .coordinator import Coordinator
+from .coordinator import Coordinator, ServiceUnavailable
 
 log = logging.getLogger("galaxy.serve")
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK = 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s")
-    terminate_on_sigterm()  # SIGTERM/SIGHUP unwind through the `with` blocks below
-    try:
-        serve(args)
-    except GalaxyRuntimeError as exc:
-        sys.stderr.write(f"galaxy-serve: error: {' '.join(str(exc).split())}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("galaxy-serve: interrupted; stopped every rank\n")
-        return EXIT_INTERRUPTED
-    except SystemExit as exc:
-        if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGHUP):
-            sys.stderr.write("galaxy-serve: terminated; stopped every rank\n")
-            return EXIT_OK
-        raise
-    return EXIT_OK
+    return cli_exit_code("galaxy-serve", lambda: serve(args) or EXIT_OK, terminated_ok=True)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -73,7 +59,11 @@ def serve(args: argparse.Namespace) -> None:
                                   connect_timeout_s=args.connect_timeout,
                                   exit_status=cluster.processes.exit_status)
         stack.callback(coordinator.close)
-        coordinator.start().result(timeout=args.connect_timeout + 2 * args.timeout)
+        try:
+            coordinator.start().result(timeout=args.connect_timeout + 3 * args.timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise ServiceUnavailable(f"the ranks did not form a group within {args.connect_timeout + 3 * args.timeout:g} s; "
+                                     "see their log lines above") from exc
         host, port = http_socket.getsockname()[:2]
         sys.stderr.write(f"galaxy-serve: serving {plan.describe()} on http://{host}:{port} "
                          "(POST /v1/infer, GET /healthz, GET /metrics); Ctrl-C stops\n")
