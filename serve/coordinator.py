@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -63,7 +63,6 @@ class Pending:
     submitted: float
     deadline: float
     dispatched: float | None = None
-    times: dict[str, float] = field(default_factory=dict)  # device -> its wall time for this request
 
 
 @dataclass
@@ -280,7 +279,7 @@ class Coordinator:
         self.metrics.observe_request(now - pending.submitted, now - dispatched)
         pending.future.timing = {"queue": dispatched - pending.submitted, "cluster": now - dispatched}
         pending.future.set_result(outputs)
-        self.metrics.in_flight.set(len(self._in_flight))
+        self.metrics.set_in_flight(len(self._in_flight))
 
     # --- heartbeats ------------------------------------------------------------------------------
 
@@ -325,7 +324,8 @@ class Coordinator:
     def _dispatch_once(self) -> None:
         sends: list[tuple[RankLink, str, dict, dict | None]] = []
         with self._cond:
-            self._cond.wait(_POLL_S)
+            if not self._work_waiting():
+                self._cond.wait(_POLL_S)
             self._expire_requests()
             if self._failures:
                 self._handle_failures()
@@ -345,6 +345,16 @@ class Coordinator:
             except control.ControlError:
                 return  # lost: _on_lost fails the requests
 
+    def _work_waiting(self) -> bool:
+        """Something the dispatcher can do right now (under the lock); else it waits for a change."""
+        if self._failures or (self._wanted is not None and not self._in_flight):
+            return True
+        if not self._ready or self._broken:
+            return False
+        room = self._queue and len(self._in_flight) < self._cap() and self._wanted is None
+        drain = self._in_flight and (not self._queue or self._wanted is not None) and not self._end_sent
+        return bool(room or drain)
+
     def _next_sends(self) -> list:
         """Requests to dispatch now (and `end` when the queue ran dry); under the lock."""
         plan, sends = self._plan, []
@@ -360,7 +370,7 @@ class Coordinator:
             sends += [(link, control.END, {"epoch": self._epoch}, None) for link in links]
             self._end_sent = True
         self.metrics.queued.set(len(self._queue))
-        self.metrics.in_flight.set(len(self._in_flight))
+        self.metrics.set_in_flight(len(self._in_flight))
         return sends
 
     def _cap(self) -> int:
@@ -519,4 +529,4 @@ class Coordinator:
         self._in_flight.clear()
         self._queue.clear()
         self.metrics.queued.set(0)
-        self.metrics.in_flight.set(0)
+        self.metrics.set_in_flight(0)

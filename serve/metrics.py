@@ -8,7 +8,7 @@
     galaxy_block_seconds_total{device,block}   time inside each block kind, per device
     galaxy_link_bytes_total{src,dst}           bytes the ranks sent each other (point-to-point)
     galaxy_plan_info{plan,bundle,epoch,devices,stages} = 1 for the plan in force
-    galaxy_queued_requests, galaxy_in_flight_requests
+    galaxy_queued_requests, galaxy_in_flight_requests, galaxy_in_flight_requests_peak
     galaxy_refused_ranks_total, galaxy_lost_ranks_total
     galaxy_http_requests_total{path,status}
 """
@@ -39,9 +39,18 @@ class ServeMetrics:
                           registry=registry)
         self.queued = Gauge("galaxy_queued_requests", "Requests waiting", registry=registry)
         self.in_flight = Gauge("galaxy_in_flight_requests", "Requests on the ranks", registry=registry)
+        self.in_flight_peak = Gauge("galaxy_in_flight_requests_peak", "Most requests on the ranks at once",
+                                    registry=registry)
         self.refusals = Counter("galaxy_refused_ranks", "Connections refused (token, plan)", registry=registry)
         self.lost_ranks = Counter("galaxy_lost_ranks", "Ranks lost", registry=registry)
+        self._peak = 0
         self.http = Counter("galaxy_http_requests", "HTTP requests", ["path", "status"], registry=registry)
+
+    def set_in_flight(self, count: int) -> None:
+        self.in_flight.set(count)
+        if count > self._peak:
+            self._peak = count
+            self.in_flight_peak.set(count)
 
     def observe_request(self, latency_s: float, cluster_s: float) -> None:
         self.requests.inc()
