@@ -35,7 +35,6 @@ import socket
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -43,10 +42,9 @@ import torch
 
 from . import auth, bundle, rendezvous, serving, timing
 from .collectives import broadcast_tensors
+from .context import RankContext, make_context
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
-from .ring import Ring
-from .stages import Handoff
 from .stream import Stream, StreamRun, pack_requests, sequential, timed_stream, unpack_requests
 
 log = logging.getLogger(__name__)
@@ -56,33 +54,6 @@ Forward = Callable[[dict, dict, "RankContext"], "Mapping[str, torch.Tensor] | No
 EXIT_RUNTIME_ERROR = 2  # this rank's own problem: bundle, command line, rendezvous
 EXIT_PEER_FAILED = 4  # a transfer with a peer failed or timed out: look at that peer first
 EXIT_INTERRUPTED = 130
-
-
-@dataclass(frozen=True)
-class RankContext:
-    """What `forward` knows about the world besides its inputs and weights."""
-
-    rank: int
-    world_size: int
-    device_names: tuple[str, ...]  # device name of each rank
-    timeout_s: float  # every wait on a peer gives up after this long
-    stage_ranks: tuple[tuple[int, ...], ...]  # plan["plan"]["stages"][i]["ranks"]
-    plan: dict  # the whole plan.json
-    bundle_dir: Path
-    handoff: Handoff  # this rank's sends and receives between pipeline stages
-
-    def ring(self, stage_index: int = 0) -> Ring:
-        """The ranks of pipeline stage `stage_index`, in ring order, seen from this rank."""
-        return Ring(self.stage_ranks[stage_index], self.rank, self.timeout_s, self.device_names)
-
-    @property
-    def stage_index(self) -> int:
-        """The pipeline stage this rank belongs to."""
-        return next(i for i, ranks in enumerate(self.stage_ranks) if self.rank in ranks)
-
-    def world(self) -> Ring:
-        """All ranks, in rank order (for barriers and broadcasts)."""
-        return Ring(tuple(range(self.world_size)), self.rank, self.timeout_s, self.device_names)
 
 
 def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream: Stream | None = None) -> int:
@@ -148,14 +119,6 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
                     "run's results stand", rank, devices[rank], " ".join(str(exc).split()))
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
-
-
-def make_context(rank: int, plan: dict, bundle_dir: Path, timeout_s: float) -> RankContext:
-    """The RankContext of `rank` in `plan` (plan.json as a dict)."""
-    devices = tuple(plan["plan"]["devices"])
-    world = Ring(tuple(range(len(devices))), rank, timeout_s, devices)
-    return RankContext(rank, len(devices), devices, timeout_s,
-                       tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
 
 
 def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor],

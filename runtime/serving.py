@@ -44,6 +44,7 @@ import torch
 
 from . import auth, bundle, control, rendezvous
 from .blocks import BlockClock
+from .context import make_context
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import take_sent_bytes
 from .stream import sequential
@@ -75,7 +76,7 @@ class LoadedPlan:
         return len(self.devices)
 
 
-def load_plan(bundle_dir: Path, rank: int, clock: BlockClock, module=None) -> LoadedPlan:
+def load_rank(bundle_dir: Path, rank: int, clock: BlockClock, module=None) -> LoadedPlan:
     """Verify this rank's files, import its module (unless given), time its blocks, load its weights."""
     bundle_dir = Path(bundle_dir).resolve()
     bundle.verify_manifest(bundle_dir, bundle.rank_files(bundle_dir, rank))
@@ -118,7 +119,7 @@ def serve(rank: int, module, address: str, token_file: str | None, timeout_s: fl
     """The rank's serving life; returns its exit code (raises GalaxyRuntimeError before it serves)."""
     token = auth.load_token(token_file)
     clock = BlockClock()
-    plan = load_plan(Path(module.__file__).parent, rank, clock, module)
+    plan = load_rank(Path(module.__file__).parent, rank, clock, module)
     channel = _connect(address, connect_timeout_s, f"rank {rank} ({plan.devices[rank]})")
     settings = _handshake(channel, token, plan)
     session = _Session(channel, settings["heartbeat_s"], settings["dead_after_s"], plan.devices[rank])
@@ -270,8 +271,6 @@ class _Rank:
     # --- joining a group -----------------------------------------------------------------------
 
     def _join(self, header: dict) -> None:
-        from .entry import make_context
-
         rendezvous.close()
         self.epoch, self.ctx = None, None
         epoch = header["epoch"]
@@ -311,7 +310,7 @@ class _Rank:
         if bundle_dir.resolve() == self.plan.bundle_dir and rank == self.plan.rank:
             return
         self.plan = None  # let the old weights go before the new ones load
-        self.plan = load_plan(bundle_dir, rank, self.clock)
+        self.plan = load_rank(bundle_dir, rank, self.clock)
 
     # --- requests ------------------------------------------------------------------------------
 
