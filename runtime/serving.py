@@ -242,13 +242,15 @@ class _Rank:
     """The control loop: join groups, run requests, report results, failures and block times."""
 
     def __init__(self, session: _Session, token: bytes, plan: LoadedPlan, clock: BlockClock, timeout_s: float):
-        self.session, self.token, self.plan, self.clock, self.timeout_s = session, token, plan, clock, timeout_s
+        self.session, self.token, self.clock, self.timeout_s = session, token, clock, timeout_s
+        self.plan: LoadedPlan | None = plan  # None after a bundle failed to load
+        self.device, self.rank = plan.devices[plan.rank], plan.rank  # the device stays; its rank may change
         self.epoch: int | None = None  # of the gloo group this rank is in, None when in none
         self.ctx = None
 
     @property
     def me(self) -> str:
-        return f"rank {self.plan.rank} ({self.plan.devices[self.plan.rank]})"
+        return f"rank {self.rank} ({self.device})"
 
     def loop(self) -> int:
         while True:
@@ -307,7 +309,8 @@ class _Rank:
         return None
 
     def _load(self, bundle_dir: Path, rank: int) -> None:
-        if bundle_dir.resolve() == self.plan.bundle_dir and rank == self.plan.rank:
+        self.rank = rank
+        if self.plan is not None and bundle_dir.resolve() == self.plan.bundle_dir and rank == self.plan.rank:
             return
         self.plan = None  # let the old weights go before the new ones load
         self.plan = load_rank(bundle_dir, rank, self.clock)
@@ -342,20 +345,21 @@ class _Rank:
                     request_id = ids.popleft()
                     self._answer(request_id, outputs, time.perf_counter() - taken.pop(request_id))
             self.ctx.handoff.flush()
-        except (GalaxyRuntimeError, Exception) as exc:  # noqa: B014 - a bug in a block is reported too
+        except Exception as exc:  # a peer, a timeout, or a bug in a block: all reported, none fatal
             rendezvous.close()  # peers fail fast instead of waiting for their timeout
             self.epoch = None
             self._report_failure(epoch, ids[0] if ids else request_id, exc)
 
     def _answer(self, request_id: int, outputs, wall_s: float) -> None:
-        if self.plan.rank == 0:
-            if not isinstance(outputs, dict) or not outputs:
-                raise GalaxyRuntimeError(f"forward returned {type(outputs).__name__} on rank 0, expected "
-                                         "a dict of output tensors by name")
-            self.session.send(control.RESULT, {"epoch": self.epoch, "id": request_id}, outputs)
+        """Times first, so the coordinator knows rank 0's own time when the result arrives."""
+        if self.plan.rank == 0 and (not isinstance(outputs, dict) or not outputs):
+            raise GalaxyRuntimeError(f"forward returned {type(outputs).__name__} on rank 0, expected "
+                                     "a dict of output tensors by name")
         self.session.send(control.TIMES, {"epoch": self.epoch, "id": request_id, "rank": self.plan.rank,
                                           "wall_s": wall_s, "blocks": self.clock.take(),
                                           "sent_bytes": take_sent_bytes()})
+        if self.plan.rank == 0:
+            self.session.send(control.RESULT, {"epoch": self.epoch, "id": request_id}, outputs)
 
     def _report_failure(self, epoch, request_id, exc: BaseException) -> None:
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -365,5 +369,5 @@ class _Rank:
         else:
             log.error("%s: %s", self.me, message)
         peer = exc.peer_rank if isinstance(exc, CollectiveError) else None
-        self.session.send(control.FAILED, {"epoch": epoch, "id": request_id, "rank": self.plan.rank,
+        self.session.send(control.FAILED, {"epoch": epoch, "id": request_id, "rank": self.rank,
                                            "error": message, "peer": peer})

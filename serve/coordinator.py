@@ -63,6 +63,7 @@ class Pending:
     submitted: float
     deadline: float
     dispatched: float | None = None
+    rank0_s: float = 0.0  # rank 0's own time for this request, from taking it on to its outputs
 
 
 @dataclass
@@ -268,6 +269,9 @@ class Coordinator:
             elif message.kind == control.TIMES:
                 if self._plan is not None and header.get("epoch") == self._epoch:
                     self.metrics.record_times(link.device, header, self._plan.devices)
+                    pending = self._in_flight.get(header.get("id"))
+                    if pending is not None and link.device == self._plan.devices[0]:
+                        pending.rank0_s = float(header.get("wall_s", 0.0))
             elif message.kind == control.FAILED:
                 if header.get("epoch") == self._epoch:
                     self._failures.append({"device": link.device, **header})
@@ -277,7 +281,8 @@ class Coordinator:
         now = time.monotonic()
         dispatched = pending.dispatched or now
         self.metrics.observe_request(now - pending.submitted, now - dispatched)
-        pending.future.timing = {"queue": dispatched - pending.submitted, "cluster": now - dispatched}
+        pending.future.timing = {"queue": dispatched - pending.submitted, "cluster": now - dispatched,
+                                 "rank0": pending.rank0_s}
         pending.future.set_result(outputs)
         self.metrics.set_in_flight(len(self._in_flight))
 

@@ -7,8 +7,9 @@
     POST /v1/plan    {"bundle": "DIR"}: serve another bundle from the next request on; needs
                      `Authorization: Bearer <cluster token>`
 
-Each answer carries `Server-Timing: cluster;dur=<ms>` (dispatch to answer on the ranks) and
-`queue;dur=<ms>`, so a client can tell HTTP time from cluster time.
+Each answer carries `Server-Timing: queue;dur=<ms>, cluster;dur=<ms>, rank0;dur=<ms>` (waiting
+in the queue; dispatch to the ranks -> answer; rank 0's own time from taking the request on to
+its outputs), so a client can tell HTTP time from the coordinator's and the ranks'.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,22 @@ def test_swap_plans_and_back(server, bundles, tiny):
             tiny.check(inputs, outputs)
 
 
+def test_a_swap_to_a_damaged_bundle_is_refused_and_another_swap_recovers(server, bundles, tiny, tmp_path):
+    damaged = shutil.copytree(bundles["pipeline"], tmp_path / "damaged")
+    shard = damaged / rt_bundle.rank_weights(1)
+    shard.write_bytes(shard.read_bytes()[:-8] + b"tampered")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.post(f"{server.url}/v1/plan", json={"bundle": str(damaged)}, timeout=120, headers=headers)
+    assert response.status_code == 503
+    assert "rank 1 (dev1)" in response.json()["error"] and "weights/rank_1.safetensors" in response.json()["error"]
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 503
+    response = httpx.post(f"{server.url}/v1/plan", json={"bundle": str(bundles["hmp"])}, timeout=120, headers=headers)
+    assert response.status_code == 200, response.text
+    with Client(server.url) as client:
+        inputs = tiny.requests(3)[2]
+        tiny.check(inputs, client.infer(inputs))
+
+
 def test_pipeline_serves_several_requests_in_flight_and_a_killed_rank_is_named(bundles, tiny):
     with ServeProcess(bundles["pipeline"]) as running:
         requests = tiny.requests(8)
@@ -183,13 +200,14 @@ def test_pipeline_serves_several_requests_in_flight_and_a_killed_rank_is_named(b
         assert response.status_code == 503 and "rank 1 (dev1) lost" in response.json()["error"]
 
 
-def test_sigterm_stops_everything(bundles, tiny):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_stops_everything(bundles, tiny, sig, code):
     with ServeProcess(bundles["pipeline"]) as running:
         with Client(running.url) as client:
             tiny.check(tiny.requests(1)[0], client.infer(tiny.requests(1)[0]))
         started = running.rank_pids()
         assert len(started) >= 2
-        assert running.stop(signal.SIGTERM) == 0
+        assert running.stop(sig) == code
         assert "stopped every rank" in running.log()
         assert alive(started) == []
 
