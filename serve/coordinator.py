@@ -2,9 +2,8 @@
 requests, dispatches them, forms gloo groups and swaps plans between requests.
 
 Threads (all daemons, all waits bounded):
-  accept      takes control connections; a handshake thread each (serve/links.py)
-  link reader one per rank: results, block times, failures, heartbeats -> `_on_message`
-  heartbeat   sends heartbeats to every rank and declares a silent one lost
+  links       (serve/links.py) accept and check control connections, read each rank's frames
+              (-> `_on_message`), send heartbeats and declare a silent rank lost (-> `_on_lost`)
   dispatcher  the only thread that changes the group: forms it (first plan, a swap, a re-form
               after a failed request), sends requests (`run`) and `end` when the queue is empty
 
@@ -34,7 +33,7 @@ from galaxy.runtime import auth, control
 from galaxy.runtime.errors import GalaxyRuntimeError
 
 from .bundles import HostBundle, Placement
-from .links import RankLink, Refused, accept_rank
+from .links import RankLink, RankLinks
 from .metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ class Coordinator:
                  connect_timeout_s: float = 120.0, request_timeout_s: float | None = None,
                  max_in_flight: int | None = None, metrics: ServeMetrics | None = None,
                  exit_status: Callable[[str], str | None] | None = None):
-        self.token, self.listener, self.placement = token, listener, placement
-        self.heartbeat_s, self.dead_after_s, self.timeout_s = heartbeat_s, dead_after_s, timeout_s
+        self.token, self.placement = token, placement
+        self.dead_after_s, self.timeout_s = dead_after_s, timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s or 2 * timeout_s
         self._max_in_flight = max_in_flight
@@ -89,7 +88,6 @@ class Coordinator:
         self._known = {plan.sha: plan}  # bundles a connecting rank may run
         self._first = plan
         self._cond = threading.Condition()
-        self._links: dict[str, RankLink] = {}
         self._plan: HostBundle | None = None
         self._epoch = 0
         self._ready = False
@@ -100,20 +98,19 @@ class Coordinator:
         self._end_sent = True
         self._failures: list[dict] = []  # `failed` reports of the group in force
         self._joining: dict = {}  # epoch -> {"loaded": {device: header}, "joined": set(), "failed": [...]}
-        self.refusals: list[str] = []
         self._ids = itertools.count(1)
         self._closing = threading.Event()
-        self._threads = [threading.Thread(target=target, name=f"galaxy-{name}", daemon=True)
-                         for name, target in (("accept", self._accept), ("heartbeat", self._heartbeat),
-                                              ("dispatcher", self._dispatch))]
+        self.links = RankLinks(listener, token, heartbeat_s, dead_after_s, self._cond, self._plans,
+                               self._on_message, self._on_lost, self.metrics)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="galaxy-dispatcher", daemon=True)
 
     # --- public ----------------------------------------------------------------------------------
 
     def start(self) -> Future:
         """Start the threads and form the first plan's group; the future resolves when it serves."""
         forming = self._request_plan(self._first, "start")
-        for thread in self._threads:
-            thread.start()
+        self.links.start()
+        self._dispatcher.start()
         return forming
 
     def submit(self, inputs: dict[str, torch.Tensor]) -> Future:
@@ -133,7 +130,7 @@ class Coordinator:
     def swap_plan(self, new_plan: HostBundle) -> Future:
         """Serve `new_plan` from the next request on (requests in flight finish on the old one).
         Every device of the new plan must be connected and hold the bundle already."""
-        missing = [d for d in new_plan.devices if d not in self._links or not self._links[d].alive]
+        missing = [d for d in new_plan.devices if not self.links.alive(d)]
         if missing:
             raise ServiceUnavailable(f"{new_plan.describe()} runs on {missing}, which no live rank serves; "
                                      "start galaxy-serve with a cluster that has those devices")
@@ -153,7 +150,7 @@ class Coordinator:
             plan = self._plan or self._first
             ranks = []
             for rank, device in enumerate(plan.devices):
-                link = self._links.get(device)
+                link = self.links.get(device)
                 ranks.append({"rank": rank, "device": device, "alive": bool(link and link.alive),
                               "plan": link.plan_sha[:12] if link else None,
                               "last_heard_s": round(time.monotonic() - link.last_heard, 3) if link else None,
@@ -173,73 +170,22 @@ class Coordinator:
                 return
             self._closing.set()
             self._fail_all(ServiceUnavailable("galaxy-serve is shutting down"))
-            links = list(self._links.values())
             self._cond.notify_all()
-        for link in links:
-            if link.alive:
-                try:
-                    link.send(control.STOP, timeout_s=2)
-                except control.ControlError:
-                    pass
-            link.close()
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        for thread in self._threads:
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout=5)
+        self.links.close()
+        if self._dispatcher.is_alive() and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout=5)
 
-    # --- connections -----------------------------------------------------------------------------
+    def _plans(self) -> tuple[dict[str, tuple[str, ...]], str]:
+        """(devices of every plan a connecting rank may run, by sha; the sha in force); under the lock."""
+        return {sha: known.devices for sha, known in self._known.items()}, (self._plan or self._first).sha
 
-    def _accept(self) -> None:
-        self.listener.settimeout(_POLL_S)
-        while not self._closing.is_set():
-            try:
-                sock, address = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handshake, args=(sock, address[0]), daemon=True,
-                             name=f"galaxy-handshake-{address[0]}").start()
-
-    def _handshake(self, sock: socket.socket, address: str) -> None:
-        settings = {"heartbeat_s": self.heartbeat_s, "dead_after_s": self.dead_after_s}
-        with self._cond:
-            plans = {sha: known.devices for sha, known in self._known.items()}
-            current = (self._plan or self._first).sha
-        try:
-            channel, hello = accept_rank(sock, address, self.token, plans, current, settings)
-        except Refused as exc:
-            log.warning("galaxy-serve: refused a rank: %s", exc)
-            with self._cond:
-                self.refusals.append(str(exc))
-                self.metrics.refusals.inc()
-                self._cond.notify_all()
-            return
-        except (control.ControlError, OSError, ValueError) as exc:
-            log.warning("galaxy-serve: a connection from %s broke during the handshake: %s", address, exc)
-            sock.close()
-            return
-        device = hello["device"]
-        with self._cond:
-            old = self._links.get(device)
-            if old is not None and old.alive:
-                log.warning("galaxy-serve: refused a second rank for %s from %s", device, address)
-                channel.close()
-                return
-            link = RankLink(channel, device, hello["plan"], self._on_message, self._on_lost)
-            self._links[device] = link
-            self._cond.notify_all()
-        link.start()
-        log.info("galaxy-serve: rank %s (%s) connected from %s", hello["rank"], device, address)
+    # --- what the ranks say -----------------------------------------------------------------------
 
     def _on_lost(self, link: RankLink, reason: str) -> None:
         status = self._exit_status(link.device)
         full = f"{reason}{'; ' + status if status else ''}"
         with self._cond:
-            if self._links.get(link.device) is not link:
+            if self.links.get(link.device) is not link:
                 return
             plan = self._plan or self._first
             log.error("galaxy-serve: lost %s: %s", self._who(link.device), full)
@@ -285,23 +231,6 @@ class Coordinator:
                                  "rank0": pending.rank0_s}
         pending.future.set_result(outputs)
         self.metrics.set_in_flight(len(self._in_flight))
-
-    # --- heartbeats ------------------------------------------------------------------------------
-
-    def _heartbeat(self) -> None:
-        while not self._closing.wait(self.heartbeat_s):
-            with self._cond:
-                links = [link for link in self._links.values() if link.alive]
-            now = time.monotonic()
-            for link in links:
-                silent = now - link.last_heard
-                if silent > self.dead_after_s:
-                    link.lose(f"no heartbeat for {silent:.1f} s (hung, or its network is down)")
-                    continue
-                try:
-                    link.send(control.HEARTBEAT, timeout_s=self.dead_after_s)
-                except control.ControlError:
-                    pass  # already lost by send
 
     # --- the dispatcher: group formation and requests ---------------------------------------------
 
@@ -363,7 +292,7 @@ class Coordinator:
     def _next_sends(self) -> list:
         """Requests to dispatch now (and `end` when the queue ran dry); under the lock."""
         plan, sends = self._plan, []
-        links = [self._links[device] for device in plan.devices]
+        links = [self.links.get(device) for device in plan.devices]
         while self._queue and len(self._in_flight) < self._cap() and self._wanted is None:
             pending = self._queue.popleft()
             pending.dispatched = time.monotonic()
@@ -438,7 +367,7 @@ class Coordinator:
             epoch = self._epoch
             self._ready, self._broken, self._plan = False, None, bundle
             self._joining = {epoch: {"loaded": {}, "joined": set(), "failed": []}}
-            others = [link for device, link in self._links.items() if device not in bundle.devices and link.alive]
+            others = self.links.live_except(bundle.devices)
         nonces = {device: auth.new_nonce() for device in bundle.devices}
         master = self.placement.addresses[bundle.devices[0]]
         for rank, device in enumerate(bundle.devices):
@@ -456,8 +385,7 @@ class Coordinator:
             reason = auth.refusal(self._who(device), header.get("plan", ""), int(header.get("world_size", -1)),
                                   bundle.sha, len(bundle.devices), ok)
             if reason:
-                self.refusals.append(reason)
-                self.metrics.refusals.inc()
+                self.links.refused(reason)
                 raise ServiceUnavailable(f"refused {self._who(device)} for {bundle.describe()}: {reason}")
             links[device].plan_sha = header["plan"]
         port = loaded[bundle.devices[0]]["port"]
@@ -474,18 +402,19 @@ class Coordinator:
         deadline = time.monotonic() + self.connect_timeout_s
         with self._cond:
             while True:
-                missing = [d for d in bundle.devices if d not in self._links or not self._links[d].alive]
+                missing = [d for d in bundle.devices if not self.links.alive(d)]
                 if not missing:
-                    return {d: self._links[d] for d in bundle.devices}
+                    return {d: self.links.get(d) for d in bundle.devices}
                 if time.monotonic() > deadline or self._closing.is_set():
                     detail = "; ".join(f"{self._who(d, bundle)}: {self._why_absent(d)}" for d in missing)
-                    refused = f" (refused: {'; '.join(self.refusals[-3:])})" if self.refusals else ""
+                    refusals = self.links.refusals
+                    refused = f" (refused: {'; '.join(refusals[-3:])})" if refusals else ""
                     raise ServiceUnavailable(f"no rank connected for {detail} within {self.connect_timeout_s:g} s"
                                              f"{refused}")
                 self._cond.wait(_POLL_S)
 
     def _why_absent(self, device: str) -> str:
-        link = self._links.get(device)
+        link = self.links.get(device)
         if link is not None:
             return f"lost ({link.lost_reason})"
         return self._exit_status(device) or "its process never connected (check its log, address and token)"
@@ -498,10 +427,10 @@ class Coordinator:
                 if state.get("failed"):
                     device, error = state["failed"][0]
                     raise ServiceUnavailable(f"{self._who(device, bundle)} could not {doing}: {error}")
-                lost = [d for d in bundle.devices if not self._links[d].alive]
+                lost = [d for d in bundle.devices if not self.links.alive(d)]
                 if lost:
                     raise ServiceUnavailable(f"{self._who(lost[0], bundle)} lost while forming the group: "
-                                             f"{self._links[lost[0]].lost_reason}")
+                                             f"{self.links.get(lost[0]).lost_reason}")
                 done = state.get(stage, {})
                 if all(d in done for d in bundle.devices):
                     return done if isinstance(done, dict) else {}

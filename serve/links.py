@@ -1,11 +1,11 @@
 """The coordinator's end of each rank's control connection (runtime/control.py).
 
-`accept_rank` runs the handshake on a new connection: a challenge, the rank's hello (its rank,
-world size, plan sha, device and proof of the cluster token), the check, and the coordinator's
-own proof over the rank's nonce, or a refusal that names the rank and the reason. A
-`RankLink` then reads every frame the rank sends on a thread of its own, hands them to the
-coordinator, and remembers when it last heard from the rank; the coordinator's heartbeat
-thread sends heartbeats and declares a link dead when it has been silent for too long.
+`RankLinks` owns them all, by device: an accept thread hands each new connection to a handshake
+thread (`accept_rank`: a challenge, the rank's hello with its rank, world size, plan sha, device
+and proof of the cluster token, the check, and the coordinator's own proof over the rank's
+nonce, or a refusal naming the rank and the reason); a heartbeat thread sends heartbeats and
+declares a rank lost when it has been silent for `dead_after_s`. A `RankLink` reads every frame
+its rank sends on a thread of its own and hands it to the coordinator.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from galaxy.runtime import auth, control
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 30.0
+_POLL_S = 0.25
 
 
 class Refused(Exception):
@@ -113,3 +114,115 @@ def accept_rank(sock: socket.socket, address: str, token: bytes, plans: Mapping[
         timeout_s=HANDSHAKE_TIMEOUT_S)
     channel.peer = f"rank {rank} ({info['device']})"
     return channel, info
+
+
+class RankLinks:
+    """Every rank's link, by device name. Shares the coordinator's lock (`cond`): `plans()` is
+    called under it and gives the plans a rank may run; `on_message` / `on_lost` are the
+    coordinator's."""
+
+    def __init__(self, listener: socket.socket, token: bytes, heartbeat_s: float, dead_after_s: float,
+                 cond: threading.Condition, plans: Callable, on_message: Callable, on_lost: Callable, metrics):
+        self.listener, self.token = listener, token
+        self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
+        self._cond, self._plans, self._on_message, self._on_lost = cond, plans, on_message, on_lost
+        self.metrics = metrics
+        self._links: dict[str, RankLink] = {}
+        self.refusals: list[str] = []
+        self._closing = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, name="galaxy-accept", daemon=True),
+                         threading.Thread(target=self._heartbeat, name="galaxy-heartbeat", daemon=True)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def get(self, device: str) -> RankLink | None:
+        return self._links.get(device)
+
+    def alive(self, device: str) -> bool:
+        link = self._links.get(device)
+        return link is not None and link.alive
+
+    def live_except(self, devices: tuple[str, ...]) -> list[RankLink]:
+        return [link for device, link in self._links.items() if device not in devices and link.alive]
+
+    def refused(self, reason: str) -> None:
+        """Record a refusal (under the lock)."""
+        self.refusals.append(reason)
+        self.metrics.refusals.inc()
+
+    def close(self) -> None:
+        """Tell every rank to stop and close every link and the listener (never raises)."""
+        self._closing.set()
+        with self._cond:
+            links = list(self._links.values())
+        for link in links:
+            if link.alive:
+                try:
+                    link.send(control.STOP, timeout_s=2)
+                except control.ControlError:
+                    pass
+            link.close()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        self.listener.settimeout(_POLL_S)
+        while not self._closing.is_set():
+            try:
+                sock, address = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(sock, address[0]), daemon=True,
+                             name=f"galaxy-handshake-{address[0]}").start()
+
+    def _handshake(self, sock: socket.socket, address: str) -> None:
+        settings = {"heartbeat_s": self.heartbeat_s, "dead_after_s": self.dead_after_s}
+        with self._cond:
+            plans, current = self._plans()
+        try:
+            channel, hello = accept_rank(sock, address, self.token, plans, current, settings)
+        except Refused as exc:
+            log.warning("galaxy-serve: refused a rank: %s", exc)
+            with self._cond:
+                self.refused(str(exc))
+                self._cond.notify_all()
+            return
+        except (control.ControlError, OSError, ValueError) as exc:
+            log.warning("galaxy-serve: a connection from %s broke during the handshake: %s", address, exc)
+            sock.close()
+            return
+        device = hello["device"]
+        with self._cond:
+            if self.alive(device):
+                log.warning("galaxy-serve: refused a second rank for %s from %s", device, address)
+                channel.close()
+                return
+            link = RankLink(channel, device, hello["plan"], self._on_message, self._on_lost)
+            self._links[device] = link
+            self._cond.notify_all()
+        link.start()
+        log.info("galaxy-serve: rank %s (%s) connected from %s", hello["rank"], device, address)
+
+    def _heartbeat(self) -> None:
+        while not self._closing.wait(self.heartbeat_s):
+            with self._cond:
+                links = [link for link in self._links.values() if link.alive]
+            now = time.monotonic()
+            for link in links:
+                silent = now - link.last_heard
+                if silent > self.dead_after_s:
+                    link.lose(f"no heartbeat for {silent:.1f} s (hung, or its network is down)")
+                    continue
+                try:
+                    link.send(control.HEARTBEAT, timeout_s=self.dead_after_s)
+                except control.ControlError:
+                    pass  # already lost by send
