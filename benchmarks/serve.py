@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("galaxy").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(table(results, args))
+        plot(results, args.out / "results.png")
+        return 0
     with tempfile.TemporaryDirectory(prefix="galaxy-bench-serve-") as scratch:
         model = SmallModel(Path(scratch))
         bundles = {"hmp": model.bundle("hmp", _proportional), "pipeline": model.bundle("pipeline", _two_stages)}
@@ -352,32 +357,37 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ((medians, paired), (rates, tails)) = plt.subplots(2, 2, figsize=(11, 7.5))
     rounds = results["overhead"]
-    xs = range(len(rounds))
-    for offset, key, label in ((-0.25, "galaxy_run_median_s", "galaxy-run"), (0, "serve_cluster_median_s", "serve: cluster"),
-                               (0.25, "serve_client_median_s", "serve: client (HTTP incl.)")):
-        left.bar([x + offset for x in xs], [1e3 * r[key] for r in rounds], width=0.25, label=label)
-    left.set_xticks(list(xs), [f"round {r['round']}" for r in rounds])
-    left.set_ylabel("median latency (ms)")
-    left.set_title("one request at a time")
-    left.legend(fontsize=8)
+    xs = list(range(len(rounds)))
+    for offset, key, label in ((-0.27, "galaxy_run_median_s", "galaxy-run --repeat"),
+                               (-0.09, "serve_rank0_median_s", "serve: rank 0's own"),
+                               (0.09, "serve_cluster_median_s", "serve: cluster"),
+                               (0.27, "serve_client_median_s", "serve: client (HTTP incl.)")):
+        medians.bar([x + offset for x in xs], [1e3 * r[key] for r in rounds], width=0.18, label=label)
+    medians.set_xticks(xs, [str(r["round"]) for r in rounds])
+    medians.set(xlabel="round (alternating, seconds apart)", ylabel="median latency (ms)",
+                title="one request at a time: the VM moves whole rounds")
+    medians.legend(fontsize=7)
+    paired.plot(xs, [r["cluster_vs_rank0"] for r in rounds], "o-", label="cluster / rank 0 (same request)")
+    paired.plot(xs, [r["client_vs_rank0"] for r in rounds], "s-", label="client / rank 0 (same request)")
+    paired.axhline(1.05, color="grey", ls=":", label="+5%")
+    paired.set_xticks(xs, [str(r["round"]) for r in rounds])
+    paired.set(xlabel="round", ylabel="median of per-request ratios", title="what serving adds, paired per request")
+    paired.legend(fontsize=7)
     for bundle, marker in (("hmp", "o"), ("pipeline", "s")):
         rows = [r for r in results["concurrency"] if r["bundle"] == bundle]
-        right.plot([r["clients"] for r in rows], [r["requests_per_s"] for r in rows], marker=marker,
-                   label=f"{bundle}: requests/s")
-    twin = right.twinx()
-    for bundle, style in (("hmp", "--"), ("pipeline", ":")):
-        rows = [r for r in results["concurrency"] if r["bundle"] == bundle]
-        twin.plot([r["clients"] for r in rows], [1e3 * r["p99_s"] for r in rows], style, color="grey",
-                  label=f"{bundle}: p99 (ms)")
-    right.set_xscale("log", base=2)
-    right.set_xlabel("concurrent clients")
-    right.set_ylabel("requests/s")
-    twin.set_ylabel("p99 latency (ms)")
-    right.legend(loc="upper left", fontsize=8)
-    twin.legend(loc="lower right", fontsize=8)
-    right.set_title("concurrent clients")
+        clients = [r["clients"] for r in rows]
+        rates.plot(clients, [r["requests_per_s"] for r in rows], marker=marker, label=bundle)
+        tails.plot(clients, [1e3 * r["p50_s"] for r in rows], marker=marker, label=f"{bundle} p50")
+        tails.plot(clients, [1e3 * r["p99_s"] for r in rows], marker=marker, ls="--", label=f"{bundle} p99")
+    for ax, label in ((rates, "requests/s"), (tails, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(CLIENTS), [str(c) for c in CLIENTS])
+        ax.set(xlabel="concurrent clients", ylabel=label)
+        ax.legend(fontsize=7)
+    rates.set_title("throughput (the pipeline overlaps requests)")
+    tails.set_title("latency under load (requests queue)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -390,6 +400,7 @@ def _parse(argv):
     p.add_argument("--overhead-requests", type=int, default=15, help="overhead: requests per round")
     p.add_argument("--per-client", type=int, default=12, help="concurrency: requests per client")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.md and results.png from results.json")
     return p.parse_args(argv)
 
 
