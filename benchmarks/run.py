@@ -72,7 +72,7 @@ def _run_variant(name, summary, cluster, graph, captured, args) -> dict:
     return {"median_s": statistics.median(lat), "min_s": min(lat), "max_s": max(lat), "runs": len(lat),
             "predicted_s": plan.predicted_latency_s, "max_abs_error": max((result.max_abs_error or {}).values(), default=None),
             "within_tolerance": result.within_tolerance, "used_devices": plan.world_size,
-            "stages": stage_ranks, "tiles": [s.tiles for s in plan.stages], "wire_dtype": plan.wire_dtype,
+            "stages": stage_ranks, "schedules": [str(s.schedule) for s in plan.stages], "wire_dtype": plan.wire_dtype,
             "wall_s": time.perf_counter() - started}
 
 

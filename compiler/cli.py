@@ -42,8 +42,13 @@ def compile_parser() -> argparse.ArgumentParser:
                                             "made for, to this JSON file (what galaxy-plan reads)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
     parser.add_argument("--solver", choices=SOLVERS, default="ilp",
-                        help="ilp (default), a baseline split (sequence: sequence parallelism only), "
+                        help="ilp (default), a baseline split (sequence: sequence parallelism only; megatron: "
+                             "Megatron-style tensor parallelism with all-reduces), "
                              "pipeline-dp (layer ranges on devices or device groups) or brute-force (tiny models only)")
+    parser.add_argument("--wire", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype of activations on the wire (default float32, exact): bfloat16 and float16 "
+                             "halve the bytes; the planner prices them and galaxy-plan show states the error "
+                             "this costs, measured at compile time")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
     parser.add_argument("--capture", choices=["export", "symbolic"], default="export",
@@ -62,6 +67,8 @@ def compile_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_regression != 0.0 and not args.check_against:
         parser.error("--max-regression needs --check-against")
+    if args.plan and args.wire != "float32":
+        parser.error("--wire applies when planning; a --plan file already fixes each action's wire dtype")
     _setup_logging(args.verbose)
 
     from galaxy.compiler.pipeline import CompileOptions, compile_model
@@ -71,14 +78,17 @@ def compile_main(argv: list[str] | None = None) -> int:
         with _bare_plan(args.plan) as plan_path:
             options = CompileOptions(cluster=args.cluster, out_dir=None if args.plan_only else args.output,
                                      plan_only=args.plan_only, plan=plan_path, objective=args.objective,
-                                     solver=args.solver, size=args.size, seq_len=args.seq_len,
+                                     solver=args.solver, wire=args.wire, size=args.size, seq_len=args.seq_len,
                                      capture=args.capture)
             result = compile_model(args.model, options)
     except GalaxyError as exc:
         print(f"galaxy-compile: error: {exc}", file=sys.stderr)
         return 2
     print(result.plan)
-    document = PlanDocument(result.plan, result.summary, result.cluster)
+    if result.wire_error:
+        errors = ", ".join(f"{name} {error:.2g}" for name, error in sorted(result.wire_error.items()))
+        print(f"wire {result.plan.wire_dtype}: expected max abs error {errors} (measured at compile time)")
+    document = PlanDocument(result.plan, result.summary, result.cluster, wire_error=result.wire_error)
     if args.save_plan:
         document.save(args.save_plan)
         print(f"plan written to {args.save_plan}")

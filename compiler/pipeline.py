@@ -17,6 +17,7 @@ from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.lower.shard import lower
 from galaxy.compiler.passes.recognise import recognise
 from galaxy.compiler.passes.summarise import summarise
+from galaxy.compiler.passes.wire_error import expected_wire_error
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.report.document import PlanDocument
 
@@ -30,7 +31,8 @@ class CompileOptions:
     plan_only: bool = False
     plan: str | None = None  # use this plan.json instead of planning
     objective: str = "latency"
-    solver: str = "ilp"  # ilp | even | proportional | single
+    solver: str = "ilp"  # one of planner.SOLVERS
+    wire: str = "float32"  # dtype of activations on the wire: float32 | bfloat16 | float16
     size: str | None = None  # model.py size knob
     seq_len: int | None = None
     capture: str = "export"  # export | symbolic
@@ -43,6 +45,7 @@ class CompileResult:
     cluster: Cluster
     graph: TransformerGraph
     bundle_dir: Path | None
+    wire_error: dict[str, float]  # expected max abs error of each output ({} for a float32 wire)
 
 
 def compile_model(source: str, options: CompileOptions = CompileOptions()) -> CompileResult:
@@ -50,10 +53,14 @@ def compile_model(source: str, options: CompileOptions = CompileOptions()) -> Co
     captured, graph, summary = capture_model(source, options.size, options.seq_len, options.capture)
     log.info("[4/6] planning for %s", cluster.name)
     plan = _plan(summary, cluster, options)
+    wire_error = expected_wire_error(captured, graph, plan)
+    if wire_error:
+        log.info("wire %s: expected max abs error %s", plan.wire_dtype,
+                 ", ".join(f"{k} {v:.2g}" for k, v in sorted(wire_error.items())))
     if options.plan_only or options.out_dir is None:
-        return CompileResult(plan, summary, cluster, graph, None)
-    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster)
-    return CompileResult(plan, summary, cluster, graph, bundle)
+        return CompileResult(plan, summary, cluster, graph, None, wire_error)
+    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster, wire_error)
+    return CompileResult(plan, summary, cluster, graph, bundle, wire_error)
 
 
 def capture_model(source: str, size: str | None = None, seq_len: int | None = None,
@@ -69,15 +76,20 @@ def capture_model(source: str, size: str | None = None, seq_len: int | None = No
 
 
 def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, graph: TransformerGraph,
-                      captured: CapturedModel, source: str, cluster: Cluster | None = None) -> Path:
+                      captured: CapturedModel, source: str, cluster: Cluster | None = None,
+                      wire_error: dict[str, float] | None = None) -> Path:
     """The phases after planning: lower `plan`, render a module per rank, write the bundle (with
-    `cluster`, so `galaxy-run --emulate` can rebuild the devices)."""
+    `cluster`, so `galaxy-run --emulate` can rebuild the devices, and the expected wire error,
+    measured if not given)."""
+    if wire_error is None:
+        wire_error = expected_wire_error(captured, graph, plan)
     log.info("[5/6] lowering and generating %d rank modules", plan.world_size)
     lowered = lower(graph, captured, plan, source)
     sources = {r.program.rank: render_rank(r.program) for r in lowered}
     log.info("[6/6] writing the bundle to %s", out_dir)
-    document = PlanDocument(plan, summary, cluster).to_json() | {
-        "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source}
+    document = PlanDocument(plan, summary, cluster, wire_error=wire_error).to_json() | {
+        "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source,
+        "wire_dtype": plan.wire_dtype}
     return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
                         captured.example_inputs, captured.reference_outputs)
 
@@ -86,7 +98,8 @@ def _plan(summary: ModelSummary, cluster: Cluster, options: CompileOptions) -> P
     if options.plan:
         plan = Plan.load(options.plan)
     else:
-        plan = make_plan(summary, cluster, objective=options.objective, solver=options.solver)
+        plan = make_plan(summary, cluster, objective=options.objective, solver=options.solver,
+                         wire_dtype=options.wire)
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
                   summary.n_layers)
     return plan

@@ -70,6 +70,7 @@ class RunResult:
     tolerance: tuple[float, float] | None = None  # (atol, rtol) used for the comparison
     request_outputs: list[dict[str, torch.Tensor]] | None = None  # streamed: every request's outputs
     requests_per_s: list[float] | None = None  # streamed: one per stream (--repeat)
+    expected_error: dict[str, float] | None = None  # plan.json's, measured at compile time (reduced wire dtype)
 
     @property
     def median_s(self) -> float:
@@ -186,9 +187,10 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
         result = _read_result(bundle.load_tensors(outputs_file), json.loads(timings_file.read_text()), requests)
     reference = bundle_dir / bundle.REFERENCE_OUTPUTS
     if not inputs and reference.is_file():
-        wire = plan["plan"].get("wire_dtype", "float32")
+        wire = plan.get("wire_dtype", "float32")
         compare_with_reference(result, bundle.load_tensors(reference),
                                TOLERANCE_BY_WIRE_DTYPE.get(wire, TOLERANCE_BY_WIRE_DTYPE["float32"]))
+        result.expected_error = plan.get("expected_max_abs_error")
     return result
 
 
@@ -373,7 +375,10 @@ def _summary(result: RunResult, output: str | None) -> str:
         atol, rtol = result.tolerance
         verdict = "within" if result.within_tolerance else "NOT within"
         rows.append(f"vs reference ({verdict} atol={atol:g}, rtol={rtol:g}):")
-        rows += [f"  {name}: max abs error {err:.3g}" for name, err in result.max_abs_error.items()]
+        expected = result.expected_error or {}
+        rows += [f"  {name}: max abs error {err:.3g}"
+                 + (f" (expected {expected[name]:.2g} from the wire dtype)" if name in expected else "")
+                 for name, err in result.max_abs_error.items()]
     return "\n".join(rows)
 
 

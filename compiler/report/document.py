@@ -1,8 +1,11 @@
 """Plan documents: a plan together with the model summary and cluster it was made for.
 
-    {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster}
+    {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster,
+     "expected_max_abs_error": {output: error}}
 
-is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. A bare
+is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. The
+expected error is there when the plan sends activations in less than float32
+(passes/wire_error.py measured it at compile time). A bare
 Plan JSON (hand-written, or saved before plans carried their model) is read too; it has no
 summary or cluster, so its memory per device and its re-predicted times are unknown.
 """
@@ -27,6 +30,7 @@ class PlanDocument:
     summary: ModelSummary | None = None
     cluster: Cluster | None = None
     path: str = ""  # where it was read from ("" if built in memory)
+    wire_error: dict[str, float] | None = None  # expected max abs error of each output (reduced wire dtype)
 
     @property
     def label(self) -> str:
@@ -37,7 +41,8 @@ class PlanDocument:
         if self.summary is None:
             raise ValueError("a plan document needs the model summary")
         return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(), "model": self.summary.to_json(),
-                **({"cluster": self.cluster.to_json()} if self.cluster else {})}
+                **({"cluster": self.cluster.to_json()} if self.cluster else {}),
+                **({"expected_max_abs_error": self.wire_error} if self.wire_error else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -63,7 +68,7 @@ def document_from_json(data: dict, path: str = "") -> PlanDocument:
         cluster = Cluster.from_json(data["cluster"]) if data.get("cluster") else None
     except (KeyError, TypeError) as exc:
         raise PlanFileError(f"{path or 'plan document'}: malformed model or cluster: {exc}") from exc
-    return PlanDocument(_plan(data["plan"], path), summary, cluster, path)
+    return PlanDocument(_plan(data["plan"], path), summary, cluster, path, data.get("expected_max_abs_error"))
 
 
 def _plan(data: dict, path: str) -> Plan:

@@ -15,7 +15,7 @@ def show_plan(doc: PlanDocument) -> str:
              f"wire {plan.wire_dtype}, {len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''}, "
              f"{plan.world_size} of {len(doc.cluster.devices) if doc.cluster else '?'} devices",
              f"predicted latency {ms(plan.predicted_latency_s, ms_decimals(plan.predicted_latency_s))} ms "
-             "per forward", *throughput_lines(plan), ""]
+             "per forward", *throughput_lines(plan), *wire_lines(doc), ""]
     lines += share_lines(doc)
     lines += [""] + block_lines(plan)
     if plan.notes:
@@ -31,6 +31,17 @@ def throughput_lines(plan: Plan) -> list[str]:
     return [f"predicted throughput {1 / per_request:.2f} requests/s "
             f"({ms(per_request, ms_decimals(per_request))} ms per request, requests streaming through "
             f"{len(plan.stages)} stage{'s' if len(plan.stages) > 1 else ''})"]
+
+
+def wire_lines(doc: PlanDocument) -> list[str]:
+    """Plans that send activations in less than float32: the error that costs, measured at compile time."""
+    if doc.plan.wire_dtype == "float32":
+        return []
+    if not doc.wire_error:
+        return [f"wire {doc.plan.wire_dtype}: expected error unknown (the plan was not compiled with its model)"]
+    errors = ", ".join(f"{name} {error:.2g}" for name, error in sorted(doc.wire_error.items()))
+    return [f"wire {doc.plan.wire_dtype}: expected max abs error {errors} (one single-process run rounding "
+            "activations where this plan's actions send them)"]
 
 
 def share_lines(doc: PlanDocument) -> list[str]:

@@ -105,6 +105,22 @@ def test_max_regression_needs_check_against(capsys):
     assert "--max-regression needs --check-against" in capsys.readouterr().err
 
 
+def test_wire_sets_every_action_and_states_the_error_it_costs(tmp_path, capsys):
+    path = tmp_path / "half.json"
+    assert compile_("--solver", "proportional", "--wire", "float16", "--save-plan", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "SCATTER(f16) | attn:AG(f16)>RS(f16) mlp:AG(f16)>RS(f16) | GATHER(f16)" in out
+    assert re.search(r"wire float16: expected max abs error logits \d", out)
+    document = read_plan_document(path)
+    assert document.plan.wire_dtype == "float16" and document.wire_error["logits"] > 0
+
+
+def test_wire_does_not_override_a_given_plan(reference, capsys):
+    with pytest.raises(SystemExit):
+        compile_("--plan", str(reference), "--wire", "bfloat16")
+    assert "a --plan file already fixes each action's wire dtype" in capsys.readouterr().err
+
+
 def test_unreadable_reference_is_an_input_error(tmp_path, capsys):
     assert compile_("--check-against", str(tmp_path / "missing.json")) == 2
     assert "cannot read plan" in capsys.readouterr().err
