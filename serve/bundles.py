@@ -33,13 +33,6 @@ class HostBundle:
     def stages(self) -> int:
         return len(self.plan["plan"]["stages"])
 
-    @property
-    def tolerance(self) -> tuple[float, float]:
-        from galaxy.host.launcher import TOLERANCE_BY_WIRE_DTYPE
-
-        wire = self.plan["plan"].get("wire_dtype", "float32")
-        return TOLERANCE_BY_WIRE_DTYPE.get(wire, TOLERANCE_BY_WIRE_DTYPE["float32"])
-
     def describe(self) -> str:
         return f"plan {self.sha[:12]} ({self.path.name}: {len(self.devices)} devices, {self.stages} stage(s))"
 
