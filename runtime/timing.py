@@ -8,9 +8,22 @@ from __future__ import annotations
 import functools
 import os
 import time
+from typing import Callable
 
 ENABLED = os.environ.get("GALAXY_PROFILE") == "1"
 _totals: dict[str, list[float]] = {}  # collective -> [seconds, calls]
+
+
+def accumulating(fn: Callable, record: Callable[[float], None]) -> Callable:
+    """`fn` wrapped so that the wall time of each call goes to `record(seconds)`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+    return wrapper
 
 
 def timed(name: str):
@@ -18,16 +31,11 @@ def timed(name: str):
         if not ENABLED:
             return fn
 
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                entry = _totals.setdefault(name, [0.0, 0])
-                entry[0] += time.perf_counter() - start
-                entry[1] += 1
-        return wrapper
+        def record(seconds: float) -> None:
+            entry = _totals.setdefault(name, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += 1
+        return accumulating(fn, record)
     return decorate
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
 from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.ir.summary import ModelSummary
@@ -67,3 +69,17 @@ def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], 
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
                   summary.n_layers)
     return plan
+
+
+def request_inputs(example: dict[str, torch.Tensor], n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+    """n different requests shaped like the example: other tokens; a padding mask where there is one."""
+    generator = torch.Generator().manual_seed(1)
+    requests = []
+    for i in range(n):
+        inputs = {"input_ids": torch.randint(0, vocab, example["input_ids"].shape, generator=generator)}
+        if "attention_mask" in example:
+            mask = torch.ones_like(example["attention_mask"])
+            mask[:, mask.shape[1] - 3 * i:] = 0  # request i pads its last 3i tokens
+            inputs["attention_mask"] = mask
+        requests.append({**example, **inputs})
+    return requests
