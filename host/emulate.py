@@ -9,6 +9,8 @@ Layout of one run, named `gx<pid>-<n>` (n counts clusters made by this process):
     namespace gx<pid>-<n>-sw:  bridge br0, ports r0 .. r<N-1> (veth, MTU 60000)
     namespace gx<pid>-<n>-r<k>: lo, gxnet = 10.77.0.<k+1>/24, the peer of r<k>
                                 egress qdisc: htb, one class per destination address
+    namespace gx<pid>-<n>-ctl:  (control=True) gxnet = 10.77.0.254/24 on port c, unshaped: the
+                                machine of the user, where galaxy-serve's coordinator and ssh run
     cgroup    <cpu root>/gx<pid>-<n>/r<k>: CPU weight = cpu_share (pinned), or quota
     cgroup    <cpu root>/gx<pid>-<n>/f<c>: a busy loop on CPU c, weight 1 - the share of its device
 
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from galaxy.host.processes import die_with_parent
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
@@ -71,8 +74,10 @@ SOCKET_BUFFERS = ("net.ipv4.tcp_wmem=4096 16777216 33554432", "net.ipv4.tcp_rmem
 MASTER_PORT = 29500  # free by construction: rank 0's namespace is new
 RANK_IFNAME = "gxnet"
 NIC_CLASS = "1:ff00"  # the network card's class on a rank's egress (pair classes are 1:1 .. 1:fb)
+CONTROL_CLASS, UNSHAPED_BYTES_PER_S = "1:ff01", 1.25e9  # control traffic through a shaped port: 10 Gbit/s
 BRIDGE = "br0"
-_NAME = re.compile(r"^gx(?P<pid>\d+)-(?P<seq>\d+)(?:-(?:sw|r\d+))?$")
+CONTROL_HOST = 254  # the control namespace's address is SUBNET.254
+_NAME = re.compile(r"^gx(?P<pid>\d+)-(?P<seq>\d+)(?:-(?:sw|ctl|r\d+))?$")
 _SEQUENCE = itertools.count()
 _COMMAND_TIMEOUT_S = 20.0
 
@@ -142,8 +147,9 @@ class EmulatedCluster:
     """
 
     def __init__(self, cpu_shares: Sequence[float | None], bandwidth_bytes_per_s: Matrix = None,
-                 latency_s: Matrix = 0.0, names: Sequence[str] | None = None, cpu_mode: str = "auto",
-                 nic_bytes_per_s: float | Sequence[float | None] | None = None):
+                 latency_s: Matrix = 0.0, names: Sequence[str] | None = None, control: bool = False,
+                 cpu_mode: str = "auto", nic_bytes_per_s: float | Sequence[float | None] | None = None):
+        self.control = control  # a control namespace on the bridge (control_namespace, control_address)
         self.cpu_shares = list(cpu_shares)
         self.size = len(self.cpu_shares)
         if not 1 <= self.size <= 250:
@@ -166,8 +172,8 @@ class EmulatedCluster:
         self._started = self._closing = False
 
     @classmethod
-    def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str], cpu_mode: str = "auto",
-                          shared_nic: bool = False) -> "EmulatedCluster":
+    def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str], control: bool = False,
+                          cpu_mode: str = "auto", shared_nic: bool = False) -> "EmulatedCluster":
         """From plan.json's `cluster` (devices, default_link, link_overrides) and the device
         name of each rank (plan.json's plan.devices). `shared_nic`: each device's network card
         runs at the fastest of its links, shared by all its transfers."""
@@ -185,7 +191,7 @@ class EmulatedCluster:
         latency = [[link(a, b, "latency_s") or 0.0 for b in devices] for a in devices]
         shares = [float(by_name[name].get("cpu_share", 1.0)) for name in devices]
         nic = [max((rate for rate in row if rate is not None), default=None) for row in bandwidth]
-        return cls(shares, bandwidth, latency, names=list(devices), cpu_mode=cpu_mode,
+        return cls(shares, bandwidth, latency, names=list(devices), control=control, cpu_mode=cpu_mode,
                    nic_bytes_per_s=nic if shared_nic else None)
 
     # --- what the launcher asks for ---------------------------------------------------------
@@ -195,6 +201,14 @@ class EmulatedCluster:
 
     def address(self, rank: int) -> str:
         return f"{SUBNET}.{rank + 1}"
+
+    @property
+    def control_namespace(self) -> str:
+        return f"{self.base}-ctl"
+
+    @property
+    def control_address(self) -> str:
+        return f"{SUBNET}.{CONTROL_HOST}"
 
     @property
     def master_addr(self) -> str:
@@ -294,26 +308,41 @@ class EmulatedCluster:
         _run(["ip", "-n", switch, "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "-n", switch, "link", "set", BRIDGE, "up"])
         for rank in range(self.size):
-            ns, port = self.namespace(rank), f"r{rank}"
-            _run(["ip", "netns", "add", ns])
-            self._created_namespaces.append(ns)
-            _run(["ip", "-n", switch, "link", "add", port, "mtu", str(MTU), "type", "veth",
-                  "peer", "name", RANK_IFNAME, "mtu", str(MTU), "netns", ns])
-            _run(["ip", "-n", switch, "link", "set", port, "master", BRIDGE, "up"])
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            _run(["ip", "-n", ns, "addr", "add", f"{self.address(rank)}/24", "dev", RANK_IFNAME])
-            _run(["ip", "-n", ns, "link", "set", RANK_IFNAME, "up"])
-            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *SOCKET_BUFFERS])
+            self._attach(switch, self.namespace(rank), f"r{rank}", self.address(rank))
+            _run(["ip", "netns", "exec", self.namespace(rank), "sysctl", "-q", "-w", *SOCKET_BUFFERS])
+        if self.control:
+            self._attach(switch, self.control_namespace, "c", self.control_address)
         self.netem_available = _has_netem(self.namespace(0))
         for rank in range(self.size):
             self._shape(rank)
-            if self.nic[rank] is not None:  # what the switch delivers to rank: its card's rate
-                _add_htb(["tc", "-n", switch], f"r{rank}", self.nic[rank], default=1)
+            if self.nic[rank] is not None:
+                self._shape_card_inbound(switch, rank)
         if not self.netem_available and any(v for row in self.latency for v in row):
             worst = max(v for row in self.latency for v in row)
             log.warning("emulator: the netem qdisc is not available on this kernel, so link "
                         "latency (up to %.3g ms) is NOT emulated; only bandwidth and CPU shares "
                         "are. Account for latency in the cost model.", worst * 1e3)
+
+    def _shape_card_inbound(self, switch: str, rank: int) -> None:
+        """What the switch delivers to `rank` shares its card's rate; traffic from the control
+        namespace stays unshaped (a class of its own at a rate no link reaches)."""
+        tc = ["tc", "-n", switch]
+        _add_htb(tc, f"r{rank}", self.nic[rank], default=1)
+        if self.control:
+            _add_class(tc, f"r{rank}", "1:", CONTROL_CLASS, UNSHAPED_BYTES_PER_S, UNSHAPED_BYTES_PER_S)
+            _run([*tc, "filter", "add", "dev", f"r{rank}", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                  "match", "ip", "src", f"{self.control_address}/32", "flowid", CONTROL_CLASS])
+
+    def _attach(self, switch: str, ns: str, port: str, address: str) -> None:
+        """A new namespace `ns` on the bridge's `port`, its end `gxnet` at `address`."""
+        _run(["ip", "netns", "add", ns])
+        self._created_namespaces.append(ns)
+        _run(["ip", "-n", switch, "link", "add", port, "mtu", str(MTU), "type", "veth",
+              "peer", "name", RANK_IFNAME, "mtu", str(MTU), "netns", ns])
+        _run(["ip", "-n", switch, "link", "set", port, "master", BRIDGE, "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", RANK_IFNAME])
+        _run(["ip", "-n", ns, "link", "set", RANK_IFNAME, "up"])
 
     def _shape(self, rank: int) -> None:
         """htb on rank's egress: class 1:<peer+1> per destination, selected by a u32 filter;
@@ -385,7 +414,8 @@ class EmulatedCluster:
         procs = self._cgroups.procs_file(self._make_cgroup(f"f{cpu}", spare))
         return subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0" && exec taskset -c "$1" /bin/sh -c '
                                  '"while :; do :; done"', str(procs), str(cpu)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)  # no filler spins on after a SIGKILL
 
     # --- signals -------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import collections
 import json
 import logging
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,7 +35,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from galaxy.runtime import bundle
+from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
+from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
@@ -48,12 +48,9 @@ TOLERANCE_BY_WIRE_DTYPE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2),
                            "bfloat16": (4e-2, 4e-2)}
 EXIT_OK, EXIT_FAILED, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 2, 3, 130
 _BLAME_GRACE_S = 2.0  # after a first failure, how long to wait for the rank that caused it
-_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                  "MASTER_PORT", "GROUP_RANK")
 
 InputPaths = str | Path | Sequence[str | Path] | None  # one input file, or one per request
 WrapCommand = Callable[[int, list[str]], list[str]]  # (rank, argv) -> argv to execute
-OnLine = Callable[[int, str], None]  # (rank, one line of the rank's output)
 
 
 class LaunchError(GalaxyRuntimeError):
@@ -93,10 +90,16 @@ def run_local(bundle_dir: str | Path, *, input_path: InputPaths = None,
     if threads is None:
         world_size = len(bundle.load_plan(bundle_dir)["plan"]["devices"])
         threads = max(1, (os.cpu_count() or 1) // world_size)
-    return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=free_port(),
-                     input_path=input_path, output_path=output_path, requests=requests, repeat=repeat,
-                     warmup=warmup, timeout_s=timeout_s, env=env, threads=threads,
-                     overall_timeout_s=overall_timeout_s, on_line=on_line)
+    # Bind the store's port here and hand the socket to rank 0: no other process can take the
+    # port between choosing it and rank 0 listening on it.
+    listener = rendezvous.listen("127.0.0.1", 0)
+    try:
+        return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=listener.getsockname()[1],
+                         master_socket=listener, input_path=input_path, output_path=output_path,
+                         requests=requests, repeat=repeat, warmup=warmup, timeout_s=timeout_s, env=env,
+                         threads=threads, overall_timeout_s=overall_timeout_s, on_line=on_line)
+    finally:
+        listener.close()
 
 
 def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
@@ -136,7 +139,7 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
 
 
 def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
-              wrap_command: WrapCommand | None = None,
+              master_socket: socket.socket | None = None, wrap_command: WrapCommand | None = None,
               rank_env: Callable[[int], Mapping[str, str]] | None = None,
               input_path: InputPaths = None, output_path: str | Path | None = None,
               requests: int | None = None, repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
@@ -145,7 +148,9 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
     """Start one process per rank, wait for all, kill all if one fails; collect the results.
 
     `requests` > 1 streams that many requests (the input files in turn; default one per file)
-    `repeat` times.
+    `repeat` times. `master_socket` (bound to master_addr:master_port, listening) is inherited
+    by rank 0, which serves the rendezvous on it. The ranks prove the cluster token of `env` or
+    of this process's environment (GALAXY_CLUSTER_TOKEN), else a fresh one made for this run.
     The overall timeout defaults to timeout_s * (2 + warmup + repeat * requests).
     """
     bundle_dir = Path(bundle_dir).resolve()
@@ -171,9 +176,14 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
                 argv += ["--output", str(outputs_file), "--timings-json", str(timings_file)]
                 if inputs:
                     argv += ["--input", *inputs]
+                if master_socket is not None:
+                    argv += ["--master-fd", str(master_socket.fileno())]
             commands.append(wrap_command(rank, argv) if wrap_command else argv)
-        envs = [_child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
-        _supervise(commands, envs, devices, overall, on_line or _log_line(devices))
+        env = with_token(env)
+        envs = [child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
+        fds = [[master_socket.fileno()] if rank == 0 and master_socket is not None else []
+               for rank in range(len(devices))]
+        _supervise(commands, envs, fds, devices, overall, on_line or _log_line(devices))
         result = _read_result(bundle.load_tensors(outputs_file), json.loads(timings_file.read_text()), requests)
     reference = bundle_dir / bundle.REFERENCE_OUTPUTS
     if not inputs and reference.is_file():
@@ -221,22 +231,15 @@ def compare_with_reference(result: RunResult, reference: Mapping[str, torch.Tens
     result.max_abs_error, result.within_tolerance, result.tolerance = errors, within, tolerance
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def with_token(env: Mapping[str, str] | None) -> dict[str, str]:
+    """`env` with a cluster token: its own, this process's, or a fresh one for this run."""
+    env = dict(env or {})
+    if not env.get(auth.TOKEN_ENV) and not os.environ.get(auth.TOKEN_ENV):
+        env[auth.TOKEN_ENV] = auth.new_token()
+    return env
 
 
 # --- supervision -------------------------------------------------------------------------------
-
-def _child_env(overrides: Mapping[str, str] | None, per_rank: Mapping[str, str]) -> dict[str, str]:
-    child = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS}
-    child.update(overrides or {})
-    child.update(per_rank)
-    child["PYTHONUNBUFFERED"] = "1"
-    return child
-
 
 def _log_line(devices: list[str]) -> OnLine:
     def emit(rank: int, line: str) -> None:
@@ -244,31 +247,29 @@ def _log_line(devices: list[str]) -> OnLine:
     return emit
 
 
-def _supervise(commands: list[list[str]], envs: list[dict], devices: list[str],
+def _supervise(commands: list[list[str]], envs: list[dict], fds: list[list[int]], devices: list[str],
                overall_timeout_s: float, on_line: OnLine) -> None:
     procs: list[subprocess.Popen] = []
     tails = [collections.deque(maxlen=30) for _ in commands]
     readers = []
     try:
-        for rank, (command, child_env) in enumerate(zip(commands, envs)):
-            proc = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                    errors="replace", start_new_session=True)
+        for rank, (command, rank_env) in enumerate(zip(commands, envs)):
+            proc = start_rank(command, rank_env, fds[rank])
             procs.append(proc)
-            reader = threading.Thread(target=_pump, args=(proc, rank, tails[rank], on_line),
+            reader = threading.Thread(target=pump, args=(proc, rank, tails[rank], on_line),
                                       daemon=True)
             reader.start()
             readers.append(reader)
         failed = _wait_all(procs, overall_timeout_s, devices)
         if failed is not None:
-            _kill_all(procs)
+            stop_processes(procs)
             rank, code = failed
             for reader in readers:
                 reader.join(timeout=2)
             raise LaunchError(f"rank {rank} ({devices[rank]}) failed with exit code {code}: "
-                              f"{_cause(tails[rank])}", rank)
+                              f"{last_words(tails[rank])}", rank)
     finally:
-        _kill_all(procs)
+        stop_processes(procs)
         for reader in readers:
             reader.join(timeout=2)
 
@@ -289,7 +290,7 @@ def _wait_all(procs, overall_timeout_s: float, devices: list[str]) -> tuple[int,
             return None
         if time.monotonic() > deadline:
             running = [f"rank {r} ({devices[r]})" for r, code in enumerate(codes) if code is None]
-            _kill_all(procs)
+            stop_processes(procs)
             raise LaunchError(f"{', '.join(running)} still running after the overall timeout of "
                               f"{overall_timeout_s:g} s; killed every rank (raise --overall-timeout "
                               "if the model is just slow)")
@@ -305,40 +306,6 @@ def _blame(procs, codes: list[int | None]) -> tuple[int, int]:
                      if rank not in dict(failures) and proc.poll() not in (None, 0)]
     own = [(rank, code) for rank, code in failures if code != EXIT_PEER_FAILED]
     return (own or failures)[0]
-
-
-def _pump(proc: subprocess.Popen, rank: int, tail: collections.deque, on_line: OnLine) -> None:
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        on_line(rank, line)
-
-
-def _cause(tail: collections.deque) -> str:
-    """The rank's own one-line error if it printed one, else its last output line."""
-    lines = [line for line in tail if line.strip()]
-    errors = [line for line in lines if line.startswith("galaxy rank") or "Error" in line]
-    return (errors or lines or ["(no output)"])[-1].strip()
-
-
-def _kill_all(procs: list[subprocess.Popen]) -> None:
-    alive = [proc for proc in procs if proc.poll() is None]
-    for proc in alive:
-        _signal_group(proc, signal.SIGTERM)
-    end = time.monotonic() + 3
-    for proc in alive:
-        try:
-            proc.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:  # the rank is its own session leader (start_new_session), so its group id is its pid
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -378,19 +345,15 @@ def main(argv: list[str] | None = None) -> int:
                    repeat=args.repeat,
                    warmup=args.warmup, timeout_s=args.timeout, threads=args.threads,
                    overall_timeout_s=args.overall_timeout)
-    try:
+
+    def run() -> int:
         if args.emulate:
             result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, **options)
         else:
             result = run_local(args.bundle, **options)
-    except GalaxyRuntimeError as exc:
-        sys.stderr.write(f"galaxy-run: error: {' '.join(str(exc).split())}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("galaxy-run: interrupted; stopped every rank\n")
-        return EXIT_INTERRUPTED
-    print(_summary(result, args.output))
-    return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
+        print(_summary(result, args.output))
+        return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
+    return cli_exit_code("galaxy-run", run)  # a terminated galaxy-run stops its ranks first
 
 
 def _summary(result: RunResult, output: str | None) -> str:

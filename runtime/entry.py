@@ -2,12 +2,20 @@
 
     python rank_<k>.py --master HOST:PORT [--input IN [IN ...]] [--output OUT] [--timeout S]
                        [--requests M] [--repeat N] [--warmup N] [--timings-json PATH] [--threads N]
+                       [--token-file PATH]
+    python rank_<k>.py --serve HOST:PORT [--token-file PATH|-] [--timeout S] [--threads N]
 
 (or torchrun's RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT instead of --master).
+Every rank needs the cluster token (GALAXY_CLUSTER_TOKEN, or --token-file; runtime/auth.py).
 Steps: verify this rank's files against manifest.json, load plan and weights, join the
-gloo group, broadcast rank 0's inputs, then run `forward(inputs, weights, ctx)` under
-torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0 writes the
-outputs and reports latencies. Runtime errors end the process with one line on stderr.
+gloo group (proving the token), broadcast rank 0's inputs, then run `forward(inputs, weights,
+ctx)` under torch.inference_mode() (warmup + repeat times, a barrier before each). Rank 0
+writes the outputs and reports latencies. Runtime errors end the process with one line on
+stderr. A final barrier that fails once the work is done is a warning, not a failure: rank 0
+has already written complete outputs.
+
+With --serve the rank stays up and answers requests from the coordinator of galaxy-serve at
+HOST:PORT (runtime/serving.py) until it is told to stop or loses the coordinator.
 
 With --requests M > 1 the M requests (the input files in turn) stream through the stages
 (runtime/stream.py): one barrier, then every rank runs its stream; rank 0 reports requests/s
@@ -23,21 +31,20 @@ import argparse
 import json
 import logging
 import os
+import socket
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from . import bundle, rendezvous, timing
+from . import auth, bundle, rendezvous, serving, timing
 from .collectives import broadcast_tensors
+from .context import RankContext, make_context
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import barrier
-from .ring import Ring
-from .stages import Handoff
 from .stream import Stream, StreamRun, pack_requests, sequential, timed_stream, unpack_requests
 
 log = logging.getLogger(__name__)
@@ -49,33 +56,6 @@ EXIT_PEER_FAILED = 4  # a transfer with a peer failed or timed out: look at that
 EXIT_INTERRUPTED = 130
 
 
-@dataclass(frozen=True)
-class RankContext:
-    """What `forward` knows about the world besides its inputs and weights."""
-
-    rank: int
-    world_size: int
-    device_names: tuple[str, ...]  # device name of each rank
-    timeout_s: float  # every wait on a peer gives up after this long
-    stage_ranks: tuple[tuple[int, ...], ...]  # plan["plan"]["stages"][i]["ranks"]
-    plan: dict  # the whole plan.json
-    bundle_dir: Path
-    handoff: Handoff  # this rank's sends and receives between pipeline stages
-
-    def ring(self, stage_index: int = 0) -> Ring:
-        """The ranks of pipeline stage `stage_index`, in ring order, seen from this rank."""
-        return Ring(self.stage_ranks[stage_index], self.rank, self.timeout_s, self.device_names)
-
-    @property
-    def stage_index(self) -> int:
-        """The pipeline stage this rank belongs to."""
-        return next(i for i, ranks in enumerate(self.stage_ranks) if self.rank in ranks)
-
-    def world(self) -> Ring:
-        """All ranks, in rank order (for barriers and broadcasts)."""
-        return Ring(tuple(range(self.world_size)), self.rank, self.timeout_s, self.device_names)
-
-
 def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream: Stream | None = None) -> int:
     """Run this rank of the bundle that holds `forward`'s module; returns the exit code.
 
@@ -85,6 +65,11 @@ def run_rank(rank: int, forward: Forward, argv: list[str] | None = None, stream:
     args = _parse_args(rank, argv)
     _setup_logging(rank, args.log_level)
     try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.serve:
+            return serving.serve(rank, sys.modules[forward.__module__], args.serve, args.token_file,
+                                 args.timeout, args.connect_timeout or args.timeout)
         return _run(rank, forward, stream or sequential(forward), args)
     except GalaxyRuntimeError as exc:
         message = " ".join(str(exc).split())
@@ -104,13 +89,10 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
     devices = tuple(plan["plan"]["devices"])
     world_size = len(devices)
     host, port = _master(rank, world_size, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    token = auth.load_token(args.token_file)
     weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
     log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
-    world = Ring(tuple(range(world_size)), rank, args.timeout, devices)
-    ctx = RankContext(rank, world_size, devices, args.timeout,
-                      tuple(tuple(s["ranks"]) for s in plan["plan"]["stages"]), plan, bundle_dir, Handoff(world))
+    ctx = make_context(rank, plan, bundle_dir, args.timeout)
     packed = None
     if rank == 0:  # before joining, so a wrong input fails fast and alone
         example = bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS)
@@ -118,7 +100,9 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
         for inputs in files:
             check_inputs(inputs, example)
         packed = pack_requests(files, args.requests or len(files))
-    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices)
+    listener = socket.socket(fileno=args.master_fd) if args.master_fd is not None and rank == 0 else None
+    rendezvous.connect(rank, world_size, host, port, args.connect_timeout or args.timeout, devices,
+                       token=token, plan_sha=auth.plan_digest(bundle_dir), listen_socket=listener)
     files, requests = unpack_requests(broadcast_tensors(packed, ctx.world()))  # rank 0's count rules
     if requests > 1:
         runs = _streamed_runs(forward, stream, [files[i % len(files)] for i in range(requests)], weights, ctx, args)
@@ -128,15 +112,20 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
         latencies, outputs = _timed_runs(forward, files[0], weights, ctx, args.warmup, args.repeat)
         if rank == 0:
             _report(outputs, latencies, args)
-    barrier(ctx.world(), "the final barrier")
+    try:
+        barrier(ctx.world(), "the final barrier")
+    except CollectiveError as exc:  # the work is done and rank 0's outputs are written
+        log.warning("rank %d (%s): the final barrier failed after the work was done (%s); the "
+                    "run's results stand", rank, devices[rank], " ".join(str(exc).split()))
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
 
 
-def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor]) -> None:
+def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor],
+                 what: str = "the input file") -> None:
     """The generated code is specialised to the example inputs' names, shapes and dtypes."""
     if set(inputs) != set(example):
-        raise UsageError(f"the input file has tensors {sorted(inputs)}; this bundle takes {sorted(example)}")
+        raise UsageError(f"{what} has tensors {sorted(inputs)}; this bundle takes {sorted(example)}")
     for name, tensor in example.items():
         got = inputs[name]
         if got.shape != tensor.shape or got.dtype != tensor.dtype:
@@ -250,6 +239,14 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
                                      description=f"Run rank {rank} of a Galaxy bundle.")
     parser.add_argument("--master", metavar="HOST:PORT",
                         help="rank 0's address and a free port (default: MASTER_ADDR/MASTER_PORT)")
+    parser.add_argument("--master-fd", type=_non_negative_int, metavar="FD",
+                        help="rank 0: serve the rendezvous on this inherited listening socket "
+                             "(the launcher binds and holds the port, so no other process takes it)")
+    parser.add_argument("--serve", metavar="HOST:PORT",
+                        help="stay up and serve requests from the galaxy-serve coordinator at HOST:PORT")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help=f"read the cluster token from PATH ('-': one line of stdin; default: "
+                             f"${auth.TOKEN_ENV})")
     parser.add_argument("--input", metavar="IN.safetensors", nargs="+",
                         help="input tensors by name, one file per request (rank 0; default: "
                              "inputs/example.safetensors)")

@@ -5,9 +5,14 @@ gloo send or receive and return a `Transfer` whose `wait()` gives up after the r
 timeout (gloo's `Work.wait(timeout)` is honoured for send and receive) and raises
 `CollectiveTimeout` naming the peer rank and device. gloo sends complete only once the
 receiver has posted the matching receive, so callers post receives before waiting.
+
+A wait that fails is a timeout when it lasted the whole timeout, and a failure of the peer (a
+closed connection, a crash) when it ended sooner: the clock tells them apart, not the wording
+of gloo's message, which changes between versions.
 """
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +23,16 @@ import torch.distributed as dist
 from . import timing
 from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
+
+_TIMED_OUT = 0.95  # a failed wait that lasted this fraction of the timeout is the timeout firing
+_sent_bytes: collections.Counter = collections.Counter()  # peer rank -> bytes posted since take_sent_bytes()
+
+
+def take_sent_bytes() -> dict[int, int]:
+    """Bytes this rank posted to each peer since the last call (the serving metrics' bytes per link)."""
+    sent = dict(_sent_bytes)
+    _sent_bytes.clear()
+    return sent
 
 
 @dataclass
@@ -32,15 +47,17 @@ class Transfer:
     ring: Ring
 
     def wait(self) -> torch.Tensor:
-        start = time.perf_counter() if timing.ENABLED else 0.0
+        started = time.monotonic()
         try:
             done = self.work.wait(timeout=timedelta(seconds=self.ring.timeout_s))
         except RuntimeError as exc:
+            if time.monotonic() - started >= _TIMED_OUT * self.ring.timeout_s:
+                raise _timeout(self.verb, self.peer, self.what, self.ring) from exc
             raise _translate(exc, self.verb, self.peer, self.what, self.ring) from exc
         if done is False:  # some torch versions report a timeout by returning False
             raise _timeout(self.verb, self.peer, self.what, self.ring)
         if timing.ENABLED:
-            timing.record_wait(time.perf_counter() - start)
+            timing.record_wait(time.monotonic() - started)
         return self.tensor
 
 
@@ -50,6 +67,7 @@ def isend(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> T
         work = dist.isend(tensor, dst=peer, tag=tag)
     except RuntimeError as exc:
         raise _translate(exc, "send to", peer, what, ring) from exc
+    _sent_bytes[peer] += tensor.numel() * tensor.element_size()
     return Transfer(work, tensor, peer, "send to", what, ring)
 
 
@@ -102,8 +120,6 @@ def _timeout(verb: str, peer: int, what: str, ring: Ring) -> CollectiveTimeout:
 
 def _translate(exc: RuntimeError, verb: str, peer: int, what: str, ring: Ring) -> CollectiveError:
     text = str(exc)
-    if "timed out" in text.lower() or "timeout" in text.lower():
-        return _timeout(verb, peer, what, ring)
     first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return CollectiveError(
         f"rank {ring.rank} could not {verb} {ring.describe(peer)} during {what}: {first_line}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from typing import Callable
 
 ENABLED = os.environ.get("GALAXY_PROFILE") == "1"
 _totals: dict[str, list[float]] = {}  # collective -> [seconds, calls]
@@ -27,19 +28,23 @@ def _add(name: str, seconds: float) -> None:
     entry[1] += 1
 
 
+def accumulating(fn: Callable, record: Callable[[float], None]) -> Callable:
+    """`fn` wrapped so that the wall time of each call goes to `record(seconds)`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+    return wrapper
+
+
 def timed(name: str):
     def decorate(fn):
         if not ENABLED:
             return fn
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _add(name, time.perf_counter() - start)
-        return wrapper
+        return accumulating(fn, lambda seconds: _add(name, seconds))
     return decorate
 
 

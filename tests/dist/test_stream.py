@@ -21,7 +21,7 @@ from galaxy.compiler.passes.summarise import summarise
 from galaxy.compiler.planner import make_plan
 from galaxy.runtime import bundle as rt_bundle
 from galaxy.host.launcher import LaunchError, run_local
-from helpers import ATOL, RTOL, build_bundle, manual_plan, pipeline_plan
+from helpers import ATOL, RTOL, build_bundle, manual_plan, pipeline_plan, request_inputs
 
 pytestmark = pytest.mark.dist
 
@@ -52,20 +52,6 @@ def models(tmp_path_factory):
         graph = recognise(captured)
         built[kind] = (loaded.module, captured, graph, summarise(graph, captured))
     return built
-
-
-def request_inputs(example: dict[str, torch.Tensor], n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
-    """n different requests shaped like the example: other tokens; a padding mask where there is one."""
-    generator = torch.Generator().manual_seed(1)
-    requests = []
-    for i in range(n):
-        inputs = {"input_ids": torch.randint(0, vocab, example["input_ids"].shape, generator=generator)}
-        if "attention_mask" in example:
-            mask = torch.ones_like(example["attention_mask"])
-            mask[:, mask.shape[1] - 3 * i:] = 0  # request i pads its last 3i tokens
-            inputs["attention_mask"] = mask
-        requests.append({**example, **inputs})
-    return requests
 
 
 def _stream_and_check(tmp_path, model, plan, requests: int = REQUESTS):

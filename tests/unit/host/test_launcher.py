@@ -53,3 +53,30 @@ def test_a_tampered_bundle_is_refused_by_the_rank_that_reads_it(tiny, tmp_path):
     with pytest.raises(LaunchError, match=r"rank 2 \(gamma\).*weights/rank_2\.safetensors"):
         run_local(copy, threads=1, timeout_s=30)
 
+
+
+@pytest.mark.timeout(90)
+def test_a_terminated_galaxy_run_leaves_no_rank_running(tiny, tmp_path):
+    """SIGTERM while the ranks stream: galaxy-run stops them all and exits 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serve_helpers import alive
+
+    proc = subprocess.Popen([sys.executable, "-m", "galaxy.host.launcher", str(tiny), "--local", "--requests", "2000",
+                             "--repeat", "50", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    ranks, deadline = [], time.monotonic() + 60
+    while len(ranks) < 3 and time.monotonic() < deadline:
+        ranks = [int(p) for p in subprocess.run(["pgrep", "-f", f"{tiny}/rank_"], capture_output=True,
+                                                text=True).stdout.split()]
+        time.sleep(0.2)
+    assert len(ranks) == 3, "the ranks did not start"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143, output
+    assert "stopped every rank" in output
+    assert alive(ranks) == []

@@ -1,0 +1,91 @@
+"""The HTTP face of galaxy-serve (Starlette, served by uvicorn).
+
+    POST /v1/infer   inputs -> outputs (serve/codec.py); 4xx for what the bundle cannot take,
+                     503 when the cluster cannot serve (the reason names the rank), 504 on timeout
+    GET  /healthz    200 when every rank is alive, on the plan in force and serving; else 503
+    GET  /metrics    Prometheus text (serve/metrics.py)
+    POST /v1/plan    {"bundle": "DIR"}: serve another bundle from the next request on; needs
+                     `Authorization: Bearer <cluster token>`
+
+Each answer carries `Server-Timing: queue;dur=<ms>, cluster;dur=<ms>, rank0;dur=<ms>` (waiting
+in the queue; dispatch to the ranks -> answer; rank 0's own time from taking the request on to
+its outputs), so a client can tell HTTP time from the coordinator's and the ranks'.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from galaxy.runtime.errors import GalaxyRuntimeError
+
+from .bundles import HostBundle
+from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
+from .coordinator import Coordinator, RequestFailed, RequestTimeout, ServiceUnavailable
+
+_STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
+
+
+def make_app(coordinator: Coordinator) -> Starlette:
+    metrics = coordinator.metrics
+
+    def answer(request: Request, response: Response) -> Response:
+        metrics.http.labels(path=request.url.path, status=str(response.status_code)).inc()
+        return response
+
+    def error(request: Request, status: int, message: str, **extra) -> Response:
+        return answer(request, JSONResponse({"error": message, **extra}, status_code=status))
+
+    async def infer(request: Request) -> Response:
+        plan = coordinator.plan
+        if plan is None:
+            return error(request, 503, "the cluster is still forming its group; retry in a moment")
+        example = plan.example_inputs
+        try:
+            inputs, as_json = decode_inputs(request.headers.get("content-type", ""), await request.body(), example)
+        except BadRequest as exc:
+            return error(request, exc.status, str(exc), expected=expected_inputs(example))
+        try:
+            future = coordinator.submit(inputs)
+            outputs = await asyncio.wrap_future(future)
+        except GalaxyRuntimeError as exc:
+            return error(request, _STATUS.get(type(exc), 500), " ".join(str(exc).split()))
+        body, media_type = encode_outputs(outputs, as_json)
+        timing = getattr(future, "timing", None) or {}
+        headers = {"Server-Timing": ", ".join(f"{k};dur={1e3 * v:.3f}" for k, v in timing.items()),
+                   "X-Galaxy-Plan": plan.sha[:12]}
+        return answer(request, Response(body, media_type=media_type, headers=headers))
+
+    async def healthz(request: Request) -> Response:
+        health = coordinator.health()
+        return answer(request, JSONResponse(health, status_code=200 if health["status"] == "ok" else 503))
+
+    async def metrics_text(request: Request) -> Response:
+        return answer(request, Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8"))
+
+    async def swap(request: Request) -> Response:
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip().encode()
+        if not hmac.compare_digest(presented, coordinator.token):
+            return error(request, 401, "swapping plans needs the cluster token: Authorization: Bearer <token>")
+        try:
+            document = json.loads(await request.body())
+            new_plan = HostBundle.load(document["bundle"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return error(request, 400, f'the body must be {{"bundle": "BUNDLE_DIR"}} ({exc})')
+        except GalaxyRuntimeError as exc:
+            return error(request, 400, " ".join(str(exc).split()))
+        try:
+            epoch = await asyncio.wrap_future(coordinator.swap_plan(new_plan))
+        except GalaxyRuntimeError as exc:
+            return error(request, 503, " ".join(str(exc).split()))
+        return answer(request, JSONResponse({"plan": new_plan.sha[:12], "bundle": str(new_plan.path), "epoch": epoch}))
+
+    return Starlette(routes=[Route("/v1/infer", infer, methods=["POST"]),
+                             Route("/healthz", healthz, methods=["GET"]),
+                             Route("/metrics", metrics_text, methods=["GET"]),
+                             Route("/v1/plan", swap, methods=["POST"])])
