@@ -13,6 +13,7 @@ from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner import make_plan
+from galaxy.compiler.planner.baselines import sequence_plan
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 
 
@@ -28,6 +29,12 @@ def _edgepipe(summary: ModelSummary, cluster: Cluster) -> Plan:
     return pipeline_dp_plan(build_cost_table(summary, cluster), max_group_devices=1)
 
 
+def _sequence_with(key_values: str) -> Callable[[ModelSummary, Cluster], Plan]:
+    """The sequence baseline held to one key/value action (KVAG: gather, best tiles; KVATT: attend
+    as they arrive, ring or direct), to measure one against the other."""
+    return lambda summary, cluster: sequence_plan(build_cost_table(summary, cluster), key_value_ops=(key_values,))
+
+
 def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
     return make_plan(summary, cluster, wire_dtype="float16")
 
@@ -40,6 +47,10 @@ VARIANTS = {v.name: v for v in (
             lambda s, c: make_plan(s, c, solver="proportional")),
     Variant("sequence", "sequence parallelism only: every weight everywhere, keys/values all-gathered",
             lambda s, c: make_plan(s, c, solver="sequence")),
+    Variant("sequence-gather", "sequence parallelism only, keys/values all-gathered (KVAG) before one SDPA",
+            _sequence_with("KVAG")),
+    Variant("sequence-attend", "sequence parallelism only, keys/values attended as they arrive (KVATT, online softmax)",
+            _sequence_with("KVATT")),
     Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)", _edgepipe),
     Variant("galaxy-no-overlap", "Galaxy's hybrid (HMP) plan (ILP, or DP pipeline of HMP stages), plain collectives",
             lambda s, c: make_plan(s, c, tile_choices=(1,), sequence_only=False)),

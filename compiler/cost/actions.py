@@ -13,6 +13,12 @@ tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
               2 (n - 1) (alpha + beta S b / n); cpu[r] = 2 kappa 2 (n - 1)/n S b; nothing hides
     KVAG      the ring of keys and values (2 / g hidden-stream bytes a token), projected and sent in
               t tiles: projection_exposed(t, G) shows, G the key/value projection
+    KVATT     the same bytes, exchanged directly (link: the slowest peer's block) or round the ring
+              ((n - 1) steps of the largest block) while each rank attends to the blocks in hand:
+              what shows is the longest wait of any rank (cost/overlap.py: waiting_s), attending to
+              a block of y keys taking f(b) A[d] x y / S^2 (A the attention core of every group,
+              times the device's overlap efficiency), f(b) the measured cost of b blocks against one
+              SDPA; cpu[r] = KVAG's, plus (f(b) - 1) A[d] x[r] / S: the core's extra compute
     SCATTER   rank 0 sends every other rank its tokens, one after another:
               k sum_{r != 0} (alpha + beta x[r] b); cpu k kappa (S - x[0]) b on rank 0 (each other rank
               moves its own few tokens meanwhile)
@@ -30,7 +36,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from galaxy.compiler.cost.collectives import collective_cpu_s, gather_link_s, ring_collective_s, ring_step_s
-from galaxy.compiler.cost.overlap import exposed_s, projection_exposed_s
+from galaxy.compiler.cost.overlap import (blockwise_attention_factor, direct_order, exposed_s, projection_exposed_s,
+                                          ring_arrivals, waiting_s)
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.ir.schedule import WIRE_BYTES, Action
 
@@ -92,6 +99,47 @@ def key_value_gather(action: Action, site: Site) -> Charge:
     return Charge(link, link - exposed, cpu)
 
 
+def key_value_attention(action: Action, site: Site) -> Charge:
+    table, n, x, S = site.table, len(site.ring), site.tokens, site.table.tokens
+    per_token = 2 * token_bytes(table, action) / table.heads_per_group
+    factor = blockwise_attention_factor(sum(1 for xj in x if xj))
+    core = [table.kv_groups * attention_core_s(table, d) for d in site.ring]  # every group, whole sequence
+    extra = [(factor - 1) * core[j] * x[j] / S for j in range(n)]
+    if n < 2:
+        return Charge(cpu_s_per_rank=tuple(extra))
+    cpu = [collective_cpu_s(table, d, n, token_bytes=per_token) + e for d, e in zip(site.ring, extra)]
+    step = ring_collective_s(table, site.ring, max(x), token_bytes=per_token) / (n - 1)
+    link = (n - 1) * step if action.algorithm == "ring" else 0.0
+    exposed = 0.0
+    for j, d in enumerate(site.ring):
+        if not x[j]:
+            continue
+        hiding = [factor * core[j] * _efficiency(table, d) * x[j] * y / S ** 2 for y in x]
+        if action.algorithm == "ring":
+            blocks = ring_arrivals([hiding[(j - s) % n] for s in range(n)], step)
+        else:  # every peer's block at once
+            blocks = [(_link_s(table, site.ring[p], d, x[p] * per_token), hiding[p]) for p in direct_order(x, j)]
+            link = max([link, *(arrival for arrival, _ in blocks)])
+        exposed = max(exposed, waiting_s(hiding[j], blocks))
+    return Charge(link, max(0.0, link - exposed), tuple(cpu))
+
+
+def attention_core_s(table: CostTable, device: int) -> float:
+    """Seconds of the attention core (scores, softmax, weighted values) of one KV group, whole sequence."""
+    if table.attention_core_s_per_group:
+        return table.attention_core_s_per_group[device]
+    return (table.attention_s_per_group[device] - table.attention_in_s_per_group[device]
+            - table.attention_out_s_per_group[device])
+
+
+def _efficiency(table: CostTable, device: int) -> float:
+    return table.overlap_efficiency[device] if table.overlap_efficiency else 1.0
+
+
+def _link_s(table: CostTable, sender: int, receiver: int, size_bytes: float) -> float:
+    return table.alpha_s[sender][receiver] + table.beta_s_per_byte[sender][receiver] * size_bytes
+
+
 def _to_one(action: Action, site: Site, tensors: int, outward: bool) -> Charge:
     """`tensors` hidden-stream tensors between ring position 0 and each other rank's tokens: sent
     out from it (`outward`) or gathered to it, one rank after another."""
@@ -128,7 +176,7 @@ def replicated(action: Action, site: Site) -> Charge:
 
 CHARGES: dict[str, Callable[[Action, Site], Charge]] = {
     "AG": all_gather_or_reduce_scatter, "RS": all_gather_or_reduce_scatter, "AR": all_reduce,
-    "KVAG": key_value_gather, "SCATTER": scatter, "REP": replicated, "RECV": receive,
+    "KVAG": key_value_gather, "KVATT": key_value_attention, "SCATTER": scatter, "REP": replicated, "RECV": receive,
     "SEND": gather_to_leader, "GATHER": gather_to_leader,
 }
 

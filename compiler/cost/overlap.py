@@ -31,6 +31,12 @@ complete only when waited on), so they show whole:
     exposed(t) = max(0, ring(t) / (n - 1) - G (1 - 1/t)) + ring(t) (n - 2) / (n - 1)
 
 (t = 1 is the plain gather after the projection.) G is again the smallest in the ring.
+
+Attending as keys and values arrive (KVATT, runtime's online_attention) hides the exchange behind
+the attention core instead: a rank attends to its own block, then to each peer's block once it is
+in. `waiting_s` replays that per rank (direct: every block starts at once, arriving after its own
+link time; ring: `ring_arrivals`, one step per forwarding hop); the cost takes the rank that waits
+longest. The core runs `blockwise_attention_factor` slower than one fused SDPA (measured).
 """
 from __future__ import annotations
 
@@ -52,3 +58,49 @@ def projection_exposed_s(ring_s: float, tiles: int, projection_s: float, ring_si
         return 0.0
     first_step = ring_s / (ring_size - 1)
     return max(0.0, first_step - projection_s * (1 - 1 / max(tiles, 1))) + ring_s - first_step
+
+
+# Sequence parallelism attending as keys and values arrive (KVATT, runtime/online_attention.py):
+# time of the attention core cut into b key blocks merged by the online softmax / one fused SDPA,
+# on one thread, 256 keys, mean over BERT-base, BERT-large and GPT-2-medium shapes and 256 or 128
+# queries (python -m benchmarks.attention_blocks; benchmarks/results/attention-blocks). More
+# blocks than measured cost what the most did.
+BLOCKWISE_ATTENTION_FACTOR = {1: 1.13, 2: 1.41, 3: 1.97, 4: 1.83}
+
+
+def blockwise_attention_factor(blocks: int) -> float:
+    """What attending to `blocks` key blocks one by one costs, relative to one fused SDPA."""
+    measured = sorted(BLOCKWISE_ATTENTION_FACTOR)
+    return BLOCKWISE_ATTENTION_FACTOR[min(max(blocks, measured[0]), measured[-1])]
+
+
+def waiting_s(own_s: float, blocks: list[tuple[float, float]]) -> float:
+    """Seconds a rank waits for peers when it attends to its own key/value block (`own_s`) and
+    then to each block (arrival_s, attend_s) in turn, each as soon as it is in and the one before
+    is done: the link time attention compute did not hide. (The transfers start at 0.)"""
+    clock = busy = own_s
+    for arrival_s, attend_s in blocks:
+        clock = max(clock, arrival_s) + attend_s
+        busy += attend_s
+    return clock - busy
+
+
+def direct_order(tokens: list[int] | tuple[int, ...], me: int) -> list[int]:
+    """Ring positions of the peers whose blocks ring position `me` takes, in the order it waits
+    for them (runtime/direct.py: arrival_order): smallest first, ties nearest after `me`."""
+    n = len(tokens)
+    return sorted((p for p in ((me + k) % n for k in range(1, n)) if tokens[p]), key=lambda p: tokens[p])
+
+
+def ring_arrivals(attend_s: list[float], step_s: float) -> list[tuple[float, float]]:
+    """(arrival_s, attend_s) of the blocks of ring steps 1, 2, ... at a rank: a step's block
+    leaves the previous rank when that rank takes it in (it forwards before attending), taken as
+    in step with this rank, and one step (`step_s`) later it is here: arrival[s] =
+    max(s step, taken[s - 1] + step). `attend_s` starts with the own block's time."""
+    arrivals, taken, ready = [], 0.0, attend_s[0]
+    for s, attend in enumerate(attend_s[1:], start=1):
+        arrival = max(s * step_s, taken + step_s)
+        taken = max(ready, arrival)
+        ready = taken + attend
+        arrivals.append((arrival, attend))
+    return arrivals

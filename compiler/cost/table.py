@@ -70,6 +70,11 @@ class CostTable:
     head_tensors: int = 1
     # ModelSummary.parallel_block_inputs: 0, or the tensors a parallel block's all-gather carries
     parallel_block_inputs: int = 0
+    # per device: the attention core of one KV group (scores, softmax, weighted values; whole
+    # sequence, seconds), and the share of compute time transfers progress behind (Device);
+    # empty in hand-made tables: attention minus its projections, and 1
+    attention_core_s_per_group: tuple[float, ...] = ()
+    overlap_efficiency: tuple[float, ...] = ()
 
     @property
     def parallel_blocks(self) -> bool:
@@ -144,11 +149,16 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
     sdpa_flops_per_group = 4.0 * summary.batch * summary.seq_len ** 2 * summary.head_dim \
         * summary.heads_per_kv_group
 
+    def attention_core_s(d: Device) -> float:
+        if d.attention_flops_per_s <= 0:
+            return fl.attention_core_per_group / d.flops_per_s
+        return sdpa_flops_per_group / d.attention_flops_per_s
+
     def attention_s(d: Device) -> float:
         if d.attention_flops_per_s <= 0:
             return fl.attention_per_group / d.flops_per_s
         projections = fl.attention_in_per_group + fl.attention_out_per_group
-        return projections / d.flops_per_s + sdpa_flops_per_group / d.attention_flops_per_s
+        return projections / d.flops_per_s + attention_core_s(d)
 
     links = [[cluster.link(a.name, b.name) if a.name != b.name else None for b in devs] for a in devs]
     return CostTable(
@@ -179,4 +189,6 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
         prologue_bytes=by.prologue, epilogue_bytes=by.epilogue,
         entry_tensors=summary.layer_entry_tensors, head_tensors=summary.head_input_tensors,
         parallel_block_inputs=summary.parallel_block_inputs,
+        attention_core_s_per_group=tuple(attention_core_s(d) for d in devs),
+        overlap_efficiency=tuple(d.overlap_efficiency for d in devs),
     )

@@ -20,6 +20,9 @@ Vocabulary (`op`), and where each runs:
             AR       all-reduce the block's partial sums (the hidden stream stays whole: Megatron)
             KVAG     keys and values all-gathered after they are projected, tile by tile
                      (sequence parallelism only: every rank holds every weight)
+            KVATT    keys and values exchanged while the rank attends to them block by block as
+                     they arrive, its own first, merged by an online softmax (ring attention;
+                     sequence parallelism only, no tiles; ring or direct exchange)
             (none)   the block runs locally, printed "-"
     exit    GATHER   the head's inputs gathered to rank 0 by tokens
             SEND     the leader gathers the hidden states and sends them whole to the next stage
@@ -32,6 +35,7 @@ travels on the wire, and the collective's algorithm. The string form round-trips
     SCATTER | attn:AG(t2)>RS(t2) mlp:AG>RS | GATHER         hybrid parallelism, 2 tiles
     REP | attn:AR mlp:AR | -                                 Megatron-style tensor parallelism
     SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER               sequence parallelism only, fp16 wire
+    SCATTER | attn:KVATT(direct) mlp:- | GATHER              ... attending as keys and values arrive
     REP | attn:- mlp:- | -                                   one device
     RECV | attn:AG>RS mlp:AG>RS | SEND                       a later pipeline stage
     SCATTER | par:AG(t2)>RS(t2) | GATHER                     parallel attention/MLP blocks
@@ -44,7 +48,8 @@ from dataclasses import dataclass
 from galaxy.compiler.errors import PlanFileError
 
 ENTER_OPS = ("SCATTER", "REP", "RECV")
-LAYER_OPS = ("AG", "RS", "AR", "KVAG")
+LAYER_OPS = ("AG", "RS", "AR", "KVAG", "KVATT")
+KEY_VALUE_OPS = ("KVAG", "KVATT")  # the actions of sequence parallelism only
 EXIT_OPS = ("GATHER", "SEND")
 BLOCKS = ("attn", "mlp")  # a layer's tensor-parallel blocks, in order
 PARALLEL_BLOCKS = ("par",)  # ... or one block running both side by side
@@ -52,7 +57,7 @@ WIRE_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # dtype 
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ALGORITHMS = ("ring", "direct")
 # The actions a block may carry, in order (the layouts Galaxy generates code for).
-BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence"}
+BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence", ("KVATT",): "sequence"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class Action:
                                 f"{', '.join(ENTER_OPS + LAYER_OPS + EXIT_OPS)}")
         if self.tiles < 1:
             raise PlanFileError(f"action {self.op}: tiles must be >= 1, not {self.tiles}")
+        if self.op == "KVATT" and self.tiles != 1:
+            raise PlanFileError(f"action {self.op}: keys and values are attended block by block as they arrive, "
+                                f"not in tiles (t{self.tiles}); use KVAG(t{self.tiles}) to tile the projection")
         if self.wire not in WIRE_DTYPES:
             raise PlanFileError(f"action {self.op}: wire dtype {self.wire!r} is not one of {', '.join(WIRE_DTYPES)}")
         if self.algorithm not in ALGORITHMS:
@@ -128,9 +136,9 @@ class BlockSchedule:
         actions = () if rest.strip() == "-" else tuple(Action.parse(a) for a in rest.split(">"))
         schedule = BlockSchedule(block, actions)
         if tuple(a.op for a in actions) not in BLOCK_SHAPES:
-            raise PlanFileError(f"block schedule {text!r}: a block carries AG>RS, AR, KVAG or nothing (-)")
+            raise PlanFileError(f"block schedule {text!r}: a block carries AG>RS, AR, KVAG, KVATT or nothing (-)")
         if block == "mlp" and schedule.shape == "sequence":
-            raise PlanFileError(f"block schedule {text!r}: KVAG gathers keys and values, so only attention has it")
+            raise PlanFileError(f"block schedule {text!r}: {actions[0].op} moves keys and values, so only attention has it")
         return schedule
 
 
@@ -182,6 +190,8 @@ class StageSchedule:
         side_by_side = "; attention and MLP side by side, reduced once" if self.parallel else ""
         if shapes == {"local"}:
             return "one device: no collectives"
+        if "sequence" in shapes and any(a.op == "KVATT" for b in self.layer for a in b.actions):
+            return "sequence parallelism only (every weight on every rank, keys and values attended as they arrive)"
         if "sequence" in shapes:
             return "sequence parallelism only (every weight on every rank, keys and values all-gathered)"
         if self.layout == "whole":
@@ -216,13 +226,18 @@ class StageSchedule:
 
 def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: str = "float32",
                    first: bool = True, last: bool = True, algorithm: str = "ring",
-                   parallel: bool = False) -> StageSchedule:
+                   parallel: bool = False, key_values: str = "KVAG") -> StageSchedule:
     """The schedule of a stage of `ranks` ranks whose blocks run as `shape` (hybrid | tensor |
     sequence): the one place a parallel layout becomes actions. One rank runs everything locally;
     `first`/`last` place the stage in a pipeline (the first stage holds rank 0); `parallel` runs
-    attention and MLP side by side in one block (a model with parallel blocks)."""
+    attention and MLP side by side in one block (a model with parallel blocks); `key_values` is the
+    sequence shape's attention action (KEY_VALUE_OPS: gather, or attend as they arrive).
+    `algorithm` is the layer collectives'; the stage's hand-offs send straight to their ranks."""
     def action(op: str, tiles_: int = 1) -> Action:
         return Action(op, tiles_, wire, algorithm)
+
+    def hand_off(op: str) -> Action:
+        return Action(op, wire=wire)
 
     local = ranks == 1
     whole = shape == "tensor"
@@ -233,17 +248,19 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
     elif shape == "tensor":
         blocks = tuple(BlockSchedule(b, (action("AR"),)) for b in BLOCKS)
     elif shape == "sequence":
-        blocks = (BlockSchedule("attn", (action("KVAG", tiles),)), BlockSchedule("mlp"))
+        if key_values not in KEY_VALUE_OPS:
+            raise ValueError(f"unknown key/value action {key_values!r}; expected one of {', '.join(KEY_VALUE_OPS)}")
+        blocks = (BlockSchedule("attn", (action(key_values, tiles),)), BlockSchedule("mlp"))
     else:
         raise ValueError(f"unknown stage shape {shape!r}; expected hybrid, tensor or sequence")
     if parallel:  # the actions of the attention block serve both
         blocks = (BlockSchedule(PARALLEL_BLOCKS[0], blocks[0].actions),)
     if not first:
-        enter = action("RECV")
+        enter = hand_off("RECV")
     else:
-        enter = Action("REP") if local or whole else action("SCATTER")
+        enter = Action("REP") if local or whole else hand_off("SCATTER")
     if not (first and last):
-        exit_ = action("SEND")
+        exit_ = hand_off("SEND")
     else:
-        exit_ = None if local or whole else action("GATHER")
+        exit_ = None if local or whole else hand_off("GATHER")
     return StageSchedule(enter, blocks, exit_)

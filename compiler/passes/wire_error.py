@@ -7,7 +7,7 @@ difference of each output from the unrounded reference:
 
     AG       the block's input, as its first projections read it (the residual keeps its own copy)
     RS, AR   the block's output (the partial sums the collective adds)
-    KVAG     the keys and values
+    KVAG, KVATT  the keys and values
     SCATTER  the layer inputs of the first layer
     SEND     the hidden states a stage hands on (the next stage reads them whole)
     GATHER   the values the head reads
@@ -73,7 +73,7 @@ def _borders(graph: TransformerGraph, plan: Plan, weights: set[str]) -> Borders:
 
 def _action_nodes(layer: Layer, block: str, op: str) -> list[tuple[str, set[str] | None]]:
     attention, mlp = layer.attention, layer.mlp
-    if op == "KVAG":
+    if op in ("KVAG", "KVATT"):
         return [(attention.k.output, None), (attention.v.output, None)]
     if op in ("RS", "AR") and block == "par":  # a parallel block reduces the sum of both outputs
         return [(layer.block_output, None)]

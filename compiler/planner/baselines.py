@@ -7,7 +7,9 @@
 - proportional:  every device, heads/columns/tokens in proportion to flops_per_s
 - sequence:      sequence parallelism only: the fastest k devices that hold the whole model
                  (k by predicted latency), tokens in inverse proportion to each one's time
-                 per token; every device keeps every weight
+                 per token; every device keeps every weight; keys and values gathered (KVAG, in
+                 the best tile count) or attended as they arrive (KVATT, ring or direct), whichever
+                 is predicted faster
 (`pipeline_dp.py` has the EdgePipe-style pipeline.) Only `sequence` overlaps (it picks its tile
 count from `tile_choices`; the others have tiles = 1), and none returns a plan that does not fit: they raise InfeasiblePlanError with the shortfall.
 """
@@ -21,7 +23,7 @@ from galaxy.compiler.cost.memory import memory_shortfall_bytes, rank_memory_byte
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.ir.schedule import stage_schedule
+from galaxy.compiler.ir.schedule import ALGORITHMS, KEY_VALUE_OPS, stage_schedule
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
 from galaxy.compiler.planner.search_space import TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
@@ -101,14 +103,16 @@ def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
     return weighted_split(table, order, order[0], [table.flops_per_s[d] for d in order], "proportional", objective)
 
 
-def sequence_plan(table: CostTable, objective: str = "latency", tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:
-    """Sequence parallelism only over the k fastest devices that hold the model, best k."""
+def sequence_plan(table: CostTable, objective: str = "latency", tile_choices: tuple[int, ...] = TILE_CHOICES,
+                  key_value_ops: tuple[str, ...] = KEY_VALUE_OPS) -> Plan:
+    """Sequence parallelism only over the k fastest devices that hold the model, best k, with the
+    best of the key/value actions `key_value_ops` (KEY_VALUE_OPS)."""
     whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
     holders = [d for d in table.speed_order() if table.mem_bytes[d] >= whole]
     best: Plan | None = None
     for k in range(1, len(holders) + 1):
         try:
-            plan = _sequence_split(table, holders[:k], objective, tile_choices)
+            plan = _sequence_split(table, holders[:k], objective, tile_choices, key_value_ops)
         except InfeasiblePlanError as err:
             log.debug("sequence parallelism over %d devices: %s", k, err)
             continue
@@ -125,7 +129,8 @@ def sequence_plan(table: CostTable, objective: str = "latency", tile_choices: tu
     return replace(best, notes=notes)
 
 
-def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_choices: tuple[int, ...]) -> Plan:
+def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_choices: tuple[int, ...],
+                    key_value_ops: tuple[str, ...] = KEY_VALUE_OPS) -> Plan:
     per_token_s = [(table.kv_groups * table.attention_s_per_group[d] + table.columns * table.mlp_s_per_column[d])
                    / table.tokens + table.connective_s_per_token[d] for d in used]
     tokens = split_sizes(table.tokens, [1 / u for u in per_token_s])
@@ -138,12 +143,24 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_
     stage = replace(plan.stages[0], heads_per_rank=(table.heads,) * n,
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
-    # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
-    tiles = [t for t in tile_choices if n > 1 and t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
-    by_tiles = [with_prediction(replace(plan, stages=(replace(stage, schedule=stage_schedule(
-        n, shape="sequence", tiles=t, wire=table.wire_dtype, parallel=table.parallel_blocks)),)), table)
-        for t in tiles]
-    return require_fit(min(by_tiles, key=lambda p: p.predicted_latency_s), table)
+    schedules = [stage_schedule(n, shape="sequence", tiles=t, wire=table.wire_dtype, parallel=table.parallel_blocks,
+                                key_values=op, algorithm=algorithm)
+                 for op, t, algorithm in sequence_choices(n, min(stage.tokens_per_rank), tile_choices, key_value_ops)]
+    candidates = [with_prediction(replace(plan, stages=(replace(stage, schedule=s),)), table) for s in schedules]
+    return require_fit(min(candidates, key=lambda p: p.predicted_latency_s), table)  # ties: the first listed
+
+
+def sequence_choices(ranks: int, fewest_tokens: int, tile_choices: tuple[int, ...],
+                     key_value_ops: tuple[str, ...] = KEY_VALUE_OPS) -> list[tuple[str, int, str]]:
+    """(key/value action, tiles, algorithm) a sequence-parallel stage may run, plain gather first:
+    KVAG with keys and values sent tile by tile as they are projected (tiles no larger than the
+    fewest tokens of a rank), KVATT attending to them as they arrive, over a ring or directly.
+    One rank runs alone: the plain action only."""
+    if ranks < 2:
+        return [(key_value_ops[0], 1, "ring")]
+    gathers = [("KVAG", t, "ring") for t in tile_choices if t <= fewest_tokens] if "KVAG" in key_value_ops else []
+    attends = [("KVATT", 1, algorithm) for algorithm in ALGORITHMS] if "KVATT" in key_value_ops else []
+    return gathers + attends or [("KVAG", 1, "ring")]
 
 
 def or_sequence_only(plan: Plan, table: CostTable, tile_choices: tuple[int, ...] = TILE_CHOICES) -> Plan:

@@ -2,7 +2,8 @@
 
 `modules/<case>/rank_<k>.py.golden` is what codegen writes for a tiny model under a hand-written plan
 (tests/helpers.py), one case per kind of schedule: hybrid parallelism on uneven devices (with and
-without tiles), Megatron-style tensor parallelism, sequence parallelism only and a pipeline.
+without tiles), Megatron-style tensor parallelism, sequence parallelism only (keys and values
+gathered, or attended as they arrive) and a pipeline.
 (The `.golden` suffix keeps the snapshots out of linters and duplicate-code reports.)
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ MODULE_CASES = (
     ModuleCase("llama", "hybrid-3", lambda s: manual_plan(s, [1, 1, 1], [3, 2, 1], [5, 2, 1])),
     ModuleCase("llama", "megatron-3", lambda s: manual_plan(s, [1, 1, 1], [1, 1, 1], [1, 1, 1], shape="tensor")),
     ModuleCase("llama", "sequence-2", lambda s: manual_plan(s, None, None, [2, 1], tiles=2)),
+    ModuleCase("gpt2", "sequence-attend-3", lambda s: manual_plan(s, None, None, [2, 1, 1], key_values="KVATT",
+                                                                 algorithm="direct")),
     ModuleCase("bert", "pipeline-2-1", lambda s: pipeline_plan(s, [(1, [2, 1]), (1, [1])])),
 )
 

@@ -35,7 +35,7 @@ from .golden_cases import CASES, ROOT, read
 # The runtime call that carries each action (the oracle of this test, written independently of the
 # templates): function name -> action op.
 CALLS = {"all_gather": "AG", "all_gather_linear": "AG", "reduce_scatter": "RS", "linear_reduce_scatter": "RS",
-         "all_reduce": "AR", "project_all_gather": "KVAG", "scatter_hidden": "SCATTER", "gather_hidden": "GATHER",
+         "all_reduce": "AR", "project_all_gather": "KVAG", "online_attention": "KVATT", "scatter_hidden": "SCATTER", "gather_hidden": "GATHER",
          "send": "SEND", "receive": "RECV"}
 WIRE = {"float16": "f16", "bfloat16": "bf16"}
 TINY_SEQ = 32
@@ -89,6 +89,8 @@ def _action(op: str, call: ast.Call) -> str:
         options.append(f"t{ast.literal_eval(keywords['tiles'])}")
     if "wire_dtype" in keywords:
         options.append(WIRE[ast.unparse(keywords["wire_dtype"]).removeprefix("torch.")])
+    if "algorithm" in keywords and ast.literal_eval(keywords["algorithm"]) != "ring":
+        options.append(ast.literal_eval(keywords["algorithm"]))
     return f"{op}({','.join(options)})" if options else op
 
 

@@ -14,6 +14,8 @@ EXAMPLES = [
     "REP | attn:AR mlp:AR | -",
     "SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER",
     "REP | attn:- mlp:- | -",
+    "SCATTER | attn:KVATT(f16,direct) mlp:- | GATHER",
+    "SCATTER | par:KVATT | GATHER",
     "RECV | attn:AG(bf16,direct)>RS(t4,bf16,direct) mlp:AG>RS | SEND",
     "SCATTER | par:AG(t2)>RS(t2) | GATHER",
     "REP | par:AR | -",
@@ -37,7 +39,9 @@ def test_an_action_carries_its_tiles_wire_dtype_and_algorithm():
     ("SCATTER | attn:XX mlp:- | GATHER", "unknown schedule action 'XX'"),
     ("SCATTER | attn:AG(t0)>RS mlp:- | GATHER", "tiles must be >= 1"),
     ("SCATTER | attn:AG(f8) mlp:- | GATHER", "unknown option 'f8'"),
-    ("SCATTER | attn:RS>AG mlp:- | GATHER", "a block carries AG>RS, AR, KVAG or nothing"),
+    ("SCATTER | attn:RS>AG mlp:- | GATHER", "a block carries AG>RS, AR, KVAG, KVATT or nothing"),
+    ("SCATTER | attn:KVATT(t2) mlp:- | GATHER", "not in tiles"),
+    ("SCATTER | attn:- mlp:KVATT | GATHER", "KVATT moves keys and values, so only attention has it"),
     ("SCATTER | mlp:- attn:- | GATHER", "lists attn and mlp, in that order"),
     ("SCATTER | attn:- mlp:KVAG | GATHER", "only attention has it"),
     ("SCATTER | attn:AG>RS par:AG>RS | GATHER", "or par alone"),
@@ -62,6 +66,8 @@ def test_stage_schedule_is_the_one_place_a_layout_becomes_actions():
     assert str(stage_schedule(3, shape="tensor")) == "REP | attn:AR mlp:AR | -"
     assert str(stage_schedule(3, shape="sequence", tiles=4, wire="float16")) == \
         "SCATTER(f16) | attn:KVAG(t4,f16) mlp:- | GATHER(f16)"
+    assert str(stage_schedule(3, shape="sequence", algorithm="direct", key_values="KVATT")) == \
+        "SCATTER | attn:KVATT(direct) mlp:- | GATHER"  # hand-offs have no ring
     assert str(stage_schedule(1, tiles=8)) == "REP | attn:- mlp:- | -"
     assert str(stage_schedule(2, first=False, last=False)) == "RECV | attn:AG>RS mlp:AG>RS | SEND"
     assert str(stage_schedule(1, first=True, last=False)) == "REP | attn:- mlp:- | SEND"

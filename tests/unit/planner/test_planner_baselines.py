@@ -142,8 +142,29 @@ def test_sequence_only_baseline_sends_keys_and_values_in_tiles_when_the_projecti
     from galaxy.compiler.planner.search_space import TILE_CHOICES
     for latency_s, tiled in ((1e-5, True), (0.03, False)):
         table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=1_000, latency_s=latency_s))
-        plan = sequence_plan(table)
+        plan = sequence_plan(table, key_value_ops=("KVAG",))
         assert len(plan.devices) > 1 and (plan.stages[0].schedule.tiles > 1) == tiled, (latency_s, plan.stages[0])
         others = [predict(replace(plan, stages=(replace(plan.stages[0], schedule=stage_schedule(
             len(plan.devices), shape="sequence", tiles=t)),)), table)[0] for t in TILE_CHOICES]
         assert plan.predicted_latency_s == pytest.approx(min(others))
+
+
+@pytest.mark.parametrize("mbit_per_s,latency_s", [(1_000, 2e-3), (100, 2e-3), (10_000, 1e-5)])
+def test_sequence_only_baseline_takes_the_cheapest_key_value_action(bert, mbit_per_s, latency_s):
+    """Gathering keys and values (KVAG, each tile count) or attending as they arrive (KVATT, ring or
+    direct): the plan is the cheapest of every choice, predicted the same way (the slow twin)."""
+    from dataclasses import replace
+    from galaxy.compiler.cost.latency import predict
+    from galaxy.compiler.cost.table import build_cost_table
+    from galaxy.compiler.ir.schedule import stage_schedule
+    from galaxy.compiler.planner.baselines import sequence_plan
+    table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=mbit_per_s, latency_s=latency_s))
+    plan = sequence_plan(table)
+    n = len(plan.devices)
+    choices = [("KVAG", t, "ring") for t in (1, 2, 4, 8)] + [("KVATT", 1, "ring"), ("KVATT", 1, "direct")]
+    every = [predict(replace(plan, stages=(replace(plan.stages[0], schedule=stage_schedule(
+        n, shape="sequence", tiles=t, key_values=op, algorithm=algorithm)),)), table)[0] for op, t, algorithm in choices]
+    assert plan.predicted_latency_s == pytest.approx(min(every))
+    gather_only = sequence_plan(table, key_value_ops=("KVAG",))
+    assert all(a.op == "KVAG" for a in gather_only.stages[0].schedule.block("attn").actions)
+    assert plan.predicted_latency_s <= gather_only.predicted_latency_s
