@@ -115,6 +115,21 @@ def test_sequence_parallel_only_baseline(tmp_path, tiny_models, kind, tokens, ti
     _run(tmp_path, model, manual_plan(model[2], None, None, tokens, tiles=tiles))
 
 
+ATTEND_CASES = [("bert", "direct"), ("gpt2", "ring"), ("llama", "direct"), ("custom", "ring"), ("custom", "direct")]
+
+
+@pytest.mark.parametrize("kind,algorithm", ATTEND_CASES, ids=[f"{k}-{a}" for k, a in ATTEND_CASES])
+def test_sequence_parallel_attending_as_keys_and_values_arrive(tmp_path, tiny_models, kind, algorithm):
+    """KVATT on 3 uneven ranks: each rank attends to its own keys and values, then to each peer's
+    as they arrive, merged by an online softmax; BERT's padding mask, GPT-2's and Llama's masks
+    (Llama's keys rotated before they leave) and custom.py's is_causal written out as a causal
+    mask, all cut to each rank's query rows and, per block, to the block's keys."""
+    model = _custom_model() if kind == "custom" else tiny_models[kind]
+    plan = manual_plan(model[2], None, None, [5, 2, 1], key_values="KVATT", algorithm=algorithm)
+    assert "KVATT" in str(plan.stages[0].schedule)
+    _run(tmp_path, model, plan)
+
+
 PIPELINES = {
     "two-stages-of-one": [(1, [1]), (1, [1])],
     "hmp-stage-then-one": [(1, [2, 1]), (1, [1])],
