@@ -63,3 +63,32 @@ def test_the_cost_waits_for_blocks_in_the_order_the_runtime_takes_them(seed):
     sizes = [rng.choice([0, 1, 2, 3, 3, 5]) for _ in range(rng.randint(2, 5))]
     for me in range(len(sizes)):
         assert direct_order(sizes, me) == arrival_order(sizes, me), (sizes, me)
+
+
+def simulate_ring(n: int, attend_s: float, step_s: float) -> float:
+    """Every rank of a ring of equal ranks runs online_attention's ring loop: attend to the block in
+    hand; take the next from the previous rank (it left there when that rank took it in, and
+    needs a step on the wire), forward it, attend to it. Returns the longest wait of any rank."""
+    taken = [[0.0] * n for _ in range(n)]  # taken[r][s]: when rank r took in the block of step s
+    waited = [0.0] * n
+    for s in range(1, n):
+        for r in range(n):
+            ready = taken[r][s - 1] + attend_s
+            arrival = taken[(r - 1) % n][s - 1] + step_s
+            taken[r][s] = max(ready, arrival)
+            waited[r] += taken[r][s] - ready
+    return max(waited)
+
+
+@pytest.mark.parametrize("n,tokens,alpha", [(2, 4, 0.01), (3, 3, 0.2), (4, 2, 0.05), (4, 2, 1e-4)])
+def test_ring_cost_matches_a_simulation_of_every_rank(n, tokens, alpha):
+    table = replace(toy_table(), devices=tuple("ABCD"[:n]), tokens=n * tokens,
+                    attention_s_per_group=(1.0,) * n, attention_in_s_per_group=(0.25,) * n,
+                    attention_out_s_per_group=(0.125,) * n, comm_cpu_s_per_byte=(0.0,) * n,
+                    alpha_s=tuple(tuple(0.0 if a == b else alpha for b in range(n)) for a in range(n)),
+                    beta_s_per_byte=tuple(tuple(0.0 if a == b else 1e-4 for b in range(n)) for a in range(n)))
+    got = charge(Action("KVATT"), Site(table, tuple(range(n)), (tokens,) * n))
+    step = alpha + 1e-4 * tokens * 2000
+    attend = blockwise_attention_factor(n) * 2 * 0.625 * tokens * tokens / (n * tokens) ** 2
+    assert got.link_s == pytest.approx((n - 1) * step)
+    assert got.link_s - got.hidden_s == pytest.approx(simulate_ring(n, attend, step))
