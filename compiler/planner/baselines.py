@@ -158,7 +158,7 @@ def sequence_choices(ranks: int, fewest_tokens: int, tile_choices: tuple[int, ..
     One rank runs alone: the plain action only."""
     if ranks < 2:
         return [(key_value_ops[0], 1, "ring")]
-    gathers = [("KVAG", t, "ring") for t in tile_choices if t <= fewest_tokens] if "KVAG" in key_value_ops else []
+    gathers = [("KVAG", t, "ring") for t in tile_choices if 1 <= t <= fewest_tokens] if "KVAG" in key_value_ops else []
     attends = [("KVATT", 1, algorithm) for algorithm in ALGORITHMS] if "KVATT" in key_value_ops else []
     return gathers + attends or [("KVAG", 1, "ring")]
 
