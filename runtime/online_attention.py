@@ -120,7 +120,7 @@ def _heads(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]
 @timed("online_attention")
 def online_attention(q: torch.Tensor, kv_local: torch.Tensor, mask: torch.Tensor | None,
                      tokens_per_rank: Sequence[int], ring: Ring, *, head_dim: int, scale: float,
-                     algorithm: str = "direct", wire_dtype: torch.dtype | None = None) -> torch.Tensor:
+                     algorithm: str = "ring", wire_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Attention of this rank's queries q [B, H, x, D] to every rank's keys and values, attending
     to each rank's block as it arrives. `kv_local` [B, x, 2 W] holds this rank's keys then values
     (W = H_kv D features each); `mask` (bool or additive, or None) has this rank's query rows and
