@@ -13,6 +13,8 @@ from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner import make_plan
+from galaxy.compiler.ir.schedule import stage_schedule
+from galaxy.compiler.planner.assemble import with_prediction
 from galaxy.compiler.planner.baselines import sequence_plan
 from galaxy.compiler.planner.pipeline_dp import pipeline_dp_plan
 
@@ -29,10 +31,22 @@ def _edgepipe(summary: ModelSummary, cluster: Cluster) -> Plan:
     return pipeline_dp_plan(build_cost_table(summary, cluster), max_group_devices=1)
 
 
-def _sequence_with(key_values: str) -> Callable[[ModelSummary, Cluster], Plan]:
-    """The sequence baseline held to one key/value action (KVAG: gather, best tiles; KVATT: attend
-    as they arrive, ring or direct), to measure one against the other."""
-    return lambda summary, cluster: sequence_plan(build_cost_table(summary, cluster), key_value_ops=(key_values,))
+def _sequence_gather(summary: ModelSummary, cluster: Cluster) -> Plan:
+    """The sequence baseline held to gathering keys and values (KVAG, its best tile count)."""
+    return sequence_plan(build_cost_table(summary, cluster), key_value_ops=("KVAG",))
+
+
+def _sequence_attend(algorithm: str) -> Callable[[ModelSummary, Cluster], Plan]:
+    """`_sequence_gather`'s plan (same devices, same tokens) attending to keys and values as they
+    arrive (KVATT over `algorithm`) instead: the two actions measured one against the other."""
+    def make(summary: ModelSummary, cluster: Cluster) -> Plan:
+        table = build_cost_table(summary, cluster)
+        plan = _sequence_gather(summary, cluster)
+        stage = plan.stages[0]
+        schedule = stage_schedule(len(stage.ranks), shape="sequence", wire=table.wire_dtype, key_values="KVATT",
+                                  algorithm=algorithm, parallel=table.parallel_blocks)
+        return with_prediction(replace(plan, stages=(replace(stage, schedule=schedule),)), table)
+    return make
 
 
 def _galaxy_fp16(summary: ModelSummary, cluster: Cluster) -> Plan:
@@ -48,9 +62,11 @@ VARIANTS = {v.name: v for v in (
     Variant("sequence", "sequence parallelism only: every weight everywhere, keys/values all-gathered",
             lambda s, c: make_plan(s, c, solver="sequence")),
     Variant("sequence-gather", "sequence parallelism only, keys/values all-gathered (KVAG) before one SDPA",
-            _sequence_with("KVAG")),
-    Variant("sequence-attend", "sequence parallelism only, keys/values attended as they arrive (KVATT, online softmax)",
-            _sequence_with("KVATT")),
+            _sequence_gather),
+    Variant("sequence-attend", "sequence-gather's split, keys/values sent directly and attended as they arrive "
+            "(KVATT(direct), online softmax)", _sequence_attend("direct")),
+    Variant("sequence-attend-ring", "sequence-gather's split, keys/values round a ring, attended as they arrive "
+            "(KVATT, online softmax)", _sequence_attend("ring")),
     Variant("edgepipe", "pipeline of layer ranges, one device per stage (DP)", _edgepipe),
     Variant("galaxy-no-overlap", "Galaxy's hybrid (HMP) plan (ILP, or DP pipeline of HMP stages), plain collectives",
             lambda s, c: make_plan(s, c, tile_choices=(1,), sequence_only=False)),
