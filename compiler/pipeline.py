@@ -59,8 +59,15 @@ def compile_model(source: str, options: CompileOptions = CompileOptions()) -> Co
                  ", ".join(f"{k} {v:.2g}" for k, v in sorted(wire_error.items())))
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None, wire_error)
-    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster, wire_error)
+    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster, wire_error,
+                               model_options(options))
     return CompileResult(plan, summary, cluster, graph, bundle, wire_error)
+
+
+def model_options(options: CompileOptions) -> dict:
+    """How MODEL was loaded and captured, for plan.json: what galaxy-serve needs, besides the model
+    itself, to capture it again and re-plan when a device is lost (serve/recovery.py)."""
+    return {"size": options.size, "seq_len": options.seq_len, "capture": options.capture}
 
 
 def capture_model(source: str, size: str | None = None, seq_len: int | None = None,
@@ -77,10 +84,10 @@ def capture_model(source: str, size: str | None = None, seq_len: int | None = No
 
 def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, graph: TransformerGraph,
                       captured: CapturedModel, source: str, cluster: Cluster | None = None,
-                      wire_error: dict[str, float] | None = None) -> Path:
+                      wire_error: dict[str, float] | None = None, options: dict | None = None) -> Path:
     """The phases after planning: lower `plan`, render a module per rank, write the bundle (with
-    `cluster`, so `galaxy-run --emulate` can rebuild the devices, and the expected wire error,
-    measured if not given)."""
+    `cluster`, so `galaxy-run --emulate` can rebuild the devices, the expected wire error, measured
+    if not given, and the `model_options` MODEL was captured with, when given)."""
     if wire_error is None:
         wire_error = expected_wire_error(captured, graph, plan)
     log.info("[5/6] lowering and generating %d rank modules", plan.world_size)
@@ -89,7 +96,7 @@ def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, gr
     log.info("[6/6] writing the bundle to %s", out_dir)
     document = PlanDocument(plan, summary, cluster, wire_error=wire_error).to_json() | {
         "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source,
-        "wire_dtype": plan.wire_dtype}
+        "wire_dtype": plan.wire_dtype, **({"model_options": options} if options else {})}
     return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
                         captured.example_inputs, captured.reference_outputs)
 
