@@ -27,9 +27,9 @@ from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner import make_plan
 
-# Solvers a running plan may have come from that re-planning cannot repeat: a plan written by
-# hand ("manual") is re-planned by the whole planner.
-_REPEATABLE = ("ilp", "single", "even", "megatron", "proportional", "sequence", "pipeline-dp")
+# Baselines a user picks by name are repeated; a plan of the whole planner (its ILP's or the pipeline
+# DP's, whichever it chose), or one written by hand ("manual"), is re-planned by the whole planner.
+_REPEATED = ("single", "even", "megatron", "proportional", "sequence")
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,10 @@ def cluster_now(cluster: Cluster, devices: Sequence[str], slowdown: Mapping[str,
 
 def replan(summary: ModelSummary, cluster: Cluster, plan: Plan, devices: Sequence[str],
            slowdown: Mapping[str, float] | None = None, time_limit_s: float = 30.0) -> Replan:
-    """A plan for `devices` of `cluster` at their measured rates, with `plan`'s objective, solver
-    and wire dtype."""
+    """A plan for `devices` of `cluster` at their measured rates, with `plan`'s objective and wire
+    dtype, by the whole planner (or the baseline `plan` came from)."""
     now = cluster_now(cluster, devices, slowdown)
-    solver = plan.solver if plan.solver in _REPEATABLE else "ilp"
+    solver = plan.solver if plan.solver in _REPEATED else "ilp"
     new = make_plan(summary, now, objective=plan.objective, solver=solver, time_limit_s=time_limit_s,
                     wire_dtype=plan.wire_dtype)
     current = None
