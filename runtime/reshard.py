@@ -116,6 +116,8 @@ def _assemble(name: str, spec: Mapping, held: Mapping[str, torch.Tensor], receiv
             raise BundleIntegrityError(f"weights {name}", f"has a part of unknown kind {part[0]!r}")
         stats[kind] += piece.numel() * piece.element_size()
         pieces.append(piece)
+    if not pieces:  # a share of nothing (a rank with no heads or columns)
+        return torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"])), False
     # a copy in every case: a view would keep the whole old tensor alive
     tensor = torch.cat(pieces, dim) if len(pieces) > 1 else pieces[0].clone(memory_format=torch.contiguous_format)
     if not spec["shape"] and tensor.shape == (1,):
