@@ -43,7 +43,7 @@ from galaxy.runtime import bundle as layout
 from galaxy.runtime.errors import GalaxyRuntimeError
 
 from .bundles import HostBundle
-from .reshard import Moves, plan_moves
+from .reshard import HoldingsIndex, Moves, plan_moves
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Recovery:
         self.why_not: str | None = "capturing the model"
         self._shards: dict[str, dict[int, dict[str, torch.Tensor]]] = {}  # plan sha -> rank -> shard
         self._bundles: dict[str, HostBundle] = {first.sha: first}
+        self._index: tuple[tuple, HoldingsIndex] | None = None  # of the holdings last planned from
         self._prepared: dict[tuple, Switch | GalaxyError] = {}  # under _table
         self._table = threading.Lock()
         self._lock = threading.RLock()  # one preparation at a time
@@ -111,16 +112,21 @@ class Recovery:
         self._wanted_ahead: tuple[HostBundle, dict] | None = None
         self._wake = threading.Condition()
         self._closing = False
+        self._thread: threading.Thread | None = None
 
     # --- lifetime -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        threading.Thread(target=self._background, name="galaxy-recovery", daemon=True).start()
+        self._thread = threading.Thread(target=self._background, name="galaxy-recovery", daemon=True)
+        self._thread.start()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the background work (it stops between two steps) and wait for it."""
         with self._wake:
             self._closing = True
             self._wake.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
     def wait_ready(self, timeout_s: float) -> bool:
         """The model copy is captured and checked (or recovery is off: see why_not)."""
@@ -192,6 +198,8 @@ class Recovery:
             return
         self.why_not = None
         self._ready.set()
+        if self._closing:
+            return
         log.info("galaxy-serve: recovery ready (model %s captured and checked against the bundle)", self.source.path)
         if self.ahead:
             self._prepare_ahead(self.first, {d: (self.first.sha, r) for r, d in enumerate(self.first.devices)})
@@ -205,6 +213,8 @@ class Recovery:
                     return
                 running, holds = self._wanted_ahead
                 self._wanted_ahead = None
+            if self._closing:
+                return
             self._write_weights(running)
             if self.ahead:
                 self._prepare_ahead(running, holds)
@@ -232,8 +242,10 @@ class Recovery:
     def _prepare_ahead(self, running: HostBundle, holds: Holds) -> None:
         """The switch for losing each one device of `running`, unless the coordinator needs the lock."""
         for lost in running.devices:
-            while self._urgent.is_set():
+            while self._urgent.is_set() and not self._closing:
                 time.sleep(0.05)
+            if self._closing:
+                return
             devices = [d for d in running.devices if d != lost]
             if not devices:
                 continue
@@ -274,7 +286,7 @@ class Recovery:
         started = time.perf_counter()
         held_as = {d: {"plan": holds[d][0], "rank": holds[d][1]} for d in devices if d in holds}
         holdings = {d: self.shard(*holds[d]) for d in devices if d in holds}
-        moves = plan_moves(self._shards_of(new_bundle), new_bundle.devices, holdings, held_as)
+        moves = plan_moves(self._shards_of(new_bundle), new_bundle.devices, holdings, held_as, self._index_of(holds))
         seconds["moves"] = time.perf_counter() - started
         switch = Switch(reason, new_bundle, plan, moves, found.current_predicted_s, found.predicted_s, seconds, ahead)
         with self._table:
@@ -284,6 +296,13 @@ class Recovery:
         log.info("galaxy-serve: prepared%s %s (plan %.2f s, modules %.2f s, moves %.2f s)",
                  " ahead" if ahead else "", switch.describe(), seconds["plan"], seconds["generate"], seconds["moves"])
         return switch
+
+    def _index_of(self, holds: Holds) -> HoldingsIndex:
+        """The index of what every device holds, built once for all the switches from those holdings."""
+        key = tuple(sorted(holds.items()))
+        if self._index is None or self._index[0] != key:
+            self._index = (key, HoldingsIndex({d: self.shard(*held) for d, held in holds.items()}))
+        return self._index[1]
 
     def _write_code(self, running: HostBundle, plan: Plan, cluster) -> HostBundle:
         """The new bundle's plan.json, rank modules, runtime and example files (weights come at commit)."""

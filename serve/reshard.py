@@ -1,6 +1,6 @@
 """Which weights each device needs for a new plan, and where each piece of them comes from.
 
-    plan_moves(new_shards, devices, holdings, held_as) -> Moves
+    plan_moves(new_shards, devices, holdings, held_as, index=None) -> Moves
 
 `new_shards[rank]` is what galaxy-compile would write for each rank of the new plan (the
 coordinator lowers the plan from its copy of the model); `devices[rank]` the device of each
@@ -20,6 +20,8 @@ consecutive rows from one source are then checked exactly (torch.equal), and for
 direction (rows or columns) that moves the fewest bytes wins. Tensors that are not matrices
 (biases, norms, tables) are matched whole. What no device holds comes from the coordinator. The
 rank checks the sha256 of everything it rebuilds, so even a wrong match could not serve.
+Building the index is most of the work; `HoldingsIndex(holdings)` may be built once for every
+switch from the same holdings (those of the devices not in the new group are skipped).
 """
 from __future__ import annotations
 
@@ -79,8 +81,10 @@ class _Run:
 
 
 def plan_moves(new_shards: Mapping[int, Mapping[str, torch.Tensor]], devices: Sequence[str],
-               holdings: Mapping[str, Mapping[str, torch.Tensor]], held_as: Mapping[str, dict]) -> Moves:
-    index = _Index({d: holdings[d] for d in devices if d in holdings})
+               holdings: Mapping[str, Mapping[str, torch.Tensor]], held_as: Mapping[str, dict],
+               index: "HoldingsIndex | None" = None) -> Moves:
+    index = index or HoldingsIndex(holdings)
+    allowed = set(devices)
     rank_of = {device: rank for rank, device in enumerate(devices)}
     sends: dict[str, list] = collections.defaultdict(list)
     load: collections.Counter = collections.Counter()  # bytes each device is to send
@@ -90,7 +94,7 @@ def plan_moves(new_shards: Mapping[int, Mapping[str, torch.Tensor]], devices: Se
         device = devices[rank]
         tensors, pieces, counted = {}, {}, collections.Counter()
         for name, tensor in sorted(shard.items()):
-            dim, runs = _best_runs(tensor, device, index, load)
+            dim, runs = _best_runs(tensor, device, index, load, allowed)
             parts = []
             for k, run in enumerate(runs):
                 piece = units(tensor).narrow(dim, run.start, run.length)
@@ -131,7 +135,7 @@ def _mib(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
 
 
-class _Index:
+class HoldingsIndex:
     """Where each row and column of the held tensors lies, by a sample of its elements."""
 
     def __init__(self, holdings: Mapping[str, Mapping[str, torch.Tensor]]):
@@ -172,15 +176,16 @@ def _positions(length: int) -> torch.Tensor:
     return torch.randperm(length, generator=generator)[:_SAMPLES].sort().values
 
 
-def _best_runs(tensor: torch.Tensor, device: str, index: _Index, load: collections.Counter) -> tuple[int, list[_Run]]:
-    """(dim, runs): where each slice of `tensor` comes from, the direction that moves least."""
-    own = index.holdings.get(device, {})
-    whole = _whole(tensor, device, own, index, load)
+def _best_runs(tensor: torch.Tensor, device: str, index: HoldingsIndex, load: collections.Counter,
+               allowed: set[str]) -> tuple[int, list[_Run]]:
+    """(dim, runs): where each slice of `tensor` comes from (devices in `allowed`), the direction
+    that moves least."""
+    whole = _whole(tensor, device, index, load, allowed)
     if whole is not None and (whole.device == device or tensor.dim() != 2):
         return 0, [whole]
     if tensor.dim() != 2:
         return 0, [whole or _Run(0, None, length=len(units(tensor)))]
-    options = [(dim, _checked(tensor, dim, _runs(tensor, dim, device, index, load), index)) for dim in (0, 1)]
+    options = [(dim, _checked(tensor, dim, _runs(tensor, dim, device, index, load, allowed), index)) for dim in (0, 1)]
     if whole is not None:
         options.append((0, [whole]))
 
@@ -193,9 +198,9 @@ def _best_runs(tensor: torch.Tensor, device: str, index: _Index, load: collectio
     return min(options, key=cost)
 
 
-def _whole(tensor, device, own, index: _Index, load) -> _Run | None:
+def _whole(tensor, device, index: HoldingsIndex, load, allowed: set[str]) -> _Run | None:
     """The whole tensor from a holder of an equal one: the device itself first, else the least loaded."""
-    candidates = index.wholes.get((tensor.dtype, tuple(tensor.shape)), [])
+    candidates = [c for c in index.wholes.get((tensor.dtype, tuple(tensor.shape)), []) if c[0] in allowed]
     mine = [c for c in candidates if c[0] == device]
     others = sorted((c for c in candidates if c[0] != device), key=lambda c: load[c[0]])
     for holder, name in mine + others:
@@ -204,7 +209,7 @@ def _whole(tensor, device, own, index: _Index, load) -> _Run | None:
     return None
 
 
-def _runs(tensor: torch.Tensor, dim: int, device: str, index: _Index, load) -> list[_Run]:
+def _runs(tensor: torch.Tensor, dim: int, device: str, index: HoldingsIndex, load, allowed: set[str]) -> list[_Run]:
     """Greedy runs along `dim`: extend the current source while its next unit matches."""
     table = index.units.get((dim, tensor.dtype, tensor.shape[1 - dim]), {})
     runs: list[_Run] = []
@@ -220,23 +225,23 @@ def _runs(tensor: torch.Tensor, dim: int, device: str, index: _Index, load) -> l
                 if following < len(source) and source[following] == key:
                     current.length += 1
                     continue
-        found = _choose(table.get(key, ()), device, load)
+        found = _choose(table.get(key, ()), device, load, allowed)
         current = _Run(i, None) if found is None else _Run(i, found[0], found[1], found[2])
         runs.append(current)
     return runs
 
 
-def _choose(locations, device: str, load) -> tuple[str, str, int] | None:
+def _choose(locations, device: str, load, allowed: set[str]) -> tuple[str, str, int] | None:
     best = None
     for location in locations:
         if location[0] == device:
             return location
-        if best is None or load[location[0]] < load[best[0]]:
+        if location[0] in allowed and (best is None or load[location[0]] < load[best[0]]):
             best = location
     return best
 
 
-def _checked(tensor: torch.Tensor, dim: int, runs: list[_Run], index: _Index) -> list[_Run]:
+def _checked(tensor: torch.Tensor, dim: int, runs: list[_Run], index: HoldingsIndex) -> list[_Run]:
     """Runs whose source is not exactly equal go to the coordinator; adjacent ones merge."""
     out: list[_Run] = []
     for run in runs:
