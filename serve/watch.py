@@ -12,8 +12,9 @@ per block, per layer of its stage). For each device:
 Dividing by the reference takes out what is common to every device: the cost model's absolute
 error and a machine that is busier as a whole, neither of which a new split would fix. A device
 whose slowdown stays above 1 + margin (or below 1 / (1 + margin): it got faster again) for
-`requests` requests in a row is reported, with its factor: the re-plan divides its rates by it
-(planner/replan.py). Waits are not busy time, so a slow device makes its peers' blocks longer
+`requests` requests in a row is reported, with its factor measured over those requests alone
+(the moving average still remembers the requests before the change): the re-plan divides its
+rates by it (planner/replan.py). Waits are not busy time, so a slow device makes its peers' blocks longer
 (they wait for it at every collective) but not their busy time. Devices whose predicted busy
 time is under `min_predicted_s` are not judged: timer and Python overheads dominate there.
 """
@@ -83,14 +84,17 @@ class Watch:
     def reset(self, document: dict) -> None:
         """A new plan is in force: judge against its predictions, from scratch."""
         self.predicted = predicted_busy_s(document)
-        self._samples = {d: collections.deque(maxlen=self.settings.smoothing) for d in self.predicted}
+        window = max(self.settings.smoothing, self.settings.requests)
+        self._samples = {d: collections.deque(maxlen=window) for d in self.predicted}
         self._streak.clear()
         self._last_request.clear()
 
-    def ratios(self) -> dict[str, float]:
-        """Smoothed measured / predicted busy time of each judged device with a full window."""
-        return {d: statistics.fmean(s) / self.predicted[d] for d, s in self._samples.items()
-                if len(s) == s.maxlen and self.predicted[d] >= self.settings.min_predicted_s}
+    def ratios(self, last: int | None = None) -> dict[str, float]:
+        """Measured / predicted busy time of each judged device, averaged over its last `last`
+        requests (default: the smoothing window), once it has that many."""
+        last = last or self.settings.smoothing
+        return {d: statistics.fmean(list(s)[-last:]) / self.predicted[d] for d, s in self._samples.items()
+                if len(s) >= last and self.predicted[d] >= self.settings.min_predicted_s}
 
     def observe(self, device: str, request_id: int, times: dict) -> Verdict | None:
         """Take one rank's report; a Verdict once some device has been off for long enough."""
@@ -103,21 +107,26 @@ class Watch:
         ratios = self.ratios()
         if len(ratios) < 2:
             return None
-        values = sorted(ratios.values())
-        reference = values[0] if len(values) == 2 else statistics.median(values)
         bound = 1.0 + self.settings.margin
-        off = {}
+        reference = _reference(ratios)
         for d, ratio in ratios.items():
             factor = ratio / reference
             self._streak[d] = self._streak[d] + 1 if (factor > bound or factor < 1 / bound) else 0
-            if self._streak[d] >= self.settings.requests:
-                off[d] = factor
-        if not off:
+        if max(self._streak.values(), default=0) < self.settings.requests:
             return None
+        recent = self.ratios(self.settings.requests)  # the requests of the streak, without those before
+        reference = _reference(recent)
+        off = {d: recent[d] / reference for d in recent if self._streak[d] >= self.settings.requests}
         detail = "; ".join(
-            f"{d}: busy {1e3 * statistics.fmean(self._samples[d]):.1f} ms vs {1e3 * self.predicted[d]:.1f} ms "
-            f"predicted (x{ratios[d]:.2f}, x{ratios[d] / reference:.2f} of the reference x{reference:.2f})"
-            for d in sorted(ratios))
+            f"{d}: busy {1e3 * recent[d] * self.predicted[d]:.1f} ms vs {1e3 * self.predicted[d]:.1f} ms "
+            f"predicted (x{recent[d]:.2f}, x{recent[d] / reference:.2f} of the reference x{reference:.2f})"
+            for d in sorted(recent))
         self._streak.clear()
         return Verdict(off, f"{', '.join(f'{d} x{f:.2f}' for d, f in sorted(off.items()))} for "
                             f"{self.settings.requests} requests (margin {self.settings.margin:g}): {detail}")
+
+
+def _reference(ratios: dict[str, float]) -> float:
+    """What every device shares: the median ratio (of two, the faster: slowing down is likelier)."""
+    values = sorted(ratios.values())
+    return values[0] if len(values) == 2 else statistics.median(values)
