@@ -192,21 +192,23 @@ class Coordinator(Recovering):
     # --- what the ranks say -----------------------------------------------------------------------
 
     def _on_lost(self, link: RankLink, reason: str) -> None:
-        status = self._exit_status(link.device)
-        full = f"{reason}{'; ' + status if status else ''}"
-        with self._cond:
+        recovering = False
+        with self._cond:  # a recovery starts at once: the exit status below may take a second
             if self.links.get(link.device) is not link:
                 return
             plan = self._plan or self._first
+            if link.device in plan.devices and not self._closing.is_set() and self.recovery and not self._broken:
+                self._lose(link.device, reason)
+                recovering = True
+        status = self._exit_status(link.device)
+        full = f"{reason}{'; ' + status if status else ''}"
+        with self._cond:
             log.error("galaxy-serve: lost %s: %s", self._who(link.device), full)
             self.metrics.lost_ranks.inc()
-            if link.device in plan.devices and not self._closing.is_set():
-                if self.recovery is not None and not self._broken:
-                    self._lose(link.device, reason)
-                else:
-                    self._broken = f"{self._who(link.device)} lost: {full}"
-                    self._ready = False
-                    self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {self._broken}"))
+            if link.device in plan.devices and not self._closing.is_set() and not recovering:
+                self._broken = f"{self._who(link.device)} lost: {full}"
+                self._ready = False
+                self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {self._broken}"))
             self._cond.notify_all()
 
     def _on_message(self, link: RankLink, message: control.Message) -> None:
@@ -374,14 +376,17 @@ class Coordinator(Recovering):
         try:
             self._form_group(forming.bundle, forming.switch, forming.record)
         except (GalaxyRuntimeError, FormingFailed) as exc:
+            log.error("galaxy-serve: %s", exc)
             with self._cond:
                 self._wanted = None
-                if self._recovering is None:  # else a device was lost: the recovery takes over
+                if forming.switch is not None and self._recovering is None and not self._closing.is_set():
+                    self._switch_failed(str(exc))  # devices may hold old or new shards: re-plan from them
+                elif self._recovering is None:  # else a device was lost: the recovery takes over
                     self._broken = str(exc)
                     self._ready = False
                     self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {exc}"))
-            log.error("galaxy-serve: %s", exc)
-            forming.done.set_exception(exc if isinstance(exc, GalaxyRuntimeError) else ServiceUnavailable(str(exc)))
+            if not forming.done.done():
+                forming.done.set_exception(exc if isinstance(exc, GalaxyRuntimeError) else ServiceUnavailable(str(exc)))
             return
         with self._cond:
             self._wanted = None

@@ -91,9 +91,9 @@ class FaultInjector:
     def transfer_started(self) -> None:
         self._fire(lambda fault: fault.at is None, "the recovery's transfer")
 
-    def fault_time(self, device: str) -> float | None:
-        """When the last fault that hits `device` (other than a slowdown) fired."""
-        times = [f["at_s"] for f in self.fired if f["device"] == device and f["fault"].kind != "slow"]
+    def fault_time(self, device: str, kinds: Sequence[str] = ("kill", "linkdown")) -> float | None:
+        """When the last fault of `kinds` that hit `device` fired."""
+        times = [f["at_s"] for f in self.fired if f["device"] == device and f["fault"].kind in kinds]
         return times[-1] if times else None
 
     def _fire(self, due, cue: str) -> None:

@@ -77,6 +77,14 @@ class Recovering:
             self._wanted = None
         self._cond.notify_all()
 
+    def _switch_failed(self, why: str) -> None:
+        """A switch with every device alive failed (a rank could not rebuild): recover from what
+        the devices hold now, as after a loss, but without losing one."""
+        self._ready = False
+        self._requeue_in_flight("the switch failed")
+        self._recovering = RecoveryRecord("rebuild", f"a failed switch ({why.split(': ', 1)[-1][:200]})", now())
+        self._cond.notify_all()
+
     def _requeue_in_flight(self, reason: str) -> None:
         """The requests in flight go back to the front of the queue, in order, to be answered by
         the next group; one dispatched `max_attempts` times already fails instead."""
@@ -217,7 +225,9 @@ class Recovering:
     # --- a straggler's thread ---------------------------------------------------------------------------
 
     def _replan_for(self, verdict: Verdict, detected_at: float) -> None:
-        record = RecoveryRecord("straggler", f"straggler {verdict.detail.split(' for ')[0]}", detected_at)
+        slowed = [self.faults.fault_time(d, ("slow",)) for d in verdict.slowdown] if self.faults else []
+        record = RecoveryRecord("straggler", f"straggler {verdict.detail.split(' for ')[0]}", detected_at,
+                                max((t for t in slowed if t is not None), default=None))
         try:
             with self._cond:
                 serving = self._serving

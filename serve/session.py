@@ -155,7 +155,8 @@ def _recovery(plan: HostBundle, options: ServeOptions, stack: contextlib.ExitSta
         folder = Path(options.recovery_dir)
         folder.mkdir(parents=True, exist_ok=True)
     else:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="galaxy-recovered-")))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="galaxy-recovered-",
+                                                                      ignore_cleanup_errors=True)))
     log.info("galaxy-serve: re-planned bundles go to %s", folder)
     return Recovery(plan, source, folder, ahead=options.prepare_ahead)
 
