@@ -44,5 +44,9 @@ class InfeasiblePlanError(GalaxyError):
         self.shortfall_bytes_by_device = shortfall_bytes_by_device
 
 
+class OutputDirError(GalaxyError):
+    """`-o DIR` names something galaxy-compile must not replace (a file, or a folder that is no bundle)."""
+
+
 class SolverError(GalaxyError):
     """The ILP solver failed or timed out without a feasible plan."""

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from galaxy.compiler.capture.load import load_model
 from galaxy.compiler.capture.trace import CapturedModel, capture
-from galaxy.compiler.codegen.bundle import write_bundle
+from galaxy.compiler.codegen.bundle import check_output_dir, write_bundle
 from galaxy.compiler.codegen.render import render_rank
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.cluster_file import default_cluster_path, load_cluster
@@ -50,6 +51,8 @@ class CompileResult:
 
 def compile_model(source: str, options: CompileOptions = CompileOptions()) -> CompileResult:
     cluster = load_cluster(options.cluster or default_cluster_path())
+    if not options.plan_only and options.out_dir is not None:
+        check_output_dir(options.out_dir)  # before minutes of work, not after
     captured, graph, summary = capture_model(source, options.size, options.seq_len, options.capture)
     log.info("[4/6] planning for %s", cluster.name)
     plan = _plan(summary, cluster, options)
@@ -59,15 +62,25 @@ def compile_model(source: str, options: CompileOptions = CompileOptions()) -> Co
                  ", ".join(f"{k} {v:.2g}" for k, v in sorted(wire_error.items())))
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None, wire_error)
-    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, str(source), cluster, wire_error,
-                               model_options(options))
+    bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, model_label(source), cluster,
+                               wire_error, model_options(options, source))
     return CompileResult(plan, summary, cluster, graph, bundle, wire_error)
 
 
-def model_options(options: CompileOptions) -> dict:
-    """How MODEL was loaded and captured, for plan.json: what galaxy-serve needs, besides the model
-    itself, to capture it again and re-plan when a device is lost (serve/recovery.py)."""
-    return {"size": options.size, "seq_len": options.seq_len, "capture": options.capture}
+def model_label(source: str | Path) -> str:
+    """How a bundle names its model: the file or folder name, never the host path (the same compile
+    in two checkouts gives the same bytes)."""
+    path = Path(source)
+    return f"{path.parent.name}/{path.name}" if path.name == "config.json" and path.parent.name else path.name
+
+
+def model_options(options: CompileOptions, source: str | Path) -> dict:
+    """How MODEL was loaded and captured, for plan.json: what galaxy-serve needs to capture it again
+    and re-plan when a device is lost (serve/recovery.py). The model is found from the bundle by a
+    relative path, which two checkouts share, never by a host path."""
+    relative = os.path.relpath(Path(source).resolve(), Path(options.out_dir).resolve())
+    return {"size": options.size, "seq_len": options.seq_len, "capture": options.capture,
+            "path_from_bundle": Path(relative).as_posix()}
 
 
 def capture_model(source: str, size: str | None = None, seq_len: int | None = None,

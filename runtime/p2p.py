@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from . import timing
 from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
 
@@ -64,6 +65,8 @@ class Transfer:
             _waited_s[0] += time.monotonic() - started
         if done is False:  # some torch versions report a timeout by returning False
             raise _timeout(self.verb, self.peer, self.what, self.ring)
+        if timing.ENABLED:
+            timing.record_wait(time.monotonic() - started)
         return self.tensor
 
 

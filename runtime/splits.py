@@ -1,7 +1,7 @@
 """Splitting the sequence: integer parts by weight (used everywhere), offsets, query rows."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,9 @@ def offsets(sizes: Sequence[int]) -> list[int]:
     return starts
 
 
-def query_rows(tables: Mapping[str, "torch.Tensor"], names: Collection[str], rows: slice) -> dict:
-    """`tables` with the tables in `names` (masks and position tables, one row per query along
-    dim -2) cut to `rows`; the others stay whole."""
-    return {name: value[..., rows, :] if name in names else value for name, value in tables.items()}
+def query_rows(tables: Mapping[str, "torch.Tensor"], dims: Mapping[str, int], rows: slice) -> dict:
+    """`tables` with the tables named in `dims` (masks and position tables, one row per query along
+    the dim it gives: -2 for [..., queries, keys]) cut to `rows`; the others stay whole."""
+    def cut(value: "torch.Tensor", dim: int) -> "torch.Tensor":
+        return value[(slice(None),) * (dim % value.dim()) + (rows,)]
+    return {name: cut(value, dims[name]) if name in dims else value for name, value in tables.items()}

@@ -67,12 +67,19 @@ class ModelSource:
     def of(cls, host_bundle: HostBundle, model: str | None = None, size: str | None = None) -> "ModelSource":
         """plan.json's source and model_options, or `model` (and `size`) given by the user."""
         options = host_bundle.plan.get("model_options") or {}
-        path = model or host_bundle.plan.get("source", "")
-        if not path or not Path(path).exists():
+        if model:
+            candidates = [Path(model)]
+        else:  # where galaxy-compile found it, seen from the bundle; else the name, from here
+            relative = options.get("path_from_bundle")
+            candidates = [host_bundle.path / relative] if relative else []
+            candidates += [Path(host_bundle.plan["source"])] if host_bundle.plan.get("source") else []
+        found = next((path for path in candidates if path.exists()), None)
+        if found is None:
+            tried = ", ".join(str(path) for path in candidates) or "nothing (plan.json names no model)"
             raise RecoveryUnavailable(
-                f"plan.json names its model {path!r}, which is no file or folder here; pass --model MODEL "
+                f"the model this bundle was compiled from is not here (looked at {tried}); pass --model MODEL "
                 "(the model.py, config.json or checkpoint it was compiled from) to re-plan on faults")
-        return cls(str(Path(path).resolve()), size or options.get("size"), options.get("seq_len"),
+        return cls(str(found.resolve()), size or options.get("size"), options.get("seq_len"),
                    options.get("capture", "export"))
 
 

@@ -36,7 +36,7 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
         ranks=tuple(range(n)), first_layer=0, end_layer=summary.n_layers,
         heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
         columns_per_rank=tuple(columns), tokens_per_rank=tuple(tokens),
-        schedule=stage_schedule(n, shape=shape, tiles=tiles, wire=wire_dtype))
+        schedule=stage_schedule(n, shape=shape, tiles=tiles, wire=wire_dtype, parallel=summary.parallel_blocks))
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(n)),
                 stages=(stage,), solver="manual")
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
@@ -62,7 +62,7 @@ def pipeline_plan(summary: ModelSummary, stages: list[tuple[int, list[float]]], 
             columns_per_rank=tuple(split_sizes(summary.intermediate, weights)),
             tokens_per_rank=tuple(split_sizes(summary.seq_len, weights)),
             schedule=stage_schedule(len(weights), tiles=tiles, wire=wire_dtype, first=first == 0,
-                                    last=first + n_layers == summary.n_layers)))
+                                    last=first + n_layers == summary.n_layers, parallel=summary.parallel_blocks)))
         first, next_rank = first + n_layers, next_rank + len(weights)
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(next_rank)),
                 stages=tuple(splits), solver="manual")

@@ -4,7 +4,10 @@ MODEL is one of three kinds:
 
 | kind          | MODEL                                   | module                                  | example inputs                  |
 |---------------|-----------------------------------------|-----------------------------------------|---------------------------------|
-| model.py      | a Python file                           | `build_model(size)`                     | `example_inputs(size, seq_len)` |
+| model.py      | a Python file                           | `build_model(size)`                     | `example_inputs(size, seq_len)`:|
+|               |                                         |                                         | a dict of keywords, or a tuple  |
+|               |                                         |                                         | of positional inputs (forward's |
+|               |                                         |                                         | parameter names)                |
 | hf-config     | a config JSON file, or a folder holding | `AutoModel` / `AutoModelForCausalLM`    | `input_ids` [1, seq_len]        |
 |               | only `config.json`                      | `.from_config`, random, seed 0          | (default 128 or the max), seed 0|
 | hf-checkpoint | a folder with `config.json` and         | as hf-config, then the safetensors      | as hf-config                    |
@@ -114,7 +117,7 @@ def _load_model_py(path: Path, size: str | None, seq_len: int | None) -> LoadedM
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"{path}: build_model() returned {type(model).__name__}, not a torch.nn.Module")
     inputs = _call_user(path, make_inputs, input_kwargs)
-    inputs = _check_inputs(path, inputs)
+    inputs = _check_inputs(path, _by_keyword(path, model, inputs))
     name = path.stem if size is None else f"{path.stem}-{size}"
     log.info("loaded %s from %s: build_model(%s)", name, path, _fmt_kwargs(build_kwargs))
     return LoadedModel(name=name, source=str(path), module=model.eval(), example_inputs=inputs, kind="model.py")
@@ -174,10 +177,25 @@ def _call_user(path: Path, fn: Callable, kwargs: dict[str, Any]) -> Any:
                              f"{err}") from err
 
 
+def _by_keyword(path: Path, model: torch.nn.Module, inputs: Any) -> Any:
+    """A tuple of positional inputs (as torch.export takes them) as keywords: forward's parameter names."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        return inputs
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(inputs) > len(params):
+        raise ModelLoadError(f"{path}: example_inputs() returned {len(inputs)} positional inputs, but "
+                             f"{type(model).__name__}.forward takes {len(params)} "
+                             f"({', '.join(p.name for p in params) or 'none'}); return fewer or a dict of keywords")
+    return {p.name: value for p, value in zip(params, inputs)}
+
+
 def _check_inputs(path: Path, inputs: Any) -> dict[str, torch.Tensor]:
     if not isinstance(inputs, dict) or not inputs:
         raise ModelLoadError(f"{path}: example_inputs() must return a non-empty dict of keyword inputs "
-                             f"(name -> Tensor), got {type(inputs).__name__}")
+                             f"(name -> Tensor) or a tuple of positional ones, got {type(inputs).__name__}")
     for key, value in inputs.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ModelLoadError(f"{path}: example_inputs()[{key!r}] is a {type(value).__name__}; every entry "

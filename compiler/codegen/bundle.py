@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from galaxy.compiler.errors import OutputDirError
 from galaxy.runtime import bundle as layout
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,26 @@ def _copy_runtime(dest: Path) -> None:
         shutil.copyfile(src, dest / src.name)
 
 
+def check_output_dir(out_dir: str | Path) -> None:
+    """Raise OutputDirError unless `out_dir` is free to (re)write: absent, an empty folder, or a
+    Galaxy bundle (plan.json and manifest.json), which is replaced whole."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputDirError(f"output {str(out)!r} is a file, not a bundle folder; choose another -o DIR")
+    is_bundle = (out / layout.PLAN).is_file() and (out / layout.MANIFEST).is_file()
+    if not is_bundle and any(out.iterdir()):
+        raise OutputDirError(f"output folder {str(out)!r} exists and is not a Galaxy bundle (no {layout.PLAN} "
+                             f"and {layout.MANIFEST}); galaxy-compile replaces only bundles: choose another -o "
+                             "DIR or empty it")
+
+
 def write_bundle(out_dir: str | Path, plan_document: dict, sources: dict[int, str],
                  weights: dict[int, dict[str, torch.Tensor]], example_inputs: dict[str, torch.Tensor],
                  reference_outputs: dict[str, torch.Tensor]) -> Path:
     out = Path(out_dir)
+    check_output_dir(out)
     if out.exists():
         shutil.rmtree(out)
     for folder in ("weights", "inputs", "reference"):

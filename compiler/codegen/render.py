@@ -10,6 +10,7 @@ import ast
 import builtins
 import importlib
 import re
+import textwrap
 from importlib import resources
 
 import jinja2
@@ -17,6 +18,7 @@ import jinja2
 from galaxy.compiler.ir.program import RankProgram
 from galaxy.runtime.splits import offsets
 
+DOC_WIDTH = 100  # docstrings wrap here
 WIRE_TORCH = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 # Where generated code finds the runtime's functions (galaxy_runtime.<module> in a bundle).
 RUNTIME_MODULES = ("bundle", "collectives", "entry", "overlap", "splits", "stream")
@@ -29,6 +31,12 @@ def _summarise(names) -> str:
     return f"{', '.join(names[:4])}, ... {', '.join(names[-2:])} ({len(names)} nodes)"
 
 
+def _docstring(text: str, indent: str = "    ") -> str:
+    """A function's docstring wrapped to the width of the rest of the module."""
+    lines = textwrap.wrap(text, DOC_WIDTH - len(indent))
+    return f"\n{indent}".join(lines) + (f"\n{indent}" if len(lines) > 1 else "")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.files("galaxy.templates"))),
@@ -36,6 +44,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["summarise"] = _summarise
+    env.filters["docstring"] = _docstring
     env.filters["static_ref"] = lambda name: f'static["{name}"]'
     env.globals["WIRE_TORCH"] = WIRE_TORCH
     return env
@@ -97,7 +106,8 @@ def _constants(program: RankProgram) -> list[tuple[str, str, str]]:
         ("HEAD_DIM", str(program.attention.head_dim), ""),
         ("TOKENS_PER_RANK", str(list(program.tokens_per_rank)), "tokens of every rank, in ring order: the collectives need all"),
         ("MY_TOKENS", f"slice({tokens.start}, {tokens.stop})", ""),
-        ("QUERY_ROW_STATICS", str(list(program.query_row_statics)), "masks and position tables, one row per query"),
+        ("QUERY_ROW_STATICS", str(program.query_row_statics),
+         "masks and position tables, one row per query along this dim"),
     ]
 
 

@@ -7,7 +7,8 @@ wire dtype, kappa[d] comm CPU seconds per byte, alpha/beta the link matrices, k 
 tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
 
     AG, RS    ring(t) of the largest chunk (cost/collectives.py); exposed(t, G) of it shows, G the
-              GEMM next to it (cost/overlap.py); cpu[r] = kappa 2 (n - 1)/n S b
+              GEMM next to it (cost/overlap.py); cpu[r] = kappa 2 (n - 1)/n S b; a parallel block's
+              AG carries k tensors (both its inputs): b is k times larger
     AR        gloo's ring all-reduce: a reduce-scatter then an all-gather of even chunks,
               2 (n - 1) (alpha + beta S b / n); cpu[r] = 2 kappa 2 (n - 1)/n S b; nothing hides
     KVAG      the ring of keys and values (2 / g hidden-stream bytes a token), projected and sent in
@@ -52,7 +53,8 @@ class Site:
     tokens: tuple[int, ...]
     gemm_s: float = 0.0
     sender: int | None = None  # RECV: the device sending the whole tensors
-    tensors: int | None = None  # hidden-stream tensors a hand-off moves (default: the layer entries)
+    # hidden-stream tensors a hand-off moves (default: the layer entries), or an AG carries (default 1)
+    tensors: int | None = None
 
 
 def token_bytes(table: CostTable, action: Action) -> float:
@@ -68,7 +70,7 @@ def _ring_collective(action: Action, site: Site, per_token: float) -> tuple[floa
 
 
 def all_gather_or_reduce_scatter(action: Action, site: Site) -> Charge:
-    link, cpu = _ring_collective(action, site, token_bytes(site.table, action))
+    link, cpu = _ring_collective(action, site, token_bytes(site.table, action) * (site.tensors or 1))
     exposed = exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
     return Charge(link, link - exposed, cpu)
 

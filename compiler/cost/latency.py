@@ -79,8 +79,11 @@ def enter_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ..
 
 
 def layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ...]) -> list[BlockTime]:
-    """Attention, connective, MLP of one layer of stage `i`."""
+    """Attention, connective, MLP of one layer of stage `i` (a parallel layer: its one block, connective)."""
     x = stage.tokens_per_rank
+    if stage.schedule.parallel:
+        return [_parallel_block(table, i, stage, ring),
+                _block(i, "connective", [xj * table.connective_s_per_token[d] for xj, d in zip(x, ring)], [])]
     attention = stage.schedule.block("attn")
     mlp = stage.schedule.block("mlp")
     return [
@@ -108,6 +111,28 @@ def _tp_block(table: CostTable, i: int, name: str, block: BlockSchedule, ring: t
             gemm_s = min(w * gemm[d] for w, d in zip(work, ring))
         sites.append((action, Site(table, ring, tuple(tokens), gemm_s)))
     return _block(i, name, compute, sites)
+
+
+def _parallel_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ...]) -> BlockTime:
+    """Attention and MLP side by side: their compute adds up, the all-gather (of k tensors) hides
+    behind both input GEMMs when one input feeds them (one fused GEMM; with two inputs it hides
+    behind nothing), the reduce-scatter behind both output GEMMs; KVAG as in attention."""
+    block = stage.schedule.block("par")
+    tokens, groups, columns = stage.tokens_per_rank, stage.kv_heads_per_rank, stage.columns_per_rank
+    queries = [1.0 if block.shape in ("hybrid", "tensor") else xj / table.tokens for xj in tokens]
+    compute = [(g * table.attention_s_per_group[d] + c * table.mlp_s_per_column[d]) * q
+               for g, c, d, q in zip(groups, columns, ring, queries)]
+    fused_in = table.parallel_block_inputs == 1
+    per_rank = list(zip(groups, columns, ring, queries))
+    gemms = {"AG": [(g * table.attention_in_s_per_group[d] + c * table.mlp_in_s_per_column[d]) * fused_in
+                    for g, c, d, _ in per_rank],
+             "RS": [g * table.attention_out_s_per_group[d] + c * table.mlp_out_s_per_column[d]
+                    for g, c, d, _ in per_rank],
+             "KVAG": [g * table.attention_in_s_per_group[d] * q for g, _, d, q in per_rank]}
+    sites = [(action, Site(table, ring, tuple(tokens), min(gemms.get(action.op, [0.0])),
+                           tensors=table.parallel_block_inputs if action.op == "AG" else None))
+             for action in block.actions]
+    return _block(i, "block", compute, sites)
 
 
 def _block(i: int, name: str, compute: Sequence[float], sites: Sequence[tuple[Action, Site]],

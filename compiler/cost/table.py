@@ -68,6 +68,12 @@ class CostTable:
     # hidden-stream tensors a stage hand-off and the head's gather move (ModelSummary)
     entry_tensors: int = 1
     head_tensors: int = 1
+    # ModelSummary.parallel_block_inputs: 0, or the tensors a parallel block's all-gather carries
+    parallel_block_inputs: int = 0
+
+    @property
+    def parallel_blocks(self) -> bool:
+        return self.parallel_block_inputs > 0
 
     @property
     def n_devices(self) -> int:
@@ -172,4 +178,5 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
         act_bytes_per_token=by.act_per_token, buffer_bytes=by.buffers,
         prologue_bytes=by.prologue, epilogue_bytes=by.epilogue,
         entry_tensors=summary.layer_entry_tensors, head_tensors=summary.head_input_tensors,
+        parallel_block_inputs=summary.parallel_block_inputs,
     )

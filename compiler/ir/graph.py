@@ -24,6 +24,10 @@ class Projection:
     out_features: int  # of this projection (after the column range)
     column_offset: int = 0  # column range inside a fused weight
     nodes: tuple[str, ...] = ()  # every node the pattern covers
+    # Heads interleaved in a fused weight (GPT-NeoX: q, k, v of head 0, then of head 1...): head h
+    # of this projection is columns h * head_stride + column_offset + [0, head_width). 0: contiguous.
+    head_stride: int = 0
+    head_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,19 @@ class AttentionBlock:
     kv_heads: int
     head_dim: int
     out: Projection  # output projection: row-split, summed by the reduce-scatter
+    # Elementwise ops with scalars between a projection and its split-heads view (OPT scales q
+    # there): [batch, seq, heads * head_dim] in and out, so they run on any subset of heads.
+    q_prepare: Region = Region((), (), ())
+    k_prepare: Region = Region((), (), ())
+    v_prepare: Region = Region((), (), ())
+    # Head kinds whose transform reads the [B, S, H, D] view and transposes it itself (GPT-J).
+    seq_major: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return (*self.q.nodes, *self.k.nodes, *self.v.nodes, *self.q_transform.nodes,
-                *self.k_transform.nodes, *self.v_transform.nodes, self.sdpa, *self.out.nodes)
+        return (*self.q.nodes, *self.k.nodes, *self.v.nodes, *self.q_prepare.nodes, *self.k_prepare.nodes,
+                *self.v_prepare.nodes, *self.q_transform.nodes, *self.k_transform.nodes,
+                *self.v_transform.nodes, self.sdpa, *self.out.nodes)
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,16 @@ class MLPBlock:
 class Layer:
     index: int
     attention: AttentionBlock
-    after_attention: Region  # connective: residual add, norm (token-local)
+    after_attention: Region  # connective: residual add, norm (token-local); empty in a parallel layer
     mlp: MLPBlock
     after_mlp: Region | None  # None for the last layer: its connective runs in the epilogue
+    # A parallel layer (GPT-J, NeoX, Phi): the MLP does not read the attention's output; the region
+    # after them reads `block_output`, the node adding the two outputs (passes/parallel.py).
+    block_output: str | None = None
+
+    @property
+    def parallel(self) -> bool:
+        return self.block_output is not None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class AttentionCode:
     is_causal: bool
     scale: float | None
     sources: tuple[str, ...]
+    prepares: tuple[FunctionCode, ...] = ()  # `<kind>_prepare`: rewrites q, k or v before the heads split
+    seq_major: tuple[str, ...] = ()  # kinds whose transform reads [B, S, H, D] and transposes itself
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,13 @@ class RankProgram:
     tokens_per_rank: tuple[int, ...]
     schedule: StageSchedule  # the stage's actions: codegen emits one template macro per action
     head_receive: Action | None  # rank 0 of a pipeline: how the head's inputs come back
-    query_row_statics: tuple[str, ...]  # prologue values sliced to this rank's query rows (no TP)
+    query_row_statics: dict[str, int]  # prologue values sliced to this rank's query rows (no TP): their dim
     attention: AttentionCode
     mlp: MLPCode
     transforms: tuple[FunctionCode, ...]  # per-head transforms (q, k, v)
     prologue: FunctionCode
-    after_attention: FunctionCode
-    after_mlp: FunctionCode | None  # None for a one-layer model
+    after_attention: FunctionCode | None  # None in a parallel layer
+    after_mlp: FunctionCode | None  # None for a one-layer model; after_block in a parallel layer
     epilogue: FunctionCode | None  # rank 0 only
     layer_entries: tuple[str, ...]  # prologue values that enter layer 0, in layer-parameter order
     layer_entry_roles: tuple[str, ...]  # their names inside the layer loop (x, residual, ...)
@@ -110,3 +112,9 @@ class RankProgram:
     output_names: tuple[str, ...]
     weight_file: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # A parallel layer (attention and MLP side by side): what its block reads (x, or x and x_mlp).
+    block_inputs: tuple[str, ...] = ()
+
+    @property
+    def parallel(self) -> bool:
+        return bool(self.block_inputs)

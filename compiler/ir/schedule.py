@@ -12,7 +12,10 @@ Vocabulary (`op`), and where each runs:
             REP      every rank computes the layer inputs itself, whole (replicated prologue)
             RECV     the previous stage's leader sends the hidden states whole; each rank keeps
                      what its layout needs (its tokens, or all of them)
-    layer   AG       all-gather tokens before the block's first GEMM (its input is token-split)
+    layer   blocks   attn then mlp, or one par block: attention and MLP side by side on the same
+                     gathered input, their partial sums added on each rank and reduced once
+                     (GPT-J, NeoX, Phi: 2 collectives a layer instead of 4)
+            AG       all-gather tokens before the block's first GEMM (its input is token-split)
             RS       reduce-scatter the block's partial sums by tokens after its last GEMM
             AR       all-reduce the block's partial sums (the hidden stream stays whole: Megatron)
             KVAG     keys and values all-gathered after they are projected, tile by tile
@@ -31,6 +34,7 @@ travels on the wire, and the collective's algorithm. The string form round-trips
     SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER               sequence parallelism only, fp16 wire
     REP | attn:- mlp:- | -                                   one device
     RECV | attn:AG>RS mlp:AG>RS | SEND                       a later pipeline stage
+    SCATTER | par:AG(t2)>RS(t2) | GATHER                     parallel attention/MLP blocks
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ ENTER_OPS = ("SCATTER", "REP", "RECV")
 LAYER_OPS = ("AG", "RS", "AR", "KVAG")
 EXIT_OPS = ("GATHER", "SEND")
 BLOCKS = ("attn", "mlp")  # a layer's tensor-parallel blocks, in order
+PARALLEL_BLOCKS = ("par",)  # ... or one block running both side by side
 WIRE_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # dtype -> short form
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ALGORITHMS = ("ring", "direct")
@@ -118,8 +123,8 @@ class BlockSchedule:
     @staticmethod
     def parse(text: str) -> "BlockSchedule":
         block, sep, rest = text.partition(":")
-        if not sep or block not in BLOCKS:
-            raise PlanFileError(f"cannot read block schedule {text!r}; expected e.g. attn:AG>RS or mlp:-")
+        if not sep or block not in BLOCKS + PARALLEL_BLOCKS:
+            raise PlanFileError(f"cannot read block schedule {text!r}; expected e.g. attn:AG>RS, mlp:- or par:AG>RS")
         actions = () if rest.strip() == "-" else tuple(Action.parse(a) for a in rest.split(">"))
         schedule = BlockSchedule(block, actions)
         if tuple(a.op for a in actions) not in BLOCK_SHAPES:
@@ -138,7 +143,15 @@ class StageSchedule:
     exit: Action | None
 
     def block(self, name: str) -> BlockSchedule:
+        """The block `name` runs in: attn or mlp (in a parallel layer, both run in the par block)."""
+        if self.parallel and name in BLOCKS:
+            name = PARALLEL_BLOCKS[0]
         return next(b for b in self.layer if b.block == name)
+
+    @property
+    def parallel(self) -> bool:
+        """True when attention and MLP run side by side in one block."""
+        return tuple(b.block for b in self.layer) == PARALLEL_BLOCKS
 
     @property
     def layout(self) -> str:
@@ -166,13 +179,14 @@ class StageSchedule:
     def parallelism(self) -> str:
         """How the stage shares a layer, in words."""
         shapes = {b.shape for b in self.layer}
+        side_by_side = "; attention and MLP side by side, reduced once" if self.parallel else ""
         if shapes == {"local"}:
             return "one device: no collectives"
         if "sequence" in shapes:
             return "sequence parallelism only (every weight on every rank, keys and values all-gathered)"
         if self.layout == "whole":
-            return "tensor parallelism, replicated connective blocks (Megatron-style, all-reduce)"
-        return "hybrid: tensor-parallel attention and MLP, sequence-parallel connective blocks"
+            return f"tensor parallelism, replicated connective blocks (Megatron-style, all-reduce{side_by_side})"
+        return f"hybrid: tensor-parallel attention and MLP, sequence-parallel connective blocks{side_by_side}"
 
     def __str__(self) -> str:
         enter = str(self.enter) if self.enter else "-"
@@ -192,18 +206,21 @@ class StageSchedule:
             raise PlanFileError(f"stage schedule {text!r}: a stage enters with {', '.join(ENTER_OPS)}, not {enter.op}")
         if exit_ is not None and exit_.op not in EXIT_OPS:
             raise PlanFileError(f"stage schedule {text!r}: a stage exits with {', '.join(EXIT_OPS)} or -, not {exit_.op}")
-        if tuple(b.block for b in layer) != BLOCKS:
-            raise PlanFileError(f"stage schedule {text!r}: a layer lists {' and '.join(BLOCKS)}, in that order")
+        if tuple(b.block for b in layer) not in (BLOCKS, PARALLEL_BLOCKS):
+            raise PlanFileError(f"stage schedule {text!r}: a layer lists {' and '.join(BLOCKS)}, in that order, "
+                                f"or {PARALLEL_BLOCKS[0]} alone")
         if enter is None:
             raise PlanFileError(f"stage schedule {text!r}: a stage needs an enter action ({', '.join(ENTER_OPS)})")
         return StageSchedule(enter, layer, exit_)
 
 
 def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: str = "float32",
-                   first: bool = True, last: bool = True, algorithm: str = "ring") -> StageSchedule:
+                   first: bool = True, last: bool = True, algorithm: str = "ring",
+                   parallel: bool = False) -> StageSchedule:
     """The schedule of a stage of `ranks` ranks whose blocks run as `shape` (hybrid | tensor |
     sequence): the one place a parallel layout becomes actions. One rank runs everything locally;
-    `first`/`last` place the stage in a pipeline (the first stage holds rank 0)."""
+    `first`/`last` place the stage in a pipeline (the first stage holds rank 0); `parallel` runs
+    attention and MLP side by side in one block (a model with parallel blocks)."""
     def action(op: str, tiles_: int = 1) -> Action:
         return Action(op, tiles_, wire, algorithm)
 
@@ -219,6 +236,8 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
         blocks = (BlockSchedule("attn", (action("KVAG", tiles),)), BlockSchedule("mlp"))
     else:
         raise ValueError(f"unknown stage shape {shape!r}; expected hybrid, tensor or sequence")
+    if parallel:  # the actions of the attention block serve both
+        blocks = (BlockSchedule(PARALLEL_BLOCKS[0], blocks[0].actions),)
     if not first:
         enter = action("RECV")
     else:

@@ -33,13 +33,24 @@ class ModelSummary:
     # carry the residual beside the normed stream.
     layer_entry_tensors: int = 1
     head_input_tensors: int = 1
+    # Parallel attention/MLP blocks (GPT-J, NeoX, Phi): 0 when the MLP follows the attention; else
+    # the hidden-stream tensors the block's one all-gather carries: 1 when both read the same
+    # input, 2 when each reads its own (NeoX normalises twice).
+    parallel_block_inputs: int = 0
 
     @property
     def heads_per_kv_group(self) -> int:
         return self.heads // self.kv_heads
 
+    @property
+    def parallel_blocks(self) -> bool:
+        return self.parallel_block_inputs > 0
+
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.parallel_block_inputs:  # models without parallel blocks keep their old files
+            del data["parallel_block_inputs"]
+        return data
 
     @staticmethod
     def from_json(data: dict) -> "ModelSummary":

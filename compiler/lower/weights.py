@@ -2,7 +2,8 @@
 
 Every projection is normalised to aten.linear's [out, in] layout (GPT-2's Conv1D stores
 [in, out]); q, k and v of the rank's heads are fused into one weight so the rank runs one
-GEMM, and so are the MLP's up and gate projections.
+GEMM (heads interleaved in a fused weight, as in GPT-NeoX, are regrouped: all q, then k, then v),
+and so are the MLP's up and gate projections.
 """
 from __future__ import annotations
 
@@ -15,9 +16,15 @@ def _rows(proj: Projection, tensors: dict[str, torch.Tensor], start: int, stop: 
     """Output rows [start, stop) of a projection as ([rows, in] weight, bias or None)."""
     weight = tensors[proj.weight]
     weight = weight.t() if proj.weight_is_in_out else weight
+    bias = tensors[proj.bias] if proj.bias else None
+    if proj.head_stride:  # interleaved heads: pick this projection's columns of each head
+        width = proj.head_width
+        index = torch.cat([torch.arange(h * proj.head_stride + proj.column_offset,
+                                        h * proj.head_stride + proj.column_offset + width)
+                           for h in range(start // width, stop // width)] or [torch.zeros(0, dtype=torch.long)])
+        return weight[index], None if bias is None else bias[index]
     lo, hi = proj.column_offset + start, proj.column_offset + stop
-    bias = tensors[proj.bias][lo:hi] if proj.bias else None
-    return weight[lo:hi], bias
+    return weight[lo:hi], None if bias is None else bias[lo:hi]
 
 
 def _input_columns(proj: Projection, tensors: dict[str, torch.Tensor], start: int, stop: int):
@@ -58,4 +65,19 @@ def mlp_weights(mlp: MLPBlock, tensors, columns: range) -> dict[str, torch.Tenso
         out["mlp.in.bias"] = in_bias
     if mlp.down.bias:
         out["mlp.down.bias"] = tensors[mlp.down.bias]
+    return out
+
+
+def fuse_parallel(shard: dict[str, torch.Tensor], fuse_inputs: bool) -> dict[str, torch.Tensor]:
+    """A parallel layer's slices as one block: `block.out.weight` takes the attention's and the MLP's
+    output columns side by side (one GEMM sums both partial outputs), and with `fuse_inputs` (both
+    read the same input) `block.in.weight` stacks their input rows (one GEMM, behind one gather)."""
+    out = dict(shard)
+    out["block.out.weight"] = torch.cat([out.pop("attention.out.weight"), out.pop("mlp.down.weight")], dim=1)
+    if fuse_inputs:
+        parts = [(out.pop("attention.qkv.weight"), out.pop("attention.qkv.bias", None)),
+                 (out.pop("mlp.in.weight"), out.pop("mlp.in.bias", None))]
+        out["block.in.weight"], bias = _fuse(parts)
+        if bias is not None:
+            out["block.in.bias"] = bias
     return out

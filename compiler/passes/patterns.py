@@ -43,9 +43,21 @@ def tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return [a for a in node.all_input_nodes]
 
 
+def flattens_tokens(node: fx.Node) -> bool:
+    """A view between [batch, seq, hidden] and [batch * seq, hidden] (OPT runs its MLP on the
+    flattened rows): it moves no value across tokens, and generated code leaves it out."""
+    if node.target not in VIEW_OPS or not isinstance(node.args[0], fx.Node):
+        return False
+    a, b = shape(node.args[0]), shape(node)
+    if a is None or b is None or sorted((len(a), len(b))) != [2, 3] or a[-1] != b[-1]:
+        return False
+    three, two = (a, b) if len(a) == 3 else (b, a)
+    return three[0] * three[1] == two[0]
+
+
 def is_token_local(node: fx.Node, n_dims_hint: int | None = None) -> bool:
     """True when the op never mixes positions of the sequence (dim 1)."""
-    if node.target in POINTWISE or node.target in NORMS or node.target in IGNORED:
+    if node.target in POINTWISE or node.target in NORMS or node.target in IGNORED or flattens_tokens(node):
         return True
     if node.target in LAST_DIM_REDUCTIONS:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")

@@ -1,4 +1,4 @@
-"""Find linear-like ops: aten.linear, and GPT-2's Conv1D (view -> addmm -> view).
+"""Find linear-like ops: aten.linear, GPT-2's Conv1D (view -> addmm -> view) and x @ W.T (Falcon).
 
 A projection whose output is split along the last dim (GPT-2's fused q/k/v) yields one
 `Projection` per piece, each with its column range inside the fused weight.
@@ -17,7 +17,7 @@ def find_projections(gm: fx.GraphModule, weights: set[str]) -> dict[str, Project
     """Map output node name -> Projection for every linear-like op on a weight placeholder."""
     found: dict[str, Projection] = {}
     for node in gm.graph.nodes:
-        proj = _match_linear(node, weights) or _match_addmm(node, weights)
+        proj = _match_linear(node, weights) or _match_addmm(node, weights) or _match_matmul(node, weights)
         if proj is None:
             continue
         pieces = _split_pieces(gm, proj)
@@ -37,6 +37,20 @@ def _match_linear(node: fx.Node, weights: set[str]) -> Projection | None:
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     out_f, in_f = shape(w)
     return Projection(node.name, x.name, w.name, _name(bias), False, in_f, out_f, 0, (node.name,))
+
+
+_TRANSPOSED = {aten.numpy_T.default, aten.t.default}
+
+
+def _match_matmul(node: fx.Node, weights: set[str]) -> Projection | None:
+    """x @ W.T (Falcon's linear without bias): matmul(x, t(W)) with W stored [out, in]."""
+    if node.target != aten.matmul.default or not isinstance(node.args[1], fx.Node):
+        return None
+    x, wt = node.args[0], node.args[1]
+    if wt.target not in _TRANSPOSED or _name(wt.args[0]) not in weights or len(shape(wt) or ()) != 2:
+        return None
+    out_f, in_f = shape(wt.args[0])
+    return Projection(node.name, x.name, wt.args[0].name, None, False, in_f, out_f, 0, (node.name, wt.name))
 
 
 def _match_addmm(node: fx.Node, weights: set[str]) -> Projection | None:

@@ -5,6 +5,8 @@
     merge statics      CSE, so every layer reads the same mask / rotary values
     attention blocks   one per scaled_dot_product_attention (passes/attention.py)
     MLP blocks         the projections between two attentions: up (+gate) -> activation -> down
+    parallel layers    an MLP that does not read its attention's output runs beside it; the add
+                       of their outputs becomes the layer's block output (passes/parallel.py)
     regions            what is left: connective blocks between tensor-parallel blocks,
                        the prologue before the first layer and the epilogue after the last
 
@@ -22,6 +24,7 @@ from galaxy.compiler.errors import UntraceableModelError
 from galaxy.compiler.ir.graph import AttentionBlock, Layer, MLPBlock, Projection, Region, TransformerGraph
 from galaxy.compiler.passes.attention import recognise_attention
 from galaxy.compiler.passes.cse import cse_static
+from galaxy.compiler.passes.parallel import find_sum, is_parallel
 from galaxy.compiler.passes.patterns import IGNORED, SDPA, is_column_local, is_token_local, shape
 from galaxy.compiler.passes.projections import find_projections
 
@@ -43,10 +46,15 @@ def recognise(captured: CapturedModel) -> TransformerGraph:
     attentions = [recognise_attention(n, i, projections, dynamic) for i, n in enumerate(sdpas)]
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     mlps = [_recognise_mlp(i, attentions, projections, dynamic, nodes, order) for i in range(len(sdpas))]
+    parallel = {is_parallel(a, m, nodes, dynamic) for a, m in zip(attentions, mlps)}
+    if len(parallel) > 1:
+        raise UntraceableModelError("some layers run attention and MLP side by side and others one after the "
+                                    "other; Galaxy generates one layer function for all layers")
 
     blocks = [b for pair in zip(attentions, mlps) for b in pair]
     interiors = [_interior(b, nodes, dynamic) for b in blocks]
     region_nodes = _assign_regions(gm, dynamic, interiors, blocks)
+    sums = _take_out_block_sums(attentions, mlps, nodes, region_nodes) if parallel == {True} else {}
     for index, members in region_nodes.items():
         if index < len(blocks) - 1:
             _check_token_local(members, nodes, blocks[index])
@@ -59,7 +67,7 @@ def recognise(captured: CapturedModel) -> TransformerGraph:
     regions = {i: _region(members, nodes, later_users) for i, members in region_nodes.items()}
     layers = tuple(
         Layer(i, attentions[i], regions.get(2 * i, Region((), (), ())), mlps[i],
-              regions.get(2 * i + 1, Region((), (), ())) if i < len(sdpas) - 1 else None)
+              regions.get(2 * i + 1, Region((), (), ())) if i < len(sdpas) - 1 else None, sums.get(i))
         for i in range(len(sdpas)))
     epilogue = _region(epilogue_names, nodes, later_users, extra_outputs=output_nodes)
 
@@ -76,6 +84,24 @@ def recognise(captured: CapturedModel) -> TransformerGraph:
     return graph
 
 
+def _take_out_block_sums(attentions: list[AttentionBlock], mlps: list[MLPBlock], nodes: dict[str, fx.Node],
+                         region_nodes: dict[int, list[str]]) -> dict[int, str]:
+    """Parallel layers: the add of each layer's two block outputs leaves the region after them,
+    which reads it as an input (passes/parallel.py). Returns layer -> the add node."""
+    sums = {}
+    for i, (attention, mlp) in enumerate(zip(attentions, mlps)):
+        total, between = find_sum(attention, mlp, nodes)
+        removed = between | {total.name}
+        leftover = [n for n in region_nodes.get(2 * i, []) if n not in removed]
+        if leftover:
+            raise UntraceableModelError(f"layer {i}: the attention output of a parallel block is used before it "
+                                        "is added to the MLP's", str(nodes[leftover[0]].target), leftover[0])
+        region_nodes[2 * i] = []
+        region_nodes[2 * i + 1] = [n for n in region_nodes.get(2 * i + 1, []) if n not in removed]
+        sums[i] = total.name
+    return sums
+
+
 def _dynamic_nodes(gm: fx.GraphModule, projections: dict[str, Projection]) -> set[str]:
     """Nodes that depend on a projection: the activations of the layers."""
     starts = {p.nodes[1] if p.weight_is_in_out else p.nodes[0] for p in projections.values()}
@@ -89,13 +115,15 @@ def _dynamic_nodes(gm: fx.GraphModule, projections: dict[str, Projection]) -> se
 
 def _recognise_mlp(layer: int, attentions: list[AttentionBlock], projections: dict[str, Projection],
                    dynamic: set[str], nodes: dict[str, fx.Node], order: dict[str, int]) -> MLPBlock:
-    """The projections after attention `layer`: the ones reading one input, then the down one."""
-    start = order[attentions[layer].out.output]
-    stop = order[attentions[layer + 1].q.nodes[0]] if layer + 1 < len(attentions) else len(order)
-    attention_outputs: set[str] = set()
-    if layer + 1 < len(attentions):
-        a = attentions[layer + 1]
-        attention_outputs = {a.q.output, a.k.output, a.v.output}
+    """The projections of layer `layer` that no attention owns (from its attention's first
+    projection to the next one's): the ones reading one input, then the down one. In a parallel
+    layer they may come before the attention's output projection."""
+    def first_node(a: AttentionBlock) -> int:
+        return min(order[p.nodes[0]] for p in (a.q, a.k, a.v))
+
+    start = first_node(attentions[layer])
+    stop = first_node(attentions[layer + 1]) if layer + 1 < len(attentions) else len(order)
+    attention_outputs = {p.output for a in attentions for p in (a.q, a.k, a.v, a.out)}
     candidates = sorted((p for p in projections.values()
                          if start < order[p.output] < stop and p.output not in attention_outputs),
                         key=lambda p: order[p.output])

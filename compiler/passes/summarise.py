@@ -60,6 +60,7 @@ def summarise(graph: TransformerGraph, captured: CapturedModel) -> ModelSummary:
         layer_entry_tensors=len(layer_inputs(graph)),
         head_input_tensors=sum(1 for n in graph.epilogue.inputs
                                if n not in weights and n not in graph.prologue.outputs),
+        parallel_block_inputs=(1 if att.input == mlp.input else 2) if first.parallel else 0,
     )
 
 

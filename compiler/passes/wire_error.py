@@ -75,8 +75,13 @@ def _action_nodes(layer: Layer, block: str, op: str) -> list[tuple[str, set[str]
     attention, mlp = layer.attention, layer.mlp
     if op == "KVAG":
         return [(attention.k.output, None), (attention.v.output, None)]
+    if op in ("RS", "AR") and block == "par":  # a parallel block reduces the sum of both outputs
+        return [(layer.block_output, None)]
     if op in ("RS", "AR"):
         return [(attention.out.output if block == "attn" else mlp.down.output, None)]
+    if block == "par":
+        both = {n for p in (attention.q, attention.k, attention.v, *mlp.projections) for n in p.nodes}
+        return [(source, both) for source in dict.fromkeys((attention.input, mlp.input))]
     projections = (attention.q, attention.k, attention.v) if block == "attn" else mlp.projections
     source = attention.input if block == "attn" else mlp.input
     return [(source, {n for p in projections for n in p.nodes})]

@@ -9,7 +9,8 @@ default; it needs every used device to hold the whole model but gathers only key
 once a layer), and the winner against the pipeline DP's pipeline of device groups running HMP
 (pipeline_dp.py), by predicted latency, or by time per request for objective "throughput"
 (planner/throughput.py). If no single stage fits, the pipeline is taken and Plan.notes says so.
-`tile_choices` bounds the tile counts every one of them may pick.
+`tile_choices` bounds the tile counts every one of them may pick (1 alone for parallel blocks whose
+attention and MLP read different inputs, as in GPT-NeoX: their all-gather feeds two GEMMs).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
                     sequence_only: bool = True) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if table.parallel_block_inputs > 1:  # its all-gather feeds two GEMMs, so no tile hides it
+        tile_choices = (1,)
     if solver == "ilp":
         single, pipe, single_error = candidates(table, objective, backend, time_limit_s, tile_choices, sequence_only)
         if objective == "throughput":

@@ -40,7 +40,8 @@ def stage_split(table: CostTable, ring: tuple[int, ...], ranks: tuple[int, ...],
     the model's last layer)."""
     g = table.heads_per_group
     schedule = stage_schedule(len(ring), shape="hybrid", tiles=split.tiles, wire=table.wire_dtype,
-                              first=first_layer == 0, last=end_layer == table.n_layers)
+                              first=first_layer == 0, last=end_layer == table.n_layers,
+                              parallel=table.parallel_blocks)
     return StageSplit(
         ranks=ranks, first_layer=first_layer, end_layer=end_layer,
         heads_per_rank=tuple(split.groups.get(d, 0) * g for d in ring),

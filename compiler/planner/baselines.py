@@ -89,7 +89,8 @@ def megatron_plan(table: CostTable, objective: str = "latency") -> Plan:
                                        groups=dict(zip(order, split_sizes(table.kv_groups, [1.0] * len(order)))),
                                        columns=dict(zip(order, split_sizes(table.columns, [1.0] * len(order)))),
                                        tokens={d: table.tokens for d in order}), "megatron", objective)
-    stage = replace(even.stages[0], schedule=stage_schedule(len(order), shape="tensor", wire=table.wire_dtype))
+    stage = replace(even.stages[0], schedule=stage_schedule(len(order), shape="tensor", wire=table.wire_dtype,
+                                                                     parallel=table.parallel_blocks))
     plan = require_fit(with_prediction(replace(even, stages=(stage,)), table), table)
     notes = [f"megatron baseline: {WHAT['megatron']}", block_note(plan), *device_notes(table, plan, {})]
     return replace(plan, notes=tuple(notes))
@@ -140,7 +141,8 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_
     # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
     tiles = [t for t in tile_choices if n > 1 and t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
     by_tiles = [with_prediction(replace(plan, stages=(replace(stage, schedule=stage_schedule(
-        n, shape="sequence", tiles=t, wire=table.wire_dtype)),)), table) for t in tiles]
+        n, shape="sequence", tiles=t, wire=table.wire_dtype, parallel=table.parallel_blocks)),)), table)
+        for t in tiles]
     return require_fit(min(by_tiles, key=lambda p: p.predicted_latency_s), table)
 
 

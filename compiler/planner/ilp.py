@@ -20,6 +20,12 @@ constants (each the largest value its row's right-hand side can take).
     T_sca             link time of rank 0's scatter of the layer inputs   (k_in entry tensors, h head inputs)
 Objective (= predict(plan) for the plan read back):
     min T_pro + T_sca + L (T_att + T_con + T_mlp + sum_q Ex[q]) + sum_d E[d] z[d] + T_gat  + eps * tie-break
+Parallel attention/MLP blocks (table.parallel_block_inputs = k_b > 0, GPT-J, NeoX, Phi) have one
+tensor-parallel block a layer, T_att its epigraph (T_mlp = 0), and two collectives instead of four,
+q in (block_in, block_out), with Gq = (a_in G + U c_in C) [k_b = 1: one fused input GEMM; else 0]
+and a_out G + U c_out C; its all-gather carries k_b tensors, so with k_b > 1 its ring is R_in[t]
+(b replaced by k_b b; such models plan with tiles 1):
+    block[d]           T_att >= a[d] G[d] + U c[d] C[d] + (k_b + 1) kappa[d] 2 (k - 1)/k S b u[d]
 Rows (one add_* function per family):
     total_*            sum_d G = Gtot, sum_d C = Ctot, sum_d X = S, sum_d z = 1, sum_d u = k, sum_t s = 1
     use_*[d]           G <= Gtot u, C <= Ctot u, X <= S u, z <= u        (an unused device gets nothing)
@@ -80,6 +86,12 @@ TIME_FIELDS = ("attention_s_per_group", "attention_in_s_per_group", "attention_o
                "mlp_s_per_column", "mlp_in_s_per_column", "mlp_out_s_per_column", "connective_s_per_token",
                "prologue_s", "epilogue_s", "comm_cpu_s_per_byte", "alpha_s", "beta_s_per_byte")
 BLOCKS_Q = ("attention_in", "attention_out", "mlp_in", "mlp_out")
+PARALLEL_BLOCKS_Q = ("block_in", "block_out")  # a parallel block's two collectives
+
+
+def overlapped(table: CostTable) -> tuple[str, ...]:
+    """The collectives of a layer whose link time may hide behind a GEMM."""
+    return PARALLEL_BLOCKS_Q if table.parallel_blocks else BLOCKS_Q
 
 
 @dataclass
@@ -104,6 +116,7 @@ class TimeVars:
     R: dict[int, pulp.LpVariable]
     Ex: dict[str, pulp.LpVariable]
     w: dict[int, pulp.LpVariable] = field(default_factory=dict)
+    R_in: dict[int, pulp.LpVariable] = field(default_factory=dict)  # a parallel block's AG of k_b > 1 tensors
 
 
 @dataclass(frozen=True)
@@ -130,13 +143,15 @@ def add_split_vars(prob: pulp.LpProblem, table: CostTable) -> SplitVars:
                      u=bins("u"), z=bins("z"))
 
 
-def add_time_vars(prob: pulp.LpProblem, tile_choices: tuple[int, ...]) -> TimeVars:
+def add_time_vars(prob: pulp.LpProblem, tile_choices: tuple[int, ...], table: CostTable) -> TimeVars:
     def pos(name: str) -> pulp.LpVariable:
         return prob.add_variable(name, 0)
 
+    wide_gather = table.parallel_block_inputs > 1
     return TimeVars(pro=pos("T_pro"), att=pos("T_att"), con=pos("T_con"), mlp=pos("T_mlp"), m=pos("m"),
                     gat=pos("T_gat"), sca=pos("T_sca"), s={t: prob.add_variable(f"s[{t}]", cat="Binary") for t in tile_choices},
-                    R={t: pos(f"R[{t}]") for t in tile_choices}, Ex={q: pos(f"Ex[{q}]") for q in BLOCKS_Q})
+                    R={t: pos(f"R[{t}]") for t in tile_choices}, Ex={q: pos(f"Ex[{q}]") for q in overlapped(table)},
+                    R_in={t: pos(f"R_in[{t}]") for t in tile_choices} if wide_gather else {})
 
 
 def labels(table: CostTable) -> tuple[str, ...]:
@@ -187,10 +202,16 @@ def add_block_max(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: Time
     U = table.column_unit
     for d, name in enumerate(labels(table)):
         cpu = 2 * collective_cpu_s(table, d, k) * v.u[d]
+        attention = table.attention_s_per_group[d] * v.G[d]
+        mlp = U * table.mlp_s_per_column[d] * v.C[d]
         prob += (tv.pro >= table.prologue_s[d] * v.u[d], f"prologue[{name}]")
-        prob += (tv.att >= table.attention_s_per_group[d] * v.G[d] + cpu, f"attention[{name}]")
+        if table.parallel_blocks:
+            both = (table.parallel_block_inputs + 1) * collective_cpu_s(table, d, k) * v.u[d]
+            prob += (tv.att >= attention + mlp + both, f"block[{name}]")
+        else:
+            prob += (tv.att >= attention + cpu, f"attention[{name}]")
+            prob += (tv.mlp >= mlp + cpu, f"mlp[{name}]")
         prob += (tv.con >= table.connective_s_per_token[d] * v.X[d], f"connective[{name}]")
-        prob += (tv.mlp >= U * table.mlp_s_per_column[d] * v.C[d] + cpu, f"mlp[{name}]")
         prob += (tv.m >= v.X[d], f"chunk[{name}]")
 
 
@@ -222,35 +243,40 @@ def add_ring_links(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: Tim
 
 
 def add_ring_time(prob: pulp.LpProblem, table: CostTable, tv: TimeVars, k: int) -> None:
-    b, S = table.token_wire_bytes, table.tokens
     classes = list(link_classes(table))
-    for t, R in tv.R.items():
-        for l, (alpha, beta) in enumerate(classes):
-            full = (k - 1) * (t * alpha + beta * b * S)
-            relax = full * (1 - tv.w[l]) if tv.w else 0
-            prob += (R >= (k - 1) * (t * alpha + beta * b * tv.m) - relax, f"ring[{t},{l}]")
+    rings = [("ring", tv.R, table.token_wire_bytes), ("ring_in", tv.R_in, table.parallel_block_inputs * table.token_wire_bytes)]
+    for row, ring_vars, b in rings:
+        for t, R in ring_vars.items():
+            for l, (alpha, beta) in enumerate(classes):
+                full = (k - 1) * (t * alpha + beta * b * table.tokens)
+                relax = full * (1 - tv.w[l]) if tv.w else 0
+                prob += (R >= (k - 1) * (t * alpha + beta * b * tv.m) - relax, f"{row}[{t},{l}]")
 
 
 def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars, k: int) -> None:
     U = table.column_unit
+    fused_in = table.parallel_block_inputs == 1  # one input GEMM the parallel block's gather feeds
     gemm = {"attention_in": lambda d: table.attention_in_s_per_group[d] * v.G[d],
             "attention_out": lambda d: table.attention_out_s_per_group[d] * v.G[d],
             "mlp_in": lambda d: U * table.mlp_in_s_per_column[d] * v.C[d],
-            "mlp_out": lambda d: U * table.mlp_out_s_per_column[d] * v.C[d]}
+            "mlp_out": lambda d: U * table.mlp_out_s_per_column[d] * v.C[d],
+            "block_in": lambda d: (gemm["attention_in"](d) + gemm["mlp_in"](d)) * fused_in,
+            "block_out": lambda d: gemm["attention_out"](d) + gemm["mlp_out"](d)}
     if k < 2:
         return  # one device: no collectives, Ex = 0
     alpha = max(max(row) for row in table.alpha_s)
     beta = max(max(row) for row in table.beta_s_per_byte)
     for q, Ex in tv.Ex.items():
+        R, tensors = (tv.R_in, table.parallel_block_inputs) if q == "block_in" and tv.R_in else (tv.R, 1)
         for t, s in tv.s.items():
-            M = (k - 1) * (t * alpha + beta * table.token_wire_bytes * table.tokens)
+            M = (k - 1) * (t * alpha + beta * tensors * table.token_wire_bytes * table.tokens)
             if t == 1:
-                prob += (Ex >= tv.R[t] - M * (1 - s), f"exposed[{q},1]")
+                prob += (Ex >= R[t] - M * (1 - s), f"exposed[{q},1]")
                 continue
             for d, name in enumerate(labels(table)):
                 off = M * (1 - v.u[d]) + M * (1 - s)
-                prob += (Ex >= tv.R[t] - (1 - 1 / (k * t)) * gemm[q](d) - off, f"exposed[{q},{t},{name}]")
-                prob += (Ex >= (1 / ((k - 1) * t)) * tv.R[t] - (1 / k) * gemm[q](d) - off, f"first[{q},{t},{name}]")
+                prob += (Ex >= R[t] - (1 - 1 / (k * t)) * gemm[q](d) - off, f"exposed[{q},{t},{name}]")
+                prob += (Ex >= (1 / ((k - 1) * t)) * R[t] - (1 / k) * gemm[q](d) - off, f"first[{q},{t},{name}]")
 
 
 def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:
@@ -331,7 +357,7 @@ def build_problem(table: CostTable, k: int, tile_choices: tuple[int, ...]):
     table = in_time_unit(table)
     prob = pulp.LpProblem(f"galaxy_k{k}", pulp.LpMinimize)
     v = add_split_vars(prob, table)
-    tv = add_time_vars(prob, tile_choices)
+    tv = add_time_vars(prob, tile_choices, table)
     add_totals(prob, table, v, k)
     prob += (pulp.lpSum(tv.s.values()) == 1, "total_tiles")
     add_usage(prob, table, v)

@@ -1,4 +1,4 @@
-"""--update-golden: rewrite the golden plans instead of comparing, and list what changed at the end.
+"""--update-golden: rewrite the golden plans and modules instead of comparing, and list what changed.
 
     pytest tests/golden --update-golden      (same as python -m tests.golden.update)
 """
@@ -11,7 +11,8 @@ UPDATES: list[str] = []
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
-                     help="rewrite tests/golden/plans/*.json from a fresh plan and print what changed")
+                     help="rewrite the golden plans and modules (tests/golden/plans, tests/golden/modules) "
+                          "and print what changed")
 
 
 @pytest.fixture

@@ -215,3 +215,20 @@ def test_hub_offline_only_while_loading(tmp_path, monkeypatch):
         "    return {'offline': torch.tensor([os.environ.get('HF_HUB_OFFLINE') == '1'])}\n")
     loaded = load_model(tmp_path / "probe.py")
     assert bool(loaded.example_inputs["offline"]) and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_positional_example_inputs_take_forward_parameter_names(tmp_path):
+    """example_inputs() may return a tuple, as torch.export takes it: mapped to forward's parameters."""
+    (tmp_path / "m.py").write_text(
+        "import torch\n"
+        "class Pair(torch.nn.Module):\n"
+        "    def forward(self, tokens, scale=None):\n"
+        "        return tokens * 2\n"
+        "def build_model():\n    return Pair()\n"
+        "def example_inputs():\n    return (torch.ones(1, 4), torch.ones(1))\n")
+    loaded = load_model(tmp_path / "m.py")
+    assert list(loaded.example_inputs) == ["tokens", "scale"]
+    (tmp_path / "m.py").write_text((tmp_path / "m.py").read_text().replace(
+        "(torch.ones(1, 4), torch.ones(1))", "(torch.ones(1), torch.ones(1), torch.ones(1))"))
+    with pytest.raises(ModelLoadError, match="returned 3 positional inputs, but Pair.forward takes 2"):
+        load_model(tmp_path / "m.py")

@@ -45,8 +45,9 @@ def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_la
     assert _function(first, "mlp").count("reduce_scatter(") == 1
     assert "TOKENS_PER_RANK = [8, 8, 16]" in first and "No heads of 6" in sources[2]
     assert "HEADS_PER_RANK" not in first  # no constant nothing reads
-    # RoPE is copied from the graph as a per-head transform of q and k.
-    assert "def q_transform(q, static):" in first and "aten.neg.default" in _function(first, "q_transform")
+    # RoPE is copied from the graph as one per-head transform that q and k share.
+    assert "def rotary(t, static):" in first and "-t[..., 8:]" in _function(first, "rotary")
+    assert "q = rotary(q, static)" in first and "k = rotary(k, static)" in first and "_transform" not in first
     # One layer function, called in a loop: identical layers share code.
     assert len(re.findall(r"^def layer\(", first, re.M)) == 1
     assert "for w in layers[0:1]:" in first
@@ -87,7 +88,7 @@ def test_sequence_parallel_only_plans_gather_keys_and_values_once_per_layer(llam
     assert attention.count("all_gather(") == 1 and "torch.cat([k, v]" in attention
     assert "reduce_scatter" not in source and "all_gather" not in mlp
     # RoPE tables and the mask keep this rank's query rows; the whole-sequence values stay for the head.
-    assert "QUERY_ROW_STATICS = [" in source and "layer(w, x, residual, rows, ring)" in source
+    assert "QUERY_ROW_STATICS = {'mask': -2" in source and "layer(w, x, residual, rows, ring)" in source
     assert "sequence parallelism only" in source.split('"""')[1]
 
 

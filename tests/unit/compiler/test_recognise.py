@@ -122,3 +122,20 @@ def test_plain_module_through_symbolic_trace(tmp_path):
     assert len(graph.layers) == 2
     assert graph.layers[0].attention.heads == 2
     assert torch.is_tensor(next(iter(capture(load_model(path)).reference_outputs.values())))
+
+
+@pytest.mark.parametrize("family,parallel_inputs,prepared,seq_major", [
+    ("opt", 0, "q", ""), ("gptj", 1, "", "qk"), ("gpt_neox", 2, "", ""), ("phi", 1, "", ""),
+    ("falcon", 1, "", ""), ("whisper", 0, "q", "")])
+def test_graph_shapes_of_more_families(family, parallel_inputs, prepared, seq_major):
+    """OPT and Whisper scale q between projection and SDPA; GPT-J, NeoX, Phi and Falcon run attention
+    and MLP side by side (NeoX on two norms); GPT-J rotates before transposing the heads."""
+    from model_families import captured_family
+    _, graph, summary = captured_family(family)
+    att = graph.layers[0].attention
+    assert summary.parallel_block_inputs == parallel_inputs
+    assert all(layer.parallel == bool(parallel_inputs) for layer in graph.layers)
+    assert "".join(k for k in "qkv" if getattr(att, f"{k}_prepare").nodes) == prepared
+    assert "".join(att.seq_major) == seq_major
+    assert (att.heads, att.head_dim) == (6, 8)
+    assert att.kv_heads == (1 if family == "falcon" else 6)  # Falcon-7B style multi-query

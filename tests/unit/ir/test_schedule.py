@@ -15,6 +15,8 @@ EXAMPLES = [
     "SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER",
     "REP | attn:- mlp:- | -",
     "RECV | attn:AG(bf16,direct)>RS(t4,bf16,direct) mlp:AG>RS | SEND",
+    "SCATTER | par:AG(t2)>RS(t2) | GATHER",
+    "REP | par:AR | -",
 ]
 
 
@@ -38,6 +40,7 @@ def test_an_action_carries_its_tiles_wire_dtype_and_algorithm():
     ("SCATTER | attn:RS>AG mlp:- | GATHER", "a block carries AG>RS, AR, KVAG or nothing"),
     ("SCATTER | mlp:- attn:- | GATHER", "lists attn and mlp, in that order"),
     ("SCATTER | attn:- mlp:KVAG | GATHER", "only attention has it"),
+    ("SCATTER | attn:AG>RS par:AG>RS | GATHER", "or par alone"),
     ("GATHER | attn:- mlp:- | -", "enters with SCATTER, REP, RECV"),
 ])
 def test_bad_strings_say_what_is_expected(text, message):
@@ -76,3 +79,14 @@ def test_format_1_plans_are_read_with_their_schedules():
     assert plan.stages[0].tokens_per_rank == (6, 6)  # Megatron-style: every rank holds every token
     assert plan.wire_dtype == "float16"
     assert Plan.from_json(json.loads(plan.dumps())) == plan
+
+
+def test_parallel_blocks_run_attention_and_mlp_in_one_block():
+    """GPT-J, NeoX, Phi: one all-gather and one reduce-scatter a layer, both blocks in `par`."""
+    schedule = stage_schedule(3, tiles=2, parallel=True)
+    assert str(schedule) == "SCATTER | par:AG(t2)>RS(t2) | GATHER" and schedule.parallel
+    assert schedule.block("attn") is schedule.block("mlp") is schedule.block("par")
+    assert [a.op for a in schedule.actions] == ["SCATTER", "AG", "RS", "GATHER"]
+    assert str(stage_schedule(3, shape="tensor", parallel=True)) == "REP | par:AR | -"
+    assert str(stage_schedule(3, shape="sequence", parallel=True)) == "SCATTER | par:KVAG | GATHER"
+    assert "side by side" in schedule.parallelism

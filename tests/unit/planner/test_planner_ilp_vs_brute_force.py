@@ -28,15 +28,32 @@ CASES = [  # (seed, devices, groups, column units, tokens, link classes, symmetr
 @pytest.mark.parametrize("seed,n,groups,units,tokens,classes,symmetric", CASES)
 def test_ilp_matches_brute_force(seed, n, groups, units, tokens, classes, symmetric):
     table = random_table(random.Random(seed), n, groups, units, tokens, link_classes=classes, symmetric=symmetric)
-    results = solve_per_k(table, tile_choices=TILES)
+    _check_against_brute_force(table, TILES)
+
+
+def _check_against_brute_force(table, tiles):
+    results = solve_per_k(table, tile_choices=tiles)
     chosen = choose(results)
     try:
-        exhaustive = brute_force_plan(table, TILES)
+        exhaustive = brute_force_plan(table, tiles)
     except InfeasiblePlanError:
         assert chosen is None
         return
     assert chosen is not None
+    assert chosen.plan.stages[0].schedule.parallel == table.parallel_blocks
     assert chosen.latency_s == pytest.approx(exhaustive.predicted_latency_s, rel=REL)
     for r in results:
         if r.plan is not None:  # the ILP objective is the latency model, exactly
             assert r.objective_s == pytest.approx(predict(r.plan, table)[0], rel=1e-7)
+
+
+@pytest.mark.parametrize("inputs", [1, 2])
+@pytest.mark.parametrize("seed,n,groups,units,tokens,classes,symmetric", CASES[:5])
+def test_ilp_matches_brute_force_with_parallel_blocks(seed, n, groups, units, tokens, classes, symmetric, inputs):
+    """Parallel attention/MLP blocks (one block row, two collectives a layer; an all-gather of two
+    tensors when attention and MLP read different inputs): the ILP still equals brute force and
+    predict()."""
+    from dataclasses import replace
+    table = replace(random_table(random.Random(seed), n, groups, units, tokens, link_classes=classes,
+                                 symmetric=symmetric), parallel_block_inputs=inputs)
+    _check_against_brute_force(table, TILES if inputs == 1 else (1,))
