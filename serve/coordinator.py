@@ -229,7 +229,8 @@ class Coordinator(Recovering):
                         pending.rank0_s = float(header.get("wall_s", 0.0))
                     self._watch_times(link.device, header)
             elif message.kind == control.FAILED:
-                if header.get("epoch") == self._epoch:
+                # a recovery already took back the requests in flight: its group's failures are its symptoms
+                if header.get("epoch") == self._epoch and self._recovering is None:
                     self._failures.append({"device": link.device, **header})
             self._cond.notify_all()
 
@@ -400,6 +401,7 @@ class Coordinator(Recovering):
             self._epoch += 1
             epoch = self._epoch
             self._ready, self._broken, self._plan = False, None, bundle
+            self._failures = []  # the old group's: nothing of it runs any more
         joined = self.former.form(bundle, epoch, switch, self._transfer_started if switch is not None else None)
         with self._cond:
             self._ready = True

@@ -112,11 +112,16 @@ def _check_output(output: Path, bundle: Path) -> None:
         torch.testing.assert_close(written[name], value, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["--local", pytest.param("--emulate", marks=needs_emulation)])
-def test_a_rank_killed_mid_stream(bundles, tmp_path, mode):
-    done = _trial(bundles["tiny"], mode, 6, "kill:1@3", output=tmp_path / "out.safetensors")
+@pytest.mark.parametrize("mode, prepare", [("--local", "ahead"),
+                                           pytest.param("--emulate", "on-fault", marks=needs_emulation)])
+def test_a_rank_killed_mid_stream(bundles, tmp_path, mode, prepare):
+    done = _trial(bundles["tiny"], mode, 6, "kill:1@3", output=tmp_path / "out.safetensors",
+                  extra=("--prepare", prepare))
     _check_trial(done, 6, recoveries=1)
-    assert "recovery 1: lost b" in done.stdout and "(prepared ahead)" in done.stdout
+    assert "recovery 1: lost b" in done.stdout
+    assert ("(prepared ahead)" if prepare == "ahead" else "(prepared on the fault)") in done.stdout
+    # the broken group's failures are the loss's symptoms, not a reason to form the new group again
+    assert "forming the group again" not in done.stderr
     plans = [row.split()[3] for row in _rows(done.stdout)]
     assert plans[0] == plans[1] != plans[2] == plans[5]  # request 3 was retried on the new plan
     assert re.search(r"weights: [\d.]+ MiB moved .* a full reload is [\d.]+ MiB", done.stdout)
@@ -143,7 +148,8 @@ def test_a_second_fault_during_the_recovery_is_handled_the_same_way(bundles):
 def test_a_straggler_is_replanned_around(bundles, mode):
     done = _trial(bundles["small"], mode, 18, "slow:2:4@4", extra=("--straggler-requests", "2"))
     _check_trial(done, 18, recoveries=range(1, 4))  # a first estimate may be refined by a second switch
-    assert re.search(r"recovery 1: straggler c x[\d.]+ -> plan", done.stdout), done.stdout
+    # under CPU quotas a peer busy for a moment may be re-planned around first, then c
+    assert re.search(r"recovery \d: straggler c x[\d.]+ -> plan", done.stdout), done.stdout
     assert "lost" not in done.stdout
     first, last = _rows(done.stdout)[0].split()[3], _rows(done.stdout)[-1].split()[3]
     assert first != last
