@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 EXIT_COORDINATOR_LOST = 4
 _CONNECT_RETRY_S = 0.2
-_ABORT_AGAIN_S = 0.25
 
 
 @dataclass
@@ -287,7 +286,6 @@ class _Rank:
         self.epoch: int | None = None  # of the gloo group this rank is in, None when in none
         self.group_epoch: int | None = None  # of the group it is in or joining (what `abort` names)
         self.ctx = None
-        self.serving_stream = False  # a stream of requests is running (what an abort must break)
         session.on_abort = self._abort
 
     @property
@@ -313,28 +311,10 @@ class _Rank:
                 log.warning("%s: ignoring an unexpected %r from the coordinator", self.me, message.kind)
 
     def _abort(self, epoch: int) -> None:
-        """The coordinator gave up on the group of `epoch` (reader thread): break it if we are in it.
-
-        The connections are shut again every quarter second while a request of that group still
-        runs here: a wait on a peer whose link is down was seen to outlive the first shutdown
-        now and then (a connection gloo had not opened yet, or one it opened since)."""
-        def in_old_group() -> bool:
-            return self.group_epoch is not None and self.group_epoch <= epoch
-
-        if not in_old_group():
-            return
-        count = rendezvous.abort_connections(keep={self.session.channel.sock.fileno()})
-        log.warning("%s: the group of epoch %d lost a device: shut %d connection(s)", self.me, epoch, count)
-
-        def again() -> None:
-            deadline = time.monotonic() + self.timeout_s
-            while time.monotonic() < deadline and self.serving_stream and in_old_group():
-                time.sleep(_ABORT_AGAIN_S)
-                if self.serving_stream and in_old_group():
-                    more = rendezvous.abort_connections(keep={self.session.channel.sock.fileno()})
-                    log.warning("%s: still in the group of epoch %d: shut %d connection(s) again", self.me, epoch, more)
-
-        threading.Thread(target=again, name="galaxy-abort", daemon=True).start()
+        """The coordinator gave up on the group of `epoch` (reader thread): break it if we are in it."""
+        if self.group_epoch is not None and self.group_epoch <= epoch:
+            count = rendezvous.abort_connections(keep={self.session.channel.sock.fileno()})
+            log.warning("%s: the group of epoch %d lost a device: shut %d connection(s)", self.me, epoch, count)
 
     # --- joining a group -----------------------------------------------------------------------
 
@@ -436,7 +416,6 @@ class _Rank:
 
         stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
         request_id = None
-        self.serving_stream = True
         try:
             with torch.inference_mode():
                 for outputs in stream(requests(), self.plan.weights, self.ctx):
@@ -447,8 +426,6 @@ class _Rank:
             rendezvous.close()  # peers fail fast instead of waiting for their timeout
             self.epoch = None
             self._report_failure(epoch, ids[0] if ids else request_id, exc)
-        finally:
-            self.serving_stream = False
 
     def _answer(self, request_id: int, outputs, wall_s: float) -> None:
         """Times first, so the coordinator knows rank 0's own time when the result arrives."""
