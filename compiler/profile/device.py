@@ -278,7 +278,11 @@ def shapes_from_model(model: str, size: str | None = None, seq_len: int | None =
 
     loaded = load_model(model, size, seq_len, materialize=False)
     captured = capture(loaded)
-    summary = summarise(recognise(captured), captured)
+    return shapes_from_summary(summarise(recognise(captured), captured))
+
+
+def shapes_from_summary(summary) -> Shapes:
+    """The layer shapes of a ModelSummary."""
     return Shapes(source=f"{summary.name}, {summary.seq_len} tokens", batch=summary.batch,
                   seq_len=summary.seq_len, hidden=summary.hidden, heads=summary.heads,
                   kv_heads=summary.kv_heads, head_dim=summary.head_dim, intermediate=summary.intermediate,
