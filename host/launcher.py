@@ -3,10 +3,13 @@
     galaxy-run BUNDLE --local [--input IN [IN ...]] [--output OUT] [--requests M] [--repeat N]
                               [--warmup N] [--timeout S] [--threads N] [--overall-timeout S]
     galaxy-run BUNDLE --emulate [--cluster-json CLUSTER.json] [same options]
+    galaxy-run BUNDLE (--local | --emulate) --requests N --inject SPEC [--inject SPEC ...] [--output OUT]
 
 `--local` runs each rank as `python BUNDLE/rank_<k>.py --master 127.0.0.1:<free port>` on
 this machine. `--requests M` streams M requests (the input files in turn, default the
-example input) through the pipeline stages and reports requests/s.
+example input) through the pipeline stages and reports requests/s. `--inject` kills, slows or
+cuts off devices at chosen requests and runs the ranks as galaxy-serve does, so the run re-plans
+around them (serve/trial.py, docs/FAULTS.md).
 
 `run_ranks` is the mechanism both modes share: an emulator (host/emulate.py,
 `--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
@@ -36,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
+from galaxy.serve.session import add_arguments, check_arguments
 from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                    overall_timeout_s=args.overall_timeout)
 
     def run() -> int:
+        if args.inject:
+            return _run_trial(args)
         if args.emulate:
             result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, **options)
         else:
@@ -354,6 +360,18 @@ def main(argv: list[str] | None = None) -> int:
         print(_summary(result, args.output))
         return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
     return cli_exit_code("galaxy-run", run)  # a terminated galaxy-run stops its ranks first
+
+
+def _run_trial(args: argparse.Namespace) -> int:
+    from galaxy.serve.session import ServeOptions
+    from galaxy.serve.trial import run_trial
+
+    options = ServeOptions.from_args(args, "emulate" if args.emulate else "local")
+    result = run_trial(args.bundle, options, args.requests, args.input, args.output)
+    print(result.describe())
+    if any(r.error for r in result.requests):
+        return EXIT_FAILED
+    return EXIT_OK if result.all_matched else EXIT_MISMATCH
 
 
 def _summary(result: RunResult, output: str | None) -> str:
@@ -406,11 +424,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster-json", metavar="CLUSTER.json",
                         help="with --emulate: the cluster to emulate (default: plan.json's)")
     parser.add_argument("--quiet", action="store_true", help="do not stream the ranks' logs")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0 or (args.requests is not None and args.requests < 1):
         parser.error("--requests and --repeat must be >= 1, --warmup >= 0 and --timeout > 0")
     if args.cluster_json and not args.emulate:
         parser.error("--cluster-json only applies with --emulate")
+    check_arguments(parser, args)
+    if args.inject and (args.requests is None or args.repeat != 1 or args.warmup):
+        parser.error("--inject needs --requests N (the requests go one after another) and no --repeat or --warmup")
     return args
 
 
