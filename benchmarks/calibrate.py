@@ -4,7 +4,11 @@ The clusters' files state GFLOP/s from an older calibration (cpu_share x 80 GFLO
 machine's one-thread GEMM rate moves with its host (130-140 GFLOP/s in December 2026,
 docs/PERFORMANCE.md). A run measures the model's layer GEMMs, its SDPA and the GEMM speed by rows
 with galaxy-profile's own code on one thread, and gives each emulated device cpu_share times those
-rates, so predictions compare with what the same run measures. Transfers hide behind about half
+rates. One factor per CPU mode then scales every device so that the fastest device alone is
+predicted as a calibration run of it on the emulator measured (`scaled`): the emulator's
+throttling, the rank's process and its elementwise work cost what they cost on a device, which a
+profile taken on the device itself would include. Predictions of every other plan are then
+compared with what the same run measures. Transfers hide behind about half
 of a throttled device's GEMM under a CPU quota and about 0.7 of it with a CPU of its own by weight
 (docs/PERFORMANCE.md, section 2): each device's overlap efficiency follows the CPU mode.
 """
@@ -44,4 +48,11 @@ def calibrated(cluster: Cluster, host: DeviceRates, cpu_mode: str) -> Cluster:
                             gemm_rows_speed=host.rows_speed,
                             overlap_efficiency=d.overlap_efficiency if efficiency is None else efficiency)
                     for d in cluster.devices)
+    return replace(cluster, devices=devices)
+
+
+def scaled(cluster: Cluster, factor: float) -> Cluster:
+    """`cluster` with every device's compute rates times `factor`."""
+    devices = tuple(replace(d, flops_per_s=d.flops_per_s * factor,
+                            attention_flops_per_s=d.attention_flops_per_s * factor) for d in cluster.devices)
     return replace(cluster, devices=devices)

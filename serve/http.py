@@ -26,7 +26,8 @@ from galaxy.runtime.errors import GalaxyRuntimeError
 
 from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
-from .coordinator import Coordinator, RequestFailed, RequestTimeout, ServiceUnavailable
+from .coordinator import Coordinator
+from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
 
 _STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
 
