@@ -25,7 +25,7 @@ from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.schedule import ALGORITHMS, KEY_VALUE_OPS, stage_schedule
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
-from galaxy.compiler.planner.search_space import TILE_CHOICES
+from galaxy.compiler.planner.search_space import KEY_VALUE_CHOICES, TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
 from galaxy.runtime.splits import split_sizes
 
@@ -104,9 +104,9 @@ def proportional_plan(table: CostTable, objective: str = "latency") -> Plan:
 
 
 def sequence_plan(table: CostTable, objective: str = "latency", tile_choices: tuple[int, ...] = TILE_CHOICES,
-                  key_value_ops: tuple[str, ...] = KEY_VALUE_OPS) -> Plan:
+                  key_value_ops: tuple[str, ...] = KEY_VALUE_CHOICES) -> Plan:
     """Sequence parallelism only over the k fastest devices that hold the model, best k, with the
-    best of the key/value actions `key_value_ops` (KEY_VALUE_OPS)."""
+    best of the key/value actions `key_value_ops` (default KEY_VALUE_CHOICES; all: KEY_VALUE_OPS)."""
     whole = rank_memory_bytes(table, table.n_layers, table.kv_groups, table.columns, 1, True, False)
     holders = [d for d in table.speed_order() if table.mem_bytes[d] >= whole]
     best: Plan | None = None

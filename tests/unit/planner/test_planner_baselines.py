@@ -157,14 +157,15 @@ def test_sequence_only_baseline_takes_the_cheapest_key_value_action(bert, mbit_p
     from galaxy.compiler.cost.latency import predict
     from galaxy.compiler.cost.table import build_cost_table
     from galaxy.compiler.ir.schedule import stage_schedule
+    from galaxy.compiler.ir.schedule import KEY_VALUE_OPS
     from galaxy.compiler.planner.baselines import sequence_plan
     table = build_cost_table(bert, make_cluster(CLUSTER, mbit_per_s=mbit_per_s, latency_s=latency_s))
-    plan = sequence_plan(table)
+    plan = sequence_plan(table, key_value_ops=KEY_VALUE_OPS)
     n = len(plan.devices)
     choices = [("KVAG", t, "ring") for t in (1, 2, 4, 8)] + [("KVATT", 1, "ring"), ("KVATT", 1, "direct")]
     every = [predict(replace(plan, stages=(replace(plan.stages[0], schedule=stage_schedule(
         n, shape="sequence", tiles=t, key_values=op, algorithm=algorithm)),)), table)[0] for op, t, algorithm in choices]
     assert plan.predicted_latency_s == pytest.approx(min(every))
-    gather_only = sequence_plan(table, key_value_ops=("KVAG",))
+    gather_only = sequence_plan(table)  # the default: KVATT only when asked (planner/search_space.py)
     assert all(a.op == "KVAG" for a in gather_only.stages[0].schedule.block("attn").actions)
     assert plan.predicted_latency_s <= gather_only.predicted_latency_s
