@@ -30,6 +30,23 @@ class Device:
     # Fraction of its overlappable GEMM time during which this device's transfers progress.
     # 1.0 with spare cores; measured lower on a single core under a CPU quota (docs/EMULATION.md).
     overlap_efficiency: float = 1.0
+    # Decode steps (one token) stream weights through a GEMV: bytes per second it reads them at,
+    # and the fixed seconds of one op's dispatch, from a galaxy-profile; 0.0: derived from
+    # flops_per_s (cost/decode.py).
+    gemv_bytes_per_s: float = 0.0
+    dispatch_s_per_op: float = 0.0
+
+
+DECODE_RATE_FIELDS = ("gemv_bytes_per_s", "dispatch_s_per_op")
+
+
+def _device_json(device: Device) -> dict:
+    """A device's fields; decode rates only when measured (older files stay as they were)."""
+    data = asdict(device)
+    for key in DECODE_RATE_FIELDS:
+        if not data[key]:
+            del data[key]
+    return data
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ class Cluster:
         return {
             "format_version": FORMAT_VERSION,
             "name": self.name,
-            "devices": [asdict(d) for d in self.devices],
+            "devices": [_device_json(d) for d in self.devices],
             "default_link": asdict(self.default_link),
             "link_overrides": [{"between": [a, b], **asdict(link)} for a, b, link in self.link_overrides],
         }

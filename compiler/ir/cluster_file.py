@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from galaxy.compiler.errors import ClusterFileError
-from galaxy.compiler.ir.cluster import DEFAULT_COMM_CPU_S_PER_BYTE, Cluster, Device, Link
+from galaxy.compiler.ir.cluster import DECODE_RATE_FIELDS, DEFAULT_COMM_CPU_S_PER_BYTE, Cluster, Device, Link
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 PROFILE_FORMAT_VERSION = 1
@@ -66,7 +66,7 @@ OVERRIDE_KEYS = {"between", "bandwidth", "latency"}
 # rest (gemm_flops_per_s, elementwise_bytes_per_s, device, ...) is informational.
 PROFILE_KEYS = {"format_version", "flops_per_s", "comm_cpu_s_per_byte", "attention_flops_per_s",
                 "gemm_flops_per_s", "elementwise_bytes_per_s", "device", "torch", "threads", "measured_at",
-                "shapes", "method"}
+                "shapes", "method", "gemv_bytes_per_s", "dispatch_s_per_op"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUANTITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]+)\s*$")
@@ -142,12 +142,12 @@ class _Reader:
                                          "profile (a galaxy-profile JSON)")
         comm = DEFAULT_COMM_CPU_S_PER_BYTE
         profile = ""
-        attention_flops = 0.0
+        attention_flops, decode_rates = 0.0, {}
         if "gflops" in raw:
             flops = self.number(raw["gflops"], f"{where}.gflops", positive=True) * 1e9
         else:
             profile = self.string(raw["profile"], f"{where}.profile")
-            flops, comm, attention_flops = self.profile(profile, f"{where}.profile")
+            flops, comm, attention_flops, decode_rates = self.profile(profile, f"{where}.profile")
         if "comm_cpu_ns_per_byte" in raw:
             comm = self.number(raw["comm_cpu_ns_per_byte"], f"{where}.comm_cpu_ns_per_byte") * 1e-9
         return Device(
@@ -160,10 +160,12 @@ class _Reader:
             profile=profile,
             attention_flops_per_s=attention_flops,
             overlap_efficiency=self.fraction(raw.get("overlap_efficiency", 1.0), f"{where}.overlap_efficiency"),
+            **decode_rates,
         )
 
-    def profile(self, relative: str, where: str) -> tuple[float, float, float]:
-        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0) of a profile file."""
+    def profile(self, relative: str, where: str) -> tuple[float, float, float, dict[str, float]]:
+        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0, the decode rates it has) of a
+        profile file."""
         file = self.path.parent / relative
         try:
             data = json.loads(file.read_text())
@@ -189,7 +191,9 @@ class _Reader:
         if "attention_flops_per_s" in data:
             attention = self.number(data["attention_flops_per_s"], where, positive=True,
                                     context=f"{file.name}: attention_flops_per_s ")
-        return flops, comm, attention
+        decode_rates = {key: self.number(data[key], where, positive=True, context=f"{file.name}: {key} ")
+                        for key in DECODE_RATE_FIELDS if key in data}
+        return flops, comm, attention, decode_rates
 
     def links(self, raw: Any, names: set[str]) -> tuple[Link, tuple[tuple[str, str, Link], ...]]:
         if not isinstance(raw, dict):
