@@ -20,14 +20,15 @@ short fixed ones because each lives in a namespace of its own run. A rank joins 
 before it enters its namespace (`ip netns exec` remounts /sys): `wrap_command` returns
 `sh -c 'echo $$ > <cgroup>/cgroup.procs && exec ip netns exec <ns> argv...'`.
 
-CPU: when every device can have a CPU of its own, each rank is pinned to its CPU with a CFS
-weight equal to its share, next to a busy "filler" that takes the rest of that CPU. A device
-then runs at its share all the time, and a thread woken by a message runs at once, as on a
-real slow device. Otherwise every rank gets a CFS quota (share x 10 ms per 10 ms): exact on
+CPU (`cpu_mode`): by "weight", each rank is pinned to a CPU of its own with a CFS weight
+equal to its share, next to a busy "filler" that takes the rest of that CPU. A device then
+runs at its share all the time, and a thread woken by a message runs at once, as on a real
+slow device. By "quota", every rank gets a CFS quota (share x 10 ms per 10 ms): exact on
 average, but it throttles the whole process for the rest of a period, and a message that
-arrives then waits (docs/EMULATION.md measured this hiding nothing of a transfer behind a
-GEMM). Weights are not used for devices sharing a CPU: one that waits would lend its time
-to the others there, and a slow device would look fast.
+arrives then waits, as on a device busy with other work (docs/EMULATION.md). "auto" (the
+default) takes weights when every device can have a CPU of its own, else quotas. Weights
+are never used for devices sharing a CPU: one that waits would lend its time to the others
+there, and a slow device would look fast.
 
 Links: traffic from rank i to rank j is shaped once, on i's egress, by an htb class at the
 rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else each rank's
@@ -75,6 +76,8 @@ BURST_S, MIN_BURST_BYTES = 50e-6, 1600
 SOCKET_BUFFERS = ("net.ipv4.tcp_wmem=4096 16777216 33554432", "net.ipv4.tcp_rmem=4096 16777216 33554432")
 MASTER_PORT = 29500  # free by construction: rank 0's namespace is new
 RANK_IFNAME = "gxnet"
+NIC_CLASS = "1:ff00"  # the network card's class on a rank's egress (pair classes are 1:1 .. 1:fb)
+CONTROL_CLASS, UNSHAPED_BYTES_PER_S = "1:ff01", 1.25e9  # control traffic through a shaped port: 10 Gbit/s
 BRIDGE = "br0"
 CONTROL_HOST = 254  # the control namespace's address is SUBNET.254
 _NAME = re.compile(r"^gx(?P<pid>\d+)-(?P<seq>\d+)(?:-(?:sw|ctl|r\d+))?$")
@@ -139,11 +142,16 @@ class EmulatedCluster:
 
     cpu_shares[k]: fraction of one core for rank k (None: unlimited). bandwidth_bytes_per_s and
     latency_s: one number for every pair, or an N x N matrix where [i][j] shapes traffic from
-    i to j (None: unshaped). threads(k) = max(1, round(share)) torch threads.
+    i to j (None: unshaped). threads(k) = max(1, round(share)) torch threads. cpu_mode:
+    "weight" (a CPU each; UsageError when they do not fit), "quota" or "auto" (see above).
+    nic_bytes_per_s[k] (one number for all, None: no limit) caps everything device k sends,
+    and everything it receives, at that rate together, as its network card on a switched LAN
+    would; without it each pair has its own full rate at the same time.
     """
 
     def __init__(self, cpu_shares: Sequence[float | None], bandwidth_bytes_per_s: Matrix = None,
-                 latency_s: Matrix = 0.0, names: Sequence[str] | None = None, control: bool = False):
+                 latency_s: Matrix = 0.0, names: Sequence[str] | None = None, control: bool = False,
+                 cpu_mode: str = "auto", nic_bytes_per_s: float | Sequence[float | None] | None = None):
         self.control = control  # a control namespace on the bridge (control_namespace, control_address)
         self.cpu_shares = list(cpu_shares)
         self.size = len(self.cpu_shares)
@@ -152,9 +160,11 @@ class EmulatedCluster:
         if any(share is not None and share <= 0 for share in self.cpu_shares):
             raise UsageError(f"cpu shares must be > 0 (or None), got {self.cpu_shares}")
         self.names = list(names or (f"rank{k}" for k in range(self.size)))
-        self.cpus = pin_to_cpus(self.cpu_shares, os.cpu_count() or 1)
+        self.cpu_mode = cpu_mode
+        self.cpus = cpus_for_mode(self.cpu_shares, os.cpu_count() or 1, cpu_mode)
         self.bandwidth = _matrix(bandwidth_bytes_per_s, self.size, "bandwidth_bytes_per_s")
         self.latency = _matrix(latency_s, self.size, "latency_s")
+        self.nic = _per_device(nic_bytes_per_s, self.size, "nic_bytes_per_s")
         self.base = f"gx{os.getpid()}-{next(_SEQUENCE)}"
         self.netem_available: bool | None = None  # known after start()
         self._cgroups: CpuCgroups | None = None
@@ -165,9 +175,11 @@ class EmulatedCluster:
         self._started = self._closing = False
 
     @classmethod
-    def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str], control: bool = False) -> "EmulatedCluster":
+    def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str], control: bool = False,
+                          cpu_mode: str = "auto", shared_nic: bool = False) -> "EmulatedCluster":
         """From plan.json's `cluster` (devices, default_link, link_overrides) and the device
-        name of each rank (plan.json's plan.devices)."""
+        name of each rank (plan.json's plan.devices). `shared_nic`: each device's network card
+        runs at the fastest of its links, shared by all its transfers."""
         by_name = {d["name"]: d for d in cluster.get("devices", [])}
         missing = [name for name in devices if name not in by_name]
         if missing:
@@ -181,7 +193,9 @@ class EmulatedCluster:
         bandwidth = [[link(a, b, "bandwidth_bytes_per_s") for b in devices] for a in devices]
         latency = [[link(a, b, "latency_s") or 0.0 for b in devices] for a in devices]
         shares = [float(by_name[name].get("cpu_share", 1.0)) for name in devices]
-        return cls(shares, bandwidth, latency, names=list(devices), control=control)
+        nic = [max((rate for rate in row if rate is not None), default=None) for row in bandwidth]
+        return cls(shares, bandwidth, latency, names=list(devices), control=control, cpu_mode=cpu_mode,
+                   nic_bytes_per_s=nic if shared_nic else None)
 
     # --- what the launcher asks for ---------------------------------------------------------
 
@@ -315,11 +329,23 @@ class EmulatedCluster:
         self.netem_available = _has_netem(self.namespace(0))
         for rank in range(self.size):
             self._shape(rank)
+            if self.nic[rank] is not None:
+                self._shape_card_inbound(switch, rank)
         if not self.netem_available and any(v for row in self.latency for v in row):
             worst = max(v for row in self.latency for v in row)
             log.info("emulator: no netem qdisc on this kernel: link latency (up to %.3g ms) is added by "
                      "each rank's transport instead (%s: every send leaves that long after it is posted)",
                      worst * 1e3, linkdelay.ENV)
+
+    def _shape_card_inbound(self, switch: str, rank: int) -> None:
+        """What the switch delivers to `rank` shares its card's rate; traffic from the control
+        namespace stays unshaped (a class of its own at a rate no link reaches)."""
+        tc = ["tc", "-n", switch]
+        _add_htb(tc, f"r{rank}", self.nic[rank], default=1)
+        if self.control:
+            _add_class(tc, f"r{rank}", "1:", CONTROL_CLASS, UNSHAPED_BYTES_PER_S, UNSHAPED_BYTES_PER_S)
+            _run([*tc, "filter", "add", "dev", f"r{rank}", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                  "match", "ip", "src", f"{self.control_address}/32", "flowid", CONTROL_CLASS])
 
     def _attach(self, switch: str, ns: str, port: str, address: str) -> None:
         """A new namespace `ns` on the bridge's `port`, its end `gxnet` at `address`."""
@@ -333,18 +359,21 @@ class EmulatedCluster:
         _run(["ip", "-n", ns, "link", "set", RANK_IFNAME, "up"])
 
     def _shape(self, rank: int) -> None:
-        """htb on rank's egress: class 1:<peer+1> per destination, selected by a u32 filter."""
+        """htb on rank's egress: class 1:<peer+1> per destination, selected by a u32 filter;
+        with a network card rate, under one parent class 1:ff00 at that rate (each pair is
+        guaranteed an equal part of it and may borrow up to its own rate)."""
         tc = ["tc", "-n", self.namespace(rank)]
-        _run([*tc, "qdisc", "add", "dev", RANK_IFNAME, "root", "handle", "1:", "htb", "default", "0"])
-        for peer in range(self.size):
+        nic, parent = self.nic[rank], "1:"
+        if nic is None:
+            _run([*tc, "qdisc", "add", "dev", RANK_IFNAME, "root", "handle", "1:", "htb", "default", "0"])
+        else:
+            parent = _add_htb(tc, RANK_IFNAME, nic, default=0, classid=NIC_CLASS)
+        peers = [p for p in range(self.size) if p != rank and self.bandwidth[rank][p] is not None]
+        for peer in peers:
             rate, delay = self.bandwidth[rank][peer], self.latency[rank][peer]
-            if peer == rank or rate is None:
-                continue
             classid = f"1:{peer + 1:x}"
-            burst = max(MIN_BURST_BYTES, round(rate * BURST_S))
-            _run([*tc, "class", "add", "dev", RANK_IFNAME, "parent", "1:", "classid", classid,
-                  "htb", "rate", f"{round(rate * 8)}bit", "burst", str(burst), "cburst",
-                  str(burst), "quantum", str(MTU + 100)])
+            ceil = rate if nic is None else min(rate, nic)
+            _add_class(tc, RANK_IFNAME, parent, classid, ceil if nic is None else ceil / len(peers), ceil)
             if delay and self.netem_available:
                 _run([*tc, "qdisc", "add", "dev", RANK_IFNAME, "parent", classid, "handle",
                       f"{peer + 1:x}:", "netem", "delay", f"{round(delay * 1e6)}us"])
@@ -437,12 +466,33 @@ class EmulatedCluster:
             rows.append(f"  {k:<5}{self.names[k]:<14}{self.namespace(k):<18}{self.address(k):<12}"
                         f"{share:>10}{self.threads(k):>9}{cpu:>5}")
         rows += [f"  filler on cpu {cpu}: share {spare:.2f}" for cpu, spare in self._spare_per_cpu().items()]
+        rows += [f"  {self.names[k]}'s network card: {nic * 8 / 1e6:.1f} Mbit/s out and in, shared by its peers"
+                 for k, nic in enumerate(self.nic) if nic is not None]
         for i, j in itertools.permutations(range(self.size), 2):
             rate = self.bandwidth[i][j]
             if rate is not None:
                 rows.append(f"  {self.names[i]} -> {self.names[j]}: {rate * 8 / 1e6:.1f} Mbit/s, "
                             f"{self.latency[i][j] * 1e3:.3g} ms")
         return "\n".join(rows)
+
+
+CPU_MODES = ("auto", "weight", "quota")
+
+
+def cpus_for_mode(shares: Sequence[float | None], cpu_count: int, mode: str) -> list[int | None]:
+    """The CPU of each device under `mode`: "weight" pins every limited device to a CPU of its
+    own (an error when they do not fit), "quota" pins none, "auto" pins when they fit."""
+    if mode not in CPU_MODES:
+        raise UsageError(f"cpu mode {mode!r} is not one of {', '.join(CPU_MODES)}")
+    if mode == "quota":
+        return [None] * len(shares)
+    cpus = pin_to_cpus(shares, cpu_count)
+    limited = [share for share in shares if share is not None]
+    if mode == "weight" and limited and all(cpu is None for cpu in cpus):
+        raise UsageError(f"cpu mode 'weight' needs a CPU of its own for each of the {len(limited)} "
+                         f"devices with a share of at most 1 (shares {list(shares)}), and this "
+                         f"machine has {cpu_count} CPU(s); use cpu mode 'quota' (works anywhere)")
+    return cpus
 
 
 def pin_to_cpus(shares: Sequence[float | None], cpu_count: int) -> list[int | None]:
@@ -498,6 +548,28 @@ def _check_prerequisites() -> None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             raise EmulationUnavailable(f"`{tool}` (iproute2) is not installed")
+
+
+def _per_device(value: float | Sequence[float | None] | None, size: int, what: str) -> list[float | None]:
+    values = [value] * size if value is None or isinstance(value, (int, float)) else list(value)
+    if len(values) != size or any(v is not None and v <= 0 for v in values):
+        raise UsageError(f"{what} must be one positive number or one (or None) per device, got {value}")
+    return values
+
+
+def _add_htb(tc: list[str], dev: str, rate: float, default: int, classid: str = "1:1") -> str:
+    """An htb root on `dev` with one class at `rate` (unclassified traffic: class `default`,
+    0 = unshaped); returns the class id."""
+    _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", str(default)])
+    _add_class(tc, dev, "1:", classid, rate, rate)
+    return classid
+
+
+def _add_class(tc: list[str], dev: str, parent: str, classid: str, rate: float, ceil: float) -> None:
+    burst = max(MIN_BURST_BYTES, round(ceil * BURST_S))
+    _run([*tc, "class", "add", "dev", dev, "parent", parent, "classid", classid, "htb",
+          "rate", f"{round(rate * 8)}bit", "ceil", f"{round(ceil * 8)}bit", "burst", str(burst),
+          "cburst", str(burst), "quantum", str(MTU + 100)])
 
 
 def _run(argv: list[str]) -> str:

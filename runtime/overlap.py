@@ -44,6 +44,19 @@ def _token_dim(x: torch.Tensor, dim: int) -> int:
     return dim
 
 
+def linear_into(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """rows[...] = F.linear(x, weight, bias), written in place when `rows` is contiguous (a token
+    range of a batch-1 output), saving the copy of a temporary (the same addmm F.linear runs)."""
+    if not rows.is_contiguous() or not x.is_contiguous() or x.dtype != rows.dtype:
+        rows.copy_(F.linear(x, weight, bias))
+        return
+    flat_x, flat_rows = x.view(-1, x.shape[-1]), rows.view(-1, rows.shape[-1])
+    if bias is None:
+        torch.mm(flat_x, weight.t(), out=flat_rows)
+    else:
+        torch.addmm(bias, flat_x, weight.t(), out=flat_rows)
+
+
 @timed("all_gather_linear")
 def all_gather_linear(x_local: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       tokens_per_rank: Sequence[int], ring: Ring, tiles: int = 1, dim: int = 1,
@@ -95,7 +108,7 @@ def all_gather_linear(x_local: torch.Tensor, weight: torch.Tensor, bias: torch.T
             if step < n - 1:
                 sends.append(isend(piece, ring.next_rank, ring, step * tiles + t,
                                    f"all_gather_linear step {step} tile {t}"))
-            out.narrow(dim, start, length).copy_(F.linear(piece.to(x_local.dtype), weight, bias))
+            linear_into(out.narrow(dim, start, length), piece.to(x_local.dtype), weight, bias)
     for transfer in sends:
         transfer.wait()
     return out

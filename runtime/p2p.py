@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from . import linkdelay
+from . import linkdelay, timing
 from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
 
@@ -56,6 +56,8 @@ class Transfer:
             raise _translate(exc, self.verb, self.peer, self.what, self.ring) from exc
         if done is False:  # some torch versions report a timeout by returning False
             raise _timeout(self.verb, self.peer, self.what, self.ring)
+        if timing.ENABLED:
+            timing.record_wait(time.monotonic() - started)
         return self.tensor
 
 

@@ -1,7 +1,9 @@
 """Where a rank's time goes: wall time spent inside each collective, per forward.
 
 Off unless GALAXY_PROFILE=1 (then entry.py logs one line per run on every rank). The fused
-overlap functions include the GEMMs they hide transfers behind.
+overlap functions include the GEMMs they hide transfers behind; the time spent blocked in
+waits for peers (p2p.Transfer.wait) is counted apart, as `waiting on peers`: it is the
+communication a plan failed to hide, whatever the collective.
 """
 from __future__ import annotations
 
@@ -12,6 +14,18 @@ from typing import Callable
 
 ENABLED = os.environ.get("GALAXY_PROFILE") == "1"
 _totals: dict[str, list[float]] = {}  # collective -> [seconds, calls]
+WAITING = "(waiting on peers)"  # inside the collectives, so not added to them
+
+
+def record_wait(seconds: float) -> None:
+    """A wait on a peer that blocked this long (called by p2p.Transfer.wait when ENABLED)."""
+    _add(WAITING, seconds)
+
+
+def _add(name: str, seconds: float) -> None:
+    entry = _totals.setdefault(name, [0.0, 0])
+    entry[0] += seconds
+    entry[1] += 1
 
 
 def accumulating(fn: Callable, record: Callable[[float], None]) -> Callable:
@@ -30,12 +44,7 @@ def timed(name: str):
     def decorate(fn):
         if not ENABLED:
             return fn
-
-        def record(seconds: float) -> None:
-            entry = _totals.setdefault(name, [0.0, 0])
-            entry[0] += seconds
-            entry[1] += 1
-        return accumulating(fn, record)
+        return accumulating(fn, lambda seconds: _add(name, seconds))
     return decorate
 
 
@@ -47,6 +56,11 @@ def take() -> dict[str, tuple[float, int]]:
 
 
 def describe(totals: dict[str, tuple[float, int]], run_s: float) -> str:
-    inside = sum(s for s, _ in totals.values())
-    parts = ", ".join(f"{name} {calls}x {1e3 * s:.1f} ms" for name, (s, calls) in totals.items())
-    return f"{1e3 * run_s:.1f} ms, of which {1e3 * inside:.1f} ms in collectives ({parts})"
+    collectives = {name: value for name, value in totals.items() if name != WAITING}
+    inside = sum(s for s, _ in collectives.values())
+    parts = ", ".join(f"{name} {calls}x {1e3 * s:.1f} ms" for name, (s, calls) in collectives.items())
+    text = f"{1e3 * run_s:.1f} ms, of which {1e3 * inside:.1f} ms in collectives ({parts})"
+    if WAITING in totals:
+        seconds, waits = totals[WAITING]
+        text += f"; {1e3 * seconds:.1f} ms of it waiting on peers ({waits} waits)"
+    return text

@@ -25,7 +25,7 @@ BANDWIDTH_TOLERANCE = 0.25  # observed rate within 25% of the set rate
 
 SINK = textwrap.dedent("""
     import socket, sys, time
-    server = socket.create_server((sys.argv[1], 5001))
+    server = socket.create_server((sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5001))
     server.settimeout(20)
     conn, _ = server.accept()
     start, total = time.perf_counter(), 0  # the source sends as soon as it is connected
@@ -41,7 +41,7 @@ SOURCE = textwrap.dedent("""
     import socket, sys, time
     for _ in range(200):
         try:
-            sock = socket.create_connection((sys.argv[1], 5001), timeout=20)
+            sock = socket.create_connection((sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 5001), timeout=20)
             break
         except OSError:
             time.sleep(0.02)
@@ -187,11 +187,53 @@ def test_shaped_bandwidth_per_pair_is_within_25_percent_of_the_set_rate():
     assert abs(slow / (20 * MBIT) - 1) < BANDWIDTH_TOLERANCE, f"{slow / MBIT:.1f} Mbit/s"
 
 
+def _concurrent_rates(emu: EmulatedCluster, pairs: list[tuple[int, int]], nbytes: int) -> list[float]:
+    """Bytes/s of each (src, dst) transfer, all started at once (sink ports 5001, 5002, ...)."""
+    sinks = [_in_rank(emu, dst, SINK, emu.address(dst), str(5001 + i)) for i, (_, dst) in enumerate(pairs)]
+    sources = [_in_rank(emu, src, SOURCE, emu.address(dst), str(nbytes), str(5001 + i))
+               for i, (src, dst) in enumerate(pairs)]
+    try:
+        assert all(source.wait(timeout=30) == 0 for source in sources)
+        return [float(sink.communicate(timeout=30)[0]) for sink in sinks]
+    finally:
+        for proc in sinks + sources:
+            proc.kill()
+            proc.wait()
+
+
+@needs_emulation
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("shared_nic", [False, True])
+def test_a_network_card_is_shared_by_its_transfers_only_when_asked(shared_nic):
+    """Per pair: every pair its full rate at once. Shared card: two transfers into one device,
+    or out of one device, get half each (2 MB at 100 Mbit/s: ~0.16 s alone)."""
+    nic = 100 * MBIT if shared_nic else None
+    with EmulatedCluster([None] * 3, 100 * MBIT, nic_bytes_per_s=nic) as emu:
+        fan_in = _concurrent_rates(emu, [(1, 0), (2, 0)], 2_000_000)
+        fan_out = _concurrent_rates(emu, [(0, 1), (0, 2)], 2_000_000)
+    expected = 50 * MBIT if shared_nic else 100 * MBIT
+    for rate in fan_in + fan_out:
+        assert abs(rate / expected - 1) < BANDWIDTH_TOLERANCE, [r / MBIT for r in fan_in + fan_out]
+
+
 def test_a_cpu_each_or_quotas():
     assert emulate.pin_to_cpus([1.0, 0.5], 2) == [0, 1]
     assert emulate.pin_to_cpus([None, 0.5], 1) == [None, 0]
     assert emulate.pin_to_cpus([1.0, 0.5, 0.25], 2) == [None] * 3  # sharing a CPU: quotas
     assert emulate.pin_to_cpus([1.5], 2) == [None]  # more than a CPU: a quota over several
+
+
+def test_cpu_mode_forces_quotas_or_weights_and_says_when_weights_cannot_be():
+    assert emulate.cpus_for_mode([1.0, 0.5], 2, "quota") == [None, None]
+    assert emulate.cpus_for_mode([1.0, 0.5], 2, "weight") == emulate.cpus_for_mode([1.0, 0.5], 2, "auto") == [0, 1]
+    assert emulate.cpus_for_mode([0.8, 0.4, 0.4], 2, "auto") == [None] * 3
+    with pytest.raises(launcher.UsageError, match="needs a CPU of its own.*use cpu mode 'quota'"):
+        emulate.cpus_for_mode([0.8, 0.4, 0.4], 2, "weight")
+    with pytest.raises(launcher.UsageError, match="not one of auto, weight, quota"):
+        EmulatedCluster([1.0], cpu_mode="shares")
+    assert not EmulatedCluster.from_cluster_json(CLUSTER, ["dev0", "dev1"], cpu_mode="quota").pinned
+    assert EmulatedCluster.from_cluster_json(CLUSTER, ["dev0", "dev1"], shared_nic=True).nic == [100 * MBIT] * 2
+    assert EmulatedCluster.from_cluster_json(CLUSTER, ["dev0", "dev1"]).nic == [None, None]
 
 
 def _busy_together(emu: EmulatedCluster) -> list[tuple[int, float]]:
