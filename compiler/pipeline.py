@@ -53,6 +53,7 @@ class CompileResult:
     bundle_dir: Path | None
     wire_error: dict[str, float]  # expected max abs error of each output ({} for a float32 wire)
     generation: Generation | None = None  # a generation bundle's decode plan and predictions
+    decode_summary: ModelSummary | None = None  # the one-token capture the decode plan was priced on
 
 
 def compile_model(source: str, options: CompileOptions = CompileOptions()) -> CompileResult:
@@ -105,10 +106,10 @@ def compile_for_generation(source: str, options: CompileOptions, cluster: Cluste
     generation = plan_generation(plan, summary, decode[2], cluster, options.max_len, model, options.decode)
     wire_error = expected_wire_error(captured, graph, plan)
     if options.plan_only or options.out_dir is None:
-        return CompileResult(plan, summary, cluster, graph, None, wire_error, generation)
+        return CompileResult(plan, summary, cluster, graph, None, wire_error, generation, decode[2])
     bundle = write_generation_bundle(options.out_dir, plan, generation, prefill, decode, model_label(source),
                                      cluster, wire_error)
-    return CompileResult(plan, summary, cluster, graph, bundle, wire_error, generation)
+    return CompileResult(plan, summary, cluster, graph, bundle, wire_error, generation, decode[2])
 
 
 Captured = tuple[CapturedModel, TransformerGraph, ModelSummary]
@@ -144,9 +145,10 @@ def write_generation_bundle(out_dir: str | Path, plan: Plan, generation: Generat
     for lowered in decode_ranks:
         weights[lowered.program.rank] = with_decode_weights(weights[lowered.program.rank], lowered.weights)
     log.info("[6/6] writing the bundle to %s", out_dir)
-    document = PlanDocument(plan, summary, cluster, wire_error=wire_error).to_json() | {
+    document = PlanDocument(plan, summary, cluster, wire_error=wire_error, generation=generation,
+                            decode_summary=decode[2]).to_json() | {
         "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source,
-        "wire_dtype": plan.wire_dtype, "generation": generation.to_json(), "decode_model": decode[2].to_json()}
+        "wire_dtype": plan.wire_dtype}
     return write_bundle(out_dir, document, {r.program.rank: render_rank(r.program) for r in prefill_ranks},
                         weights, captured.example_inputs, captured.reference_outputs,
                         decode_sources={r.program.rank: render_rank(r.program) for r in decode_ranks})

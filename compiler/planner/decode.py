@@ -74,15 +74,16 @@ def plan_generation(prefill: Plan, summary: ModelSummary, decode_summary: ModelS
               if p is not None]
     priced = [_with_memory(p, prefill, summary, decode_summary, prefill_table, table, max_len) for p in priced]
     fitting = [p for p in priced if not p.shortfall]
-    if layout is not None:
-        fitting = [p for p in fitting if p.layout == layout]
-        if not fitting:
-            raise GenerationError(_not_possible(layout, priced, max_len))
     if not fitting:
         raise GenerationError(_no_fit(priced, max_len))
     new_tokens = max(1, max_len - length)
     order = {"keep": 0, "single": 1, "pipeline": 2}
-    chosen = min(fitting, key=lambda p: (round(p.request_s(new_tokens), 12), order[p.layout]))
+    best = min(fitting, key=lambda p: (round(p.request_s(new_tokens), 12), order[p.layout]))
+    chosen = best
+    if layout is not None:
+        chosen = next((p for p in fitting if p.layout == layout), None)
+        if chosen is None:
+            raise GenerationError(_not_possible(layout, priced, max_len))
     ttft = _time_to_first_token(prefill, prefill_table, table) + chosen.handoff_s
     log.info("decode: %s, predicted %.2f ms per token, time to first token %.1f ms", chosen.layout,
              chosen.s_per_token * 1e3, ttft * 1e3)
@@ -96,7 +97,7 @@ def plan_generation(prefill: Plan, summary: ModelSummary, decode_summary: ModelS
         prefill_caches=tuple(cache_layout(prefill, r, summary) for r in range(prefill.world_size)),
         decode_caches=tuple(cache_layout(chosen.plan, r, summary) for r in range(prefill.world_size)),
         candidates=tuple(_candidate(p) for p in [chosen] + [p for p in priced if p is not chosen]),
-        notes=tuple(explain(chosen, priced, table, new_tokens)),
+        notes=tuple(explain(chosen, priced, table, new_tokens, best)),
         eos_token_id=model.eos_token_id, vocab_size=model.vocab_size)
 
 
@@ -294,8 +295,10 @@ def _devices(p: _Priced) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names)})"
 
 
-def explain(chosen: _Priced, priced: list[_Priced], table: CostTable, tokens: int) -> list[str]:
-    """Why the decode layout won: its time per token and what made up the others'."""
+def explain(chosen: _Priced, priced: list[_Priced], table: CostTable, tokens: int,
+            best: _Priced | None = None) -> list[str]:
+    """Why the decode layout won: its time per token and what made up the others'. `best`: the
+    planner's own choice when `chosen` was forced (galaxy-compile --decode)."""
     compute, link, messages = _split(chosen.plan)
     notes = [f"decode: {LAYOUT_WORDS[chosen.layout]} on {_devices(chosen)}, predicted "
              f"{fmt_s(chosen.s_per_token)} per token ({fmt_s(compute)} compute, {fmt_s(link)} link time over "
@@ -313,7 +316,11 @@ def explain(chosen: _Priced, priced: list[_Priced], table: CostTable, tokens: in
         notes.append(f"not {p.layout} ({_devices(p)}): {fmt_s(p.s_per_token)} per token ({fmt_s(c)} compute, "
                      f"{fmt_s(l)} link time over {m} collectives)"
                      + (f", {fmt_s(p.handoff_s)} to move the cache" if p.handoff_s else ""))
-    notes.append(_why(chosen, by_layout))
+    if best is not None and best is not chosen:
+        notes.append(f"why {chosen.layout}: asked for (--decode {chosen.layout}); the planner would choose "
+                     f"{best.layout} ({fmt_s(best.s_per_token)} per token against {fmt_s(chosen.s_per_token)})")
+    else:
+        notes.append(_why(chosen, by_layout))
     return notes
 
 
@@ -324,9 +331,14 @@ def _why(chosen: _Priced, by_layout: dict[str, _Priced]) -> str:
             return ("why one device: the prefill holds every head on every rank (sequence parallelism only), "
                     "so there is no head split to keep, and one device beats a pipeline of whole layers")
         c, l, m = _split(keep.plan)
-        return (f"why one device: tensor parallelism would cut a step's compute to {fmt_s(c)} but add "
-                f"{fmt_s(l)} of link time for its {m} collectives a step (one token makes each a few KB, so "
-                "each costs the link latency), more than it saves")
+        c_single = _split(chosen.plan)[0]
+        if c >= c_single:
+            return (f"why one device: tensor parallelism would not even cut a step's compute ({fmt_s(c)} against "
+                    f"{fmt_s(c_single)}: the slowest device's share and each block's fixed cost bound it) and "
+                    f"adds {fmt_s(l)} of link time for its {m} collectives a step")
+        return (f"why one device: tensor parallelism would cut a step's compute from {fmt_s(c_single)} to "
+                f"{fmt_s(c)} but add {fmt_s(l)} of link time for its {m} collectives a step (one token makes "
+                "each a few KB, so each costs the link latency), more than it saves")
     if chosen.layout == "keep":
         if single is None:
             return "why: the prefill runs on one device; decode keeps it"
@@ -336,8 +348,9 @@ def _why(chosen: _Priced, by_layout: dict[str, _Priced]) -> str:
         c_single, _, _ = _split(single.plan)
         c, l, _ = _split(chosen.plan)
         return (f"why tensor parallelism: splitting each step's weight reads over {_devices(chosen)} cuts its compute "
-                f"from {fmt_s(c_single)} on {_devices(single)} alone to {fmt_s(c)}, more than its all-reduces cost "
-                f"({fmt_s(l)})")
+                f"from {fmt_s(c_single)} on {_devices(single)} alone to {fmt_s(c)}, and its all-reduces cost "
+                f"{fmt_s(l)}: {fmt_s(chosen.s_per_token)} per token against {fmt_s(single.s_per_token)} "
+                f"(plus {fmt_s(single.handoff_s)} once to move the cache)")
     hops = len(chosen.plan.stages)
     reasons = []
     if single is not None and single.shortfall:
