@@ -10,6 +10,8 @@ from galaxy.compiler.capture.load import load_model
 from galaxy.compiler.capture.trace import CapturedModel, capture
 from galaxy.compiler.codegen.bundle import check_output_dir, write_bundle
 from galaxy.compiler.codegen.render import render_rank
+from galaxy.compiler.cost.memory import cache_bytes_per_group
+from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.cluster_file import default_cluster_path, load_cluster
 from galaxy.compiler.ir.generation import Generation
@@ -23,6 +25,7 @@ from galaxy.compiler.passes.summarise import summarise
 from galaxy.compiler.passes.wire_error import expected_wire_error
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.decode import plan_generation
+from galaxy.compiler.planner.explain import fmt_bytes
 from galaxy.compiler.report.document import PlanDocument
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,13 @@ def compile_for_generation(source: str, options: CompileOptions, cluster: Cluste
     prefill, decode, model = capture_for_generation(source, options.size, options.seq_len, options.capture)
     captured, graph, summary = prefill
     log.info("[4/6] planning the prefill and the decode steps for %s", cluster.name)
-    plan = _plan(summary, cluster, options)
+    try:
+        plan = _plan(summary, cluster, options)
+    except InfeasiblePlanError as exc:
+        cache = summary.n_layers * summary.kv_heads * cache_bytes_per_group(summary, options.max_len)
+        raise InfeasiblePlanError(f"{exc}; that counts a key/value cache of {options.max_len} tokens "
+                                  f"({fmt_bytes(cache)} in all, --max-len): compile with a smaller --max-len, "
+                                  "or for a cluster with more memory", exc.shortfall_bytes_by_device) from exc
     generation = plan_generation(plan, summary, decode[2], cluster, options.max_len, model, options.decode)
     wire_error = expected_wire_error(captured, graph, plan)
     if options.plan_only or options.out_dir is None:

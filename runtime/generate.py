@@ -106,6 +106,46 @@ def check_request(request: GenerationRequest, generation: dict) -> None:
         raise UsageError(f"prompt token ids must be in 0..{vocab - 1} (the model's vocabulary)")
 
 
+# --- requests and results as tensors (galaxy-serve's control frames carry tensors) -------------
+
+def request_tensors(request: GenerationRequest) -> dict[str, torch.Tensor]:
+    """`request` as the tensors of a serving `run` frame (request_from_tensors reads them back)."""
+    return {"prompt_ids": torch.tensor(request.prompt_ids, dtype=torch.int64),
+            "settings": torch.tensor([request.max_new_tokens, request.top_k, request.seed, int(request.stop_at_eos)],
+                                     dtype=torch.int64),
+            "temperature": torch.tensor([request.temperature], dtype=torch.float64)}
+
+
+def request_from_tensors(tensors: dict[str, torch.Tensor]) -> GenerationRequest:
+    max_new, top_k, seed, stop = (int(v) for v in tensors["settings"].tolist())
+    return GenerationRequest(tuple(int(t) for t in tensors["prompt_ids"].tolist()), max_new,
+                             float(tensors["temperature"][0]), top_k, seed, bool(stop))
+
+
+def result_tensors(result: GenerationResult) -> dict[str, torch.Tensor]:
+    return {"new_token_ids": torch.tensor(result.new_token_ids, dtype=torch.int64),
+            "ttft_s": torch.tensor([result.ttft_s], dtype=torch.float64),
+            "tbt_s": torch.tensor(result.tbt_s, dtype=torch.float64),
+            "counts": torch.tensor([result.prompt_tokens, int(result.stopped_at_eos)], dtype=torch.int64)}
+
+
+def result_from_tensors(tensors: dict[str, torch.Tensor]) -> GenerationResult:
+    prompt_tokens, stopped = (int(v) for v in tensors["counts"].tolist())
+    return GenerationResult([int(t) for t in tensors["new_token_ids"].tolist()], float(tensors["ttft_s"][0]),
+                            [float(t) for t in tensors["tbt_s"].tolist()], prompt_tokens, bool(stopped))
+
+
+def serving_stream(state: "GenerationRank") -> Callable:
+    """A serving rank's `stream` for a generation bundle: each request's tensors (every rank gets
+    them) -> one generation; rank 0 yields its result as tensors, the others None."""
+    def stream(requests, weights, ctx):
+        for tensors in requests:
+            request = request_from_tensors(tensors)  # checked by galaxy-serve, again by generate on rank 0
+            result = generate(state, request if ctx.rank == 0 else None, ctx)
+            yield result_tensors(result) if result is not None else None
+    return stream
+
+
 # --- a rank's state: its two programs, their weights and caches --------------------------------
 
 @dataclass

@@ -7,7 +7,9 @@ serves, then follows control words:
     join  {epoch, bundle_dir, rank, master, nonce}   load that bundle's module and weights if
           they are not the ones in memory, answer `loaded` (rank 0: with the port of its new
           store), wait for `go`, join a fresh gloo group (store prefix = the epoch), say `joined`
-    run   {epoch, id} + inputs                       one request (several may follow at once)
+    run   {epoch, id} + inputs                       one request (several may follow at once); for a
+                                                     generation bundle, a prompt and its sampling
+                                                     settings (runtime/generate.py request_tensors)
     end   {epoch}                                    no more queued: finish what is started
     stop                                             leave the group and exit 0
 
@@ -42,7 +44,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import auth, bundle, control, rendezvous
+from . import auth, bundle, control, generate, rendezvous
 from .blocks import BlockClock
 from .context import make_context
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
@@ -66,6 +68,7 @@ class LoadedPlan:
     forward: Callable
     stream: Callable | None
     weights: dict
+    generation: generate.GenerationRank | None = None  # a generation bundle's programs and caches
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -87,8 +90,10 @@ def load_rank(bundle_dir: Path, rank: int, clock: BlockClock, module=None) -> Lo
     weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
     log.info("rank %d (%s): %d weight tensors from %s", rank, plan["plan"]["devices"][rank], len(weights),
              bundle_dir)
+    generation = (generate.load_generation_rank(rank, plan, bundle_dir, module, weights)
+                  if generate.is_generation_bundle(plan) else None)
     return LoadedPlan(bundle_dir, rank, plan, auth.plan_digest(bundle_dir), module.forward,
-                      getattr(module, "stream", None), weights)
+                      getattr(module, "stream", None), weights, generation)
 
 
 def _import_rank_module(bundle_dir: Path, rank: int):
@@ -337,7 +342,10 @@ class _Rank:
                     return
                 message = self.session.next()
 
-        stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
+        if self.plan.generation is not None:  # a generation bundle: each request is a prompt to generate from
+            stream = generate.serving_stream(self.plan.generation)
+        else:
+            stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
         request_id = None
         try:
             with torch.inference_mode():
