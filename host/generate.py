@@ -33,6 +33,7 @@ from typing import Mapping
 
 from galaxy.host.launcher import _log_line, supervise, with_token
 from galaxy.host.processes import OnLine, child_env, cli_exit_code
+from galaxy.host.tokenizer import Tokenizer
 from galaxy.runtime import bundle, rendezvous
 from galaxy.runtime.errors import UsageError
 from galaxy.runtime.generate import GenerationRequest, check_request
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
 
     def run() -> int:
-        tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+        tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
         prompt = _prompt_ids(args, tokenizer)
         request = GenerationRequest(tuple(prompt), args.max_new_tokens, args.temperature, args.top_k, args.seed,
                                     not args.ignore_eos)
@@ -196,19 +197,7 @@ def _prompt_ids(args: argparse.Namespace, tokenizer) -> list[int]:
             return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError as exc:
             raise UsageError(f"--prompt-ids {args.prompt_ids!r}: give comma-separated token ids, e.g. 1,2,3") from exc
-    return list(tokenizer(args.prompt)["input_ids"])
-
-
-def _tokenizer(folder: str):
-    """The tokenizer of a local checkpoint folder (never downloaded)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--tokenizer {folder}: no tokenizer there ({str(exc).splitlines()[0]}); give a local "
-                         "checkpoint folder with tokenizer.json or its tokenizer files") from exc
+    return tokenizer.encode(args.prompt)
 
 
 def _cluster_json(path: str) -> dict:

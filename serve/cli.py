@@ -32,7 +32,7 @@ from galaxy.runtime.errors import UsageError
 
 from .bundles import HostBundle
 from .coordinator import Coordinator, ServiceUnavailable
-from .generation import Tokenizer
+from galaxy.host.tokenizer import Tokenizer
 
 log = logging.getLogger("galaxy.serve")
 EXIT_OK = 0

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping
 
+from galaxy.host.tokenizer import Tokenizer
 from galaxy.runtime.errors import UsageError
 from galaxy.runtime.generate import GenerationRequest, GenerationResult, check_request
 
@@ -36,30 +36,6 @@ _ONLY_DEFAULT = {"stream": False, "n": 1, "best_of": 1, "echo": False, "logprobs
                  "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None}
 _ACCEPTED = {"model", "prompt", "max_tokens", "temperature", "top_k", "seed", "user", "stop", "top_p"}
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    """A Hugging Face tokenizer loaded from a local folder (never downloaded)."""
-
-    hf: Any
-
-    @classmethod
-    def load(cls, folder: str) -> "Tokenizer":
-        import os
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        from transformers import AutoTokenizer
-        try:
-            return cls(AutoTokenizer.from_pretrained(folder, local_files_only=True))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--tokenizer {folder}: no tokenizer there ({str(exc).splitlines()[0]}); give a local "
-                             "checkpoint folder with tokenizer.json or its tokenizer files") from exc
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.hf(text)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(ids)
 
 
 def generate_request(body: Any, generation: Mapping, tokenizer: Tokenizer | None) -> GenerationRequest:

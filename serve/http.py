@@ -30,8 +30,9 @@ from galaxy.runtime.generate import request_tensors, result_from_tensors
 
 from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
-from .generation import (Tokenizer, completions_request, completions_response, generate_request,
-                         generate_response)
+from galaxy.host.tokenizer import Tokenizer
+
+from .generation import completions_request, completions_response, generate_request, generate_response
 from .coordinator import Coordinator, RequestFailed, RequestTimeout, ServiceUnavailable
 
 _STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
