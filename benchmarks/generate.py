@@ -16,7 +16,12 @@ Variants (each a prefill plan and a decode layout, compiled for the cluster at t
     pipeline  whole layers per device in proportion to speed, for both phases (Jupiter-style)
 
 Clusters are clusters/NAME.toml; NAME:MIB gives each device MIB MiB, so that the model does not
-fit on one device (the planner counts memory; the emulator does not enforce it).
+fit on one device (the planner counts memory; the emulator does not enforce it). The devices'
+rates are calibrated: one core of this machine is measured at the model's shapes (GEMM, SDPA,
+GEMV, dispatch: compiler/profile/device.py) and each device gets that times its CPU share, what
+the emulator gives it, and where the emulator must use CPU quotas (more devices than cores) the
+planner's links get the 2 ms per message a quota costs (docs/EMULATION.md), as the cluster files
+do; --no-calibrate plans with the files' nominal GFLOP/s and the grid's latency alone.
 
 Models: `llama:tiny` is models/llama.py's tiny size; `llama:small` is a Llama-architecture
 config of about 110 M parameters (GQA 12/4 heads, 12 layers, hidden 768, vocab 32000, random
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -59,6 +65,7 @@ from galaxy.runtime.generate import GenerationRequest
 log = logging.getLogger("benchmarks.generate")
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("galaxy", "fastest", "even-tp", "pipeline")
+QUOTA_STEP_MS = 2.0  # the emulator's effective per-message wait under CPU quotas (docs/EMULATION.md)
 SMALL_LLAMA = {  # ~110 M parameters, Llama 3 architecture (GQA, RoPE, RMSNorm, gated MLP)
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 768, "num_hidden_layers": 12,
     "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 2048, "vocab_size": 32000,
@@ -85,6 +92,29 @@ def cluster_of(spec: str) -> Cluster:
         cluster = replace(cluster, name=spec, devices=tuple(replace(d, mem_bytes=int(float(mib) * 2**20))
                                                             for d in cluster.devices))
     return cluster
+
+
+def calibrated(cluster: Cluster, rates) -> Cluster:
+    """`cluster` with each device's rates measured on this machine's core (galaxy-profile's
+    measurements, one thread) times its CPU share: what the emulated device really runs at, so the
+    planner's predictions and choices are about the devices measured here."""
+    return replace(cluster, name=f"{cluster.name}+calibrated", devices=tuple(replace(
+        d, flops_per_s=rates.flops_per_s * d.cpu_share, attention_flops_per_s=rates.attention_flops_per_s * d.cpu_share,
+        gemv_bytes_per_s=rates.gemv_bytes_per_s * d.cpu_share, dispatch_s_per_op=rates.dispatch_s_per_op / d.cpu_share)
+        for d in cluster.devices))
+
+
+def measure_core(summary):
+    """One core's GEMM, SDPA, GEMV and dispatch rates at the model's layer shapes."""
+    from galaxy.compiler.profile.device import Method, Shapes, measure_device
+
+    shapes = Shapes(f"{summary.name}, {summary.seq_len} tokens", summary.batch, summary.seq_len, summary.hidden,
+                    summary.heads, summary.kv_heads, summary.head_dim, summary.intermediate, summary.gated_mlp)
+    rates = measure_device(shapes, Method(repeats=5, warmup=2, min_repeat_s=0.05), threads=1)
+    log.info("one core: GEMM %.0f GFLOP/s, SDPA %.0f GFLOP/s, GEMV %.1f GB/s, dispatch %.1f us/op",
+             rates.flops_per_s / 1e9, rates.attention_flops_per_s / 1e9, rates.gemv_bytes_per_s / 1e9,
+             rates.dispatch_s_per_op * 1e6)
+    return rates
 
 
 def networks(args) -> list[tuple[float, float]]:
@@ -155,23 +185,33 @@ def run_grid(args) -> list[dict]:
             prompt = tuple(torch.randint(3, lm.vocab_size, (prompt_len,),
                                          generator=torch.Generator().manual_seed(0)).tolist())
             request = GenerationRequest(prompt, args.new_tokens, stop_at_eos=False)
+            rates = measure_core(prefill[2]) if args.calibrate else None
             for cluster_name in args.clusters.split(","):
                 base = cluster_of(cluster_name)
+                if rates is not None:
+                    base = calibrated(base, rates)
                 bundles: dict[str, Path] = {}
                 alone: dict | None = None  # the fastest device alone sends nothing: measured once per cluster
+                # Under CPU quotas (more devices than cores) a message that reaches a throttled device
+                # waits for its next period: the cluster files charge that as 2 ms a step
+                # (docs/EMULATION.md, "Effective per-step latency"); the emulated links do not get it.
+                quota_ms = QUOTA_STEP_MS if args.calibrate and len(base.devices) > (os.cpu_count() or 1) else 0.0
                 for mbit, latency_ms in networks(args):
-                    cluster = at_network(base, mbit, latency_ms)
+                    emulated = at_network(base, mbit, latency_ms)
+                    cluster = replace(at_network(base, mbit, latency_ms + quota_ms), name=emulated.name)
                     tokens_by_variant = {}
                     for variant in args.variants.split(","):
                         row = {"model": spec, "cluster": cluster_name, "devices": len(base.devices),
+                               "gflops": [round(d.flops_per_s / 1e9, 1) for d in base.devices],
                                "mbit": mbit, "latency_ms": latency_ms, "variant": variant,
                                "prompt_tokens": prompt_len, "new_tokens": args.new_tokens}
                         try:
                             if variant == "fastest" and alone is not None:
                                 row.update({**alone, "measured_at": "the first network (no link used)"})
                             else:
-                                row.update(_one(variant, prefill, decode, lm, cluster, max_len, source, bundles,
-                                                scratch, request, args))
+                                row.update(_one(variant, prefill, decode, lm, cluster, emulated, max_len, source,
+                                                bundles, scratch, request, args))
+                                row["planned_latency_ms"] = latency_ms + quota_ms
                                 if variant == "fastest" and row["prefill_devices"] == 1 and \
                                         row["decode_layout"] == "keep":
                                     alone = {k: v for k, v in row.items() if k not in
@@ -191,7 +231,9 @@ def run_grid(args) -> list[dict]:
     return rows
 
 
-def _one(variant, prefill, decode, lm, cluster, max_len, source, bundles, scratch, request, args) -> dict:
+def _one(variant, prefill, decode, lm, cluster, emulated, max_len, source, bundles, scratch, request, args) -> dict:
+    """Plan `variant` for `cluster`, compile it (or reuse a bundle of the same plans), run it on the
+    emulated devices of `emulated` (the same devices; links without the quota term)."""
     captured, graph, summary = prefill
     plan = prefill_plan(variant, summary, cluster, max_len)
     generation = plan_generation(plan, summary, decode[2], cluster, max_len, lm, DECODE[variant])
@@ -200,7 +242,7 @@ def _one(variant, prefill, decode, lm, cluster, max_len, source, bundles, scratc
         out = scratch / f"bundle-{len(bundles)}"
         write_generation_bundle(out, plan, generation, prefill, decode, model_label(source), cluster, {})
         bundles[key] = out
-    cluster_json = cluster.to_json()
+    cluster_json = emulated.to_json()
     generated = generate_emulated(bundles[key], request, cluster=cluster_json, repeat=args.repeat, warmup=1,
                                   timeout_s=args.timeout)
     used = sorted({plan.devices[r] for s in generation.decode.stages for r in s.ranks})
@@ -218,6 +260,11 @@ def _one(variant, prefill, decode, lm, cluster, max_len, source, bundles, scratc
 
 def markdown(rows: list[dict], args) -> str:
     lines = ["# Generation on the emulated cluster", "",
+             "Device rates: " + ("one core of this machine measured at the model's shapes, times each device's "
+                                 "CPU share (GFLOP/s per device in results.json); with more devices than cores "
+                                 f"(CPU quotas) the planner also charges {QUOTA_STEP_MS:g} ms a message"
+                                 if args.calibrate else
+                                 "the cluster files' nominal GFLOP/s (--no-calibrate)") + ".", "",
              f"Prompt {args.prompt} tokens (tiny: at most 64), {args.new_tokens} new tokens, greedy; medians of "
              f"{args.repeat} runs after one warm-up; TTFT = time to first token, TBT = median time between "
              "tokens, in ms. `x fastest` = the fastest device alone's time / Galaxy's (above 1: Galaxy is "
@@ -295,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--new-tokens", type=int, default=16)
     cli.add_argument("--repeat", type=int, default=3)
     cli.add_argument("--timeout", type=float, default=300.0, help="a rank gives up on a peer after S seconds")
+    cli.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                     help="plan with the cluster files' rates as written (default: measure this machine's core "
+                          "and give each device that times its CPU share)")
     cli.add_argument("--scratch", default=None, help="folder for the bundles (default: the system's temp)")
     cli.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "generate")
     args = cli.parse_args(argv)
