@@ -29,6 +29,13 @@ LAYOUT_WORDS = {
 }
 
 
+def layout_words(layout: str, devices: int) -> str:
+    """The layout in words; `keep` on one device is the prefill's device, not tensor parallelism."""
+    if layout == "keep" and devices == 1:
+        return "the prefill's one device (the cache stays put)"
+    return LAYOUT_WORDS[layout]
+
+
 @dataclass(frozen=True)
 class DecodeCandidate:
     """One decode layout the planner priced."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from galaxy.compiler.cost.decode import GenerationMemory, generation_memory
 from galaxy.compiler.cost.latency import block_s
 from galaxy.compiler.cost.memory import plan_memory_bytes
-from galaxy.compiler.ir.generation import LAYOUT_WORDS, Generation
+from galaxy.compiler.ir.generation import Generation, layout_words
 from galaxy.compiler.ir.plan import BlockTime, Plan, StageSplit
 from galaxy.compiler.report.document import PlanDocument
 from galaxy.compiler.report.text import gib, ms, ms_decimals, table
@@ -42,7 +42,7 @@ def generation_summary_lines(g: Generation) -> list[str]:
             f"predicted time to first token {ms(g.predicted_ttft_s, ms_decimals(g.predicted_ttft_s))} ms, "
             f"time per token {ms(g.predicted_tbt_s, ms_decimals(g.predicted_tbt_s))} ms "
             f"(at a context of {g.context_tokens} tokens)",
-            f"decode: {g.layout}, {LAYOUT_WORDS[g.layout]}"
+            f"decode: {g.layout}, {layout_words(g.layout, len(g.decode_ranks))}"
             + (f"; moving the prompt's cache costs {ms(g.handoff_s, ms_decimals(g.handoff_s))} ms"
                if g.handoff_s else "")]
 
@@ -75,7 +75,7 @@ def decode_lines(doc: PlanDocument) -> list[str]:
             parts = memory.get(name)
             rows.append([str(rank), name, f"{stage.kv_heads_per_rank[j]}/{totals[1]}",
                          f"{stage.columns_per_rank[j]}/{totals[2]}",
-                         gib(g.cache_bytes[rank]) if rank < len(g.cache_bytes) else "?",
+                         _size(g.cache_bytes[rank]) if rank < len(g.cache_bytes) else "?",
                          *_memory_cells(parts.total if parts else None, limit.get(name))])
         lines += table(["rank", "device", "kv heads", "columns", "kv cache", "memory", "limit", "used"], rows)
     idle = [decode.devices[r] for r in range(decode.world_size) if all(r not in s.ranks for s in decode.stages)]
@@ -139,7 +139,7 @@ def share_lines(doc: PlanDocument) -> list[str]:
     if out:
         lines.append("not used: " + ", ".join(f"{d.name} ({gib(d.mem_bytes)})" for d in out))
     if generating:
-        caches = ", ".join(f"{name} {gib(p.prefill_cache + p.decode_cache)}" for name, p in generating.items()
+        caches = ", ".join(f"{name} {_size(p.prefill_cache + p.decode_cache)}" for name, p in generating.items()
                            if p.prefill_cache + p.decode_cache)
         lines.append(f"memory includes the key/value cache of {doc.generation.max_len} tokens ({caches})"
                      + (" and the decode layout's own weights" if any(p.decode_weights for p in generating.values())
@@ -148,6 +148,11 @@ def share_lines(doc: PlanDocument) -> list[str]:
         lines.append("memory: unknown (a bare plan file has no model summary and cluster; "
                      "galaxy-compile --save-plan and bundles keep them)")
     return lines
+
+
+def _size(n: int) -> str:
+    """Bytes in KiB below a MiB (a small model's cache), else as gib() prints them."""
+    return f"{n / 2**10:.1f} KiB" if n < 2**20 else gib(n)
 
 
 def _totals(stage: StageSplit) -> tuple[int, int, int, int]:
