@@ -345,8 +345,14 @@ def _why(chosen: _Priced, by_layout: dict[str, _Priced]) -> str:
             return "why: the prefill runs on one device; decode keeps it"
         if single.shortfall:
             pipeline = by_layout.get("pipeline")
-            versus = (f": {fmt_s(chosen.s_per_token)} per token against {fmt_s(pipeline.s_per_token)} for a "
-                      f"pipeline of whole layers" if pipeline is not None and not pipeline.shortfall else "")
+            if pipeline is None:  # _pipeline found no split of whole layers that fits
+                versus = ("; no pipeline of whole layers fits beside the prefill's shares (each device would "
+                          "hold its decode layers' weights as well)")
+            elif not pipeline.shortfall:
+                versus = (f": {fmt_s(chosen.s_per_token)} per token against {fmt_s(pipeline.s_per_token)} for a "
+                          "pipeline of whole layers")
+            else:
+                versus = ""
             return (f"why tensor parallelism: the model and its cache do not fit on {_devices(single)} alone, and "
                     f"keeping the prefill's head split leaves the cache where it is{versus}")
         c_single, _, _ = _split(single.plan)
