@@ -7,7 +7,8 @@
 For each model x cluster x bandwidth x CPU mode it plans every variant (benchmarks/variants.py),
 compiles the bundle, runs it on the emulator (one network namespace and tc-shaped links per
 device; its CPU share by weight on a CPU of its own, or by quota: `--cpu-mode`, docs/EMULATION.md)
-and checks the output against the single-process model. The `reference*` variants run the
+and checks the output against the single-process model. Device rates are measured on this machine
+first (benchmarks/calibrate.py; --no-calibrate keeps the cluster files' figures). The `reference*` variants run the
 hand-written reference HMP (../shared/reference/hmp_ref.py, or --reference) in the same emulated
 devices, split by the devices' GFLOP/s with an even token split; they are skipped with a note
 where it is absent or the model is not BERT. A CPU mode the cluster cannot have (weight with
@@ -24,8 +25,10 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.calibrate import calibrated, measure_host
 from benchmarks.emulated import emulator_for_bundle, run_bundle
 from benchmarks.reference import REFERENCE_SCRIPT, REFERENCE_VARIANTS, run_reference_variant
 from benchmarks.report import write_report
@@ -48,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     for model_spec in args.models.split(","):
         kind, size = model_spec.split(":")
         captured, graph, summary = capture_model(kind, size, args.seq_len)
+        host = measure_host(summary) if args.calibrate else None
         for cluster_name in args.clusters.split(","):
             base = load_cluster(REPO / "clusters" / f"{cluster_name}.toml")
+            base = replace(base, shared_card=args.nic == "shared")
             for mbit in (float(b) for b in args.bandwidths.split(",")):
-                cluster = with_bandwidth(base, mbit * 1e6)
                 for cpu_mode in args.cpu_mode.split(","):
+                    cluster = with_bandwidth(calibrated(base, host, cpu_mode) if host else base, mbit * 1e6)
                     for name in args.variants.split(","):
                         row = {"model": f"{kind}-{size}", "cluster": cluster_name, "mbit": mbit, "cpu_mode": cpu_mode,
                                "nic": args.nic, "variant": name, "devices": len(base.devices),
@@ -124,6 +129,10 @@ def _parse(argv):
     p.add_argument("--reference", type=Path, default=REFERENCE_SCRIPT,
                    help="the reference HMP script (default: ../shared/reference/hmp_ref.py or $GALAXY_REFERENCE_HMP)")
     p.add_argument("--profile", action="store_true", help="GALAXY_PROFILE=1: keep each rank's time in collectives")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="give each device its CPU share of this machine's measured rates, and the overlap "
+                        "efficiency of its CPU mode (benchmarks/calibrate.py); --no-calibrate: the cluster "
+                        "files' figures")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per variant (after 1 warmup)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--timeout", type=float, default=300.0, help="per network wait, seconds")

@@ -47,6 +47,8 @@ def _token_dim(x: torch.Tensor, dim: int) -> int:
 def linear_into(rows: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """rows[...] = F.linear(x, weight, bias), written in place when `rows` is contiguous (a token
     range of a batch-1 output), saving the copy of a temporary (the same addmm F.linear runs)."""
+    if rows.numel() == 0:  # no tokens, or a rank holding no heads or columns of this GEMM
+        return
     if not rows.is_contiguous() or not x.is_contiguous() or x.dtype != rows.dtype:
         rows.copy_(F.linear(x, weight, bias))
         return

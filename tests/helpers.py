@@ -22,7 +22,7 @@ def captured_tiny(kind: str, seq_len: int | None = None):
 
 
 def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_weights, tiles: int = 1,
-                wire_dtype: str = "float32", shape: str = "hybrid") -> Plan:
+                wire_dtype: str = "float32", shape: str = "hybrid", algorithm: str = "ring") -> Plan:
     """A hand-written one-stage plan: shares proportional to the given per-rank weights (0 allowed),
     blocks run as `shape` (ir/schedule.py: hybrid, tensor or sequence). heads_weights=None (with
     columns_weights=None): sequence parallelism only."""
@@ -36,7 +36,8 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
         ranks=tuple(range(n)), first_layer=0, end_layer=summary.n_layers,
         heads_per_rank=tuple(k * group for k in kv), kv_heads_per_rank=tuple(kv),
         columns_per_rank=tuple(columns), tokens_per_rank=tuple(tokens),
-        schedule=stage_schedule(n, shape=shape, tiles=tiles, wire=wire_dtype, parallel=summary.parallel_blocks))
+        schedule=stage_schedule(n, shape=shape, tiles=tiles, wire=wire_dtype, parallel=summary.parallel_blocks,
+                                algorithm=algorithm))
     plan = Plan(model=summary.name, cluster="manual", devices=tuple(f"dev{i}" for i in range(n)),
                 stages=(stage,), solver="manual")
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,

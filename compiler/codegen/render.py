@@ -21,7 +21,7 @@ from galaxy.runtime.splits import offsets
 DOC_WIDTH = 100  # docstrings wrap here
 WIRE_TORCH = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 # Where generated code finds the runtime's functions (galaxy_runtime.<module> in a bundle).
-RUNTIME_MODULES = ("bundle", "collectives", "entry", "overlap", "reduce", "splits", "stream")
+RUNTIME_MODULES = ("bundle", "collectives", "direct", "entry", "overlap", "reduce", "splits", "stream")
 
 
 def _summarise(names) -> str:

@@ -1,17 +1,23 @@
 """One cost function per schedule action (ir/schedule.py), looked up by its op in `CHARGES`.
 
 Each returns a `Charge`: link seconds, the part of them hidden behind a GEMM, and the CPU seconds
-each rank of the stage spends moving the bytes. Legend as in cost/latency.py: n ranks in ring
+each rank of the stage spends on the action beyond the block's own compute (moving the bytes, and
+the slower GEMM of a fused collective's pieces). Legend as in cost/latency.py: n ranks in ring
 order, x[r] tokens of rank r, S tokens, b bytes of one token of the hidden stream at the action's
 wire dtype, kappa[d] comm CPU seconds per byte, alpha/beta the link matrices, k the hidden-stream
 tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
 
     AG, RS    ring(t) of the largest chunk (cost/collectives.py); exposed(t, G) of it shows, G the
               GEMM next to it (cost/overlap.py); cpu[r] = kappa 2 (n - 1)/n S b; a parallel block's
-              AG carries k tensors (both its inputs): b is k times larger
+              AG carries k tensors (both its inputs): b is k times larger. Fused (t >= 1), the
+              GEMM runs in pieces: cpu[r] += (slowdown - 1) G[r] (cost/tiling.py)
+    AG, RS    direct (every rank sends its chunk to every peer at once, no forwarding):
+     direct     per pair: alpha + max over pairs (i -> j) of beta_ij b x_i (AG; x_j for RS);
+                one card a device (table.shared_card): alpha + max_d beta_d b max((n-1) x_d, S - x_d);
+                fused at t = 1, max(0, direct - G / n) shows; cpu[r] = kappa b (S + (n - 2) x[r])
     AR        all-reduce of S b bytes, nothing hides, by its algorithm (runtime/reduce.py):
               ring    a reduce-scatter then an all-gather of even chunks, 2 (n - 1) (alpha + beta S b / n);
-                      cpu[r] = 2 kappa 2 (n - 1)/n S b
+                      cpu[r] = 2 kappa 2 (n - 1)/n S b (gloo's own all-reduce over every rank)
               star    to ring position 0 and back, its link carrying the others one after another:
                       2 (max_r alpha + sum_r beta S b); cpu 2 kappa (n - 1) S b there, 2 kappa S b elsewhere
               direct  every rank sends to every other at once, its own link one after another:
@@ -41,6 +47,7 @@ from typing import Callable, Sequence
 from galaxy.compiler.cost.collectives import collective_cpu_s, gather_link_s, ring_collective_s, ring_step_s
 from galaxy.compiler.cost.overlap import exposed_s, projection_exposed_s
 from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.cost.tiling import fused_pieces, tile_slowdown
 from galaxy.compiler.ir.schedule import WIRE_BYTES, Action
 
 
@@ -61,6 +68,8 @@ class Site:
     ring: tuple[int, ...]
     tokens: tuple[int, ...]
     gemm_s: float = 0.0
+    # each rank's whole GEMM next to the action, in seconds (what token tiles slow down)
+    gemm_s_per_rank: tuple[float, ...] = ()
     sender: int | None = None  # RECV: the device sending the whole tensors
     # hidden-stream tensors a hand-off moves (default: the layer entries), or an AG carries (default 1)
     tensors: int | None = None
@@ -79,9 +88,44 @@ def _ring_collective(action: Action, site: Site, per_token: float) -> tuple[floa
 
 
 def all_gather_or_reduce_scatter(action: Action, site: Site) -> Charge:
-    link, cpu = _ring_collective(action, site, token_bytes(site.table, action) * (site.tensors or 1))
-    exposed = exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
-    return Charge(link, link - exposed, cpu)
+    per_token = token_bytes(site.table, action) * (site.tensors or 1)
+    if action.algorithm == "direct":
+        link, cpu = _direct_collective(action, site, per_token)
+        exposed = link if action.tiles < 1 else max(0.0, link - site.gemm_s / len(site.ring))
+    else:
+        link, cpu = _ring_collective(action, site, per_token)
+        exposed = exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
+    return Charge(link, link - exposed, _plus_tile_slowdown(action, site, cpu))
+
+
+def _direct_collective(action: Action, site: Site, per_token: float) -> tuple[float, tuple[float, ...]]:
+    table, ring, x, n = site.table, site.ring, site.tokens, len(site.ring)
+    if n < 2:
+        return 0.0, (0.0,) * n
+    S = sum(x)
+    if table.shared_card:
+        alpha = max(table.alpha_s[a][b] for a in ring for b in ring if a != b)
+        link = alpha + max(max(table.beta_s_per_byte[d][e] for e in ring if e != d) * per_token
+                           * max((n - 1) * xd, S - xd) for d, xd in zip(ring, x))
+    else:
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        sent = (lambda i, j: x[i]) if action.op == "AG" else (lambda i, j: x[j])
+        link = max(table.alpha_s[ring[i]][ring[j]] + table.beta_s_per_byte[ring[i]][ring[j]] * per_token * sent(i, j)
+                   for i, j in pairs)
+    cpu = tuple(table.comm_cpu_s_per_byte[d] * per_token * (S + (n - 2) * xd) for d, xd in zip(ring, x))
+    return link, cpu
+
+
+def _plus_tile_slowdown(action: Action, site: Site, cpu: tuple[float, ...]) -> tuple[float, ...]:
+    """A fused collective's GEMM runs on pieces of the sequence, slower than on all of it."""
+    if not site.gemm_s_per_rank:
+        return cpu
+    table, n = site.table, len(site.ring)
+    curves = table.gemm_rows_speed or ((),) * table.n_devices
+    rows = table.tokens / n if action.op == "KVAG" else table.tokens
+    pieces = fused_pieces(action.op, action.tiles, n)
+    return tuple(c + (tile_slowdown(curves[d], rows, pieces) - 1) * g
+                 for c, d, g in zip(cpu, site.ring, site.gemm_s_per_rank))
 
 
 def all_reduce(action: Action, site: Site) -> Charge:
@@ -126,7 +170,7 @@ def key_value_gather(action: Action, site: Site) -> Charge:
     table = site.table
     link, cpu = _ring_collective(action, site, 2 * token_bytes(table, action) / table.heads_per_group)
     exposed = projection_exposed_s(link, action.tiles, site.gemm_s, len(site.ring))
-    return Charge(link, link - exposed, cpu)
+    return Charge(link, link - exposed, _plus_tile_slowdown(action, site, cpu))
 
 
 def _to_one(action: Action, site: Site, tensors: int, outward: bool) -> Charge:

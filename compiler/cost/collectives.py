@@ -46,6 +46,7 @@ def ring_collective_s(table: "CostTable", ring: Sequence[int], max_tokens: int, 
                       token_bytes: float | None = None) -> float:
     """Link time of one ring AllGather or ReduceScatter, all tiles included (`token_bytes`: bytes
     per token if not one token of the hidden stream)."""
+    tiles = max(tiles, 1)  # tiles 0: the plain collective moves whole chunks
     chunk = max_tokens * (token_bytes or table.token_wire_bytes) / tiles
     return tiles * (len(ring) - 1) * ring_step_s(table, ring, chunk) if len(ring) > 1 else 0.0
 

@@ -110,12 +110,18 @@ def _tp_block(table: CostTable, i: int, name: str, block: BlockSchedule, ring: t
     sites = []
     for action in block.actions:
         gemm = per_in if action.op in ("AG", "KVAG") else per_out
-        if action.op == "KVAG":  # the key/value part of the QKV projection, on this rank's tokens
-            gemm_s = min(w * gemm[d] * q for w, d, q in zip(work, ring, queries))
-        else:
-            gemm_s = min(w * gemm[d] for w, d in zip(work, ring))
-        sites.append((action, Site(table, ring, tuple(tokens), gemm_s)))
+        # KVAG: the key/value part of the QKV projection, on this rank's tokens
+        scale = queries if action.op == "KVAG" else [1.0] * len(ring)
+        seconds = tuple(w * gemm[d] * q for w, d, q in zip(work, ring, scale))
+        sites.append((action, _site(table, ring, tokens, seconds)))
     return _block(i, name, compute, sites)
+
+
+def _site(table: CostTable, ring: tuple[int, ...], tokens: Sequence[int], gemm_s: Sequence[float],
+          tensors: int | None = None) -> Site:
+    """An action beside each rank's GEMM of `gemm_s` seconds; it hides behind the least of them."""
+    hiding = min((table.hiding_s(d, g) for d, g in zip(ring, gemm_s)), default=0.0)
+    return Site(table, ring, tuple(tokens), hiding, tuple(gemm_s), tensors=tensors)
 
 
 def _parallel_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ...]) -> BlockTime:
@@ -134,8 +140,8 @@ def _parallel_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int
              "RS": [g * table.attention_out_s_per_group[d] + c * table.mlp_out_s_per_column[d]
                     for g, c, d, _ in per_rank],
              "KVAG": [g * table.attention_in_s_per_group[d] * q for g, _, d, q in per_rank]}
-    sites = [(action, Site(table, ring, tuple(tokens), min(gemms.get(action.op, [0.0])),
-                           tensors=table.parallel_block_inputs if action.op == "AG" else None))
+    sites = [(action, _site(table, ring, tokens, gemms.get(action.op, [0.0] * len(ring)),
+                            tensors=table.parallel_block_inputs if action.op == "AG" else None))
              for action in block.actions]
     return _block(i, "block", compute, sites)
 

@@ -1,9 +1,10 @@
 """Tile overlap: how much of a collective's link time hides behind its neighbouring GEMM.
 
-Plans with tiles = 1 run the plain collective, then the GEMM (or the GEMM, then the plain
-ReduceScatter): nothing hides, exposed = ring(1). With tiles = t > 1 the generated code calls
+Plans with tiles = 0 run the plain collective, then the GEMM (or the GEMM, then the plain
+ReduceScatter): nothing hides, exposed = ring. With tiles = t >= 1 the generated code calls
 the runtime's fused ops (runtime/overlap.py), which cut every rank's chunk into t pieces and
-run the GEMM of the piece in hand while later pieces move. For all_gather_linear:
+run the GEMM of the piece in hand while later pieces move (t = 1: a rank's own chunk is computed
+on while the first step moves, and so on round the ring). For all_gather_linear:
 
     for step in range(n):                              # n ranks, chunk (me - step) in hand
         for piece in the t pieces of that chunk:
@@ -18,7 +19,9 @@ whole GEMM time for the block, an event simulation of both loops gives exactly
     exposed(t) = max(0,  ring(t) + g - G,  c - G / n)     g = G / (n t),  c = ring(t) / ((n - 1) t)
 
 the link-bound tail beyond the GEMM (the last piece's GEMM cannot start before it arrives), or
-the wait for the first piece beyond the own chunk's GEMM. This is exact for even splits; with
+the wait for the first piece beyond the own chunk's GEMM (n = 2, t = 1: ring - G/2). The
+direct algorithm (runtime/direct.py) has no forwarding: every piece is sent at once, and the same
+bound holds with ring replaced by the direct collective's link time. This is exact for even splits; with
 uneven ones G is taken as the smallest overlappable GEMM in the ring (min over ranks, 0 for a
 rank with no heads or columns): a conservative bound that stays linear for the ILP.
 
@@ -39,7 +42,7 @@ def exposed_s(ring_s: float, tiles: int, gemm_s: float, ring_size: int) -> float
     """Link seconds not hidden: `ring_s` = ring(tiles), `gemm_s` = the overlappable GEMM G."""
     if ring_size < 2:
         return 0.0
-    if tiles <= 1:
+    if tiles < 1:
         return ring_s
     piece_gemm = gemm_s / (ring_size * tiles)
     piece_link = ring_s / ((ring_size - 1) * tiles)

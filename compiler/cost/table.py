@@ -41,9 +41,9 @@ class CostTable:
     # per device, seconds per layer
     flops_per_s: tuple[float, ...]
     attention_s_per_group: tuple[float, ...]  # all attention work of one KV group
-    # The GEMMs transfers hide behind, times the device's overlap efficiency:
-    attention_in_s_per_group: tuple[float, ...]  # its QKV projections (hide the AllGather)
-    attention_out_s_per_group: tuple[float, ...]  # its output projection (hide the ReduceScatter)
+    # The GEMMs next to the collectives (hiding_s: the part transfers progress behind):
+    attention_in_s_per_group: tuple[float, ...]  # its QKV projections (after the AllGather)
+    attention_out_s_per_group: tuple[float, ...]  # its output projection (before the ReduceScatter)
     mlp_s_per_column: tuple[float, ...]
     mlp_in_s_per_column: tuple[float, ...]
     mlp_out_s_per_column: tuple[float, ...]
@@ -73,6 +73,13 @@ class CostTable:
     # Fixed seconds per block a device runs, whatever its share: the dispatch of a block's ops,
     # which matters when a block moves one token (a decode step: cost/decode.py). Empty: none.
     block_overhead_s: tuple[float, ...] = ()
+    # per device: the share of a GEMM's time its transfers progress behind (empty: all of it), and
+    # GEMM speed by rows per GEMM as (rows, relative speed) points (empty: cost/tiling.py's default)
+    overlap_efficiency: tuple[float, ...] = ()
+    gemm_rows_speed: tuple[tuple[tuple[int, float], ...], ...] = ()
+    # True when each device has one network card for all its transfers (a switched home LAN);
+    # False when every pair of devices has its link's full rate (cost/actions.py, direct)
+    shared_card: bool = False
 
     @property
     def parallel_blocks(self) -> bool:
@@ -98,6 +105,9 @@ class CostTable:
     def overhead_s(self, device: int, busy: float = 1.0) -> float:
         """The fixed cost of one block on `device` if it has work in it (`busy` > 0), else 0."""
         return self.block_overhead_s[device] if self.block_overhead_s and busy > 0 else 0.0
+    def hiding_s(self, device: int, gemm_s: float) -> float:
+        """The part of `device`'s GEMM of `gemm_s` seconds its transfers progress behind."""
+        return gemm_s * (self.overlap_efficiency[device] if self.overlap_efficiency else 1.0)
 
     def index(self, name: str) -> int:
         return self.devices.index(name)
@@ -147,10 +157,6 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
     def per_device(flops: float) -> tuple[float, ...]:
         return tuple(flops / d.flops_per_s for d in devs)
 
-    def hiding(flops: float) -> tuple[float, ...]:
-        """GEMM seconds during which a device's transfers progress (its overlap efficiency)."""
-        return tuple(flops / d.flops_per_s * d.overlap_efficiency for d in devs)
-
     sdpa_flops_per_group = 4.0 * summary.batch * summary.seq_len ** 2 * summary.head_dim \
         * summary.heads_per_kv_group
 
@@ -169,11 +175,11 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
         wire_dtype=wire_dtype,
         flops_per_s=tuple(d.flops_per_s for d in devs),
         attention_s_per_group=tuple(attention_s(d) for d in devs),
-        attention_in_s_per_group=hiding(fl.attention_in_per_group),
-        attention_out_s_per_group=hiding(fl.attention_out_per_group),
+        attention_in_s_per_group=per_device(fl.attention_in_per_group),
+        attention_out_s_per_group=per_device(fl.attention_out_per_group),
         mlp_s_per_column=per_device(fl.mlp_per_column),
-        mlp_in_s_per_column=hiding(fl.mlp_in_per_column),
-        mlp_out_s_per_column=hiding(fl.mlp_out_per_column),
+        mlp_in_s_per_column=per_device(fl.mlp_in_per_column),
+        mlp_out_s_per_column=per_device(fl.mlp_out_per_column),
         connective_s_per_token=per_device(fl.connective_per_token),
         prologue_s=per_device(summary.prologue_flops),
         epilogue_s=per_device(summary.epilogue_flops),
@@ -190,4 +196,7 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
         prologue_bytes=by.prologue, epilogue_bytes=by.epilogue,
         entry_tensors=summary.layer_entry_tensors, head_tensors=summary.head_input_tensors,
         parallel_block_inputs=summary.parallel_block_inputs,
+        overlap_efficiency=tuple(d.overlap_efficiency for d in devs),
+        gemm_rows_speed=tuple(d.gemm_rows_speed for d in devs),
+        shared_card=cluster.shared_card,
     )

@@ -30,6 +30,9 @@ class Device:
     # Fraction of its overlappable GEMM time during which this device's transfers progress.
     # 1.0 with spare cores; measured lower on a single core under a CPU quota (docs/EMULATION.md).
     overlap_efficiency: float = 1.0
+    # GEMM speed by rows per GEMM, relative to the model's whole sequence, as (rows, speed) points
+    # from a profile (empty: cost/tiling.py's default curve). Token tiles make GEMMs shorter.
+    gemm_rows_speed: tuple[tuple[int, float], ...] = ()
     # Decode steps (one token) stream weights through a GEMV: bytes per second it reads them at,
     # and the fixed seconds of one op's dispatch, from a galaxy-profile; 0.0: derived from
     # flops_per_s (cost/decode.py).
@@ -62,6 +65,9 @@ class Cluster:
     default_link: Link
     # Per-pair overrides, keyed by the two device names in sorted order.
     link_overrides: tuple[tuple[str, str, Link], ...] = field(default_factory=tuple)
+    # True: each device has one network card for all its transfers, at its links' rate (a switched
+    # LAN). False: every pair of devices has its link's full rate at once.
+    shared_card: bool = False
 
     def device(self, name: str) -> Device:
         for dev in self.devices:
@@ -87,19 +93,22 @@ class Cluster:
             "devices": [_device_json(d) for d in self.devices],
             "default_link": asdict(self.default_link),
             "link_overrides": [{"between": [a, b], **asdict(link)} for a, b, link in self.link_overrides],
+            "shared_card": self.shared_card,
         }
 
     @staticmethod
     def from_json(data: dict) -> "Cluster":
         return Cluster(
             name=data["name"],
-            devices=tuple(Device(**d) for d in data["devices"]),
+            devices=tuple(Device(**{**d, "gemm_rows_speed": tuple(tuple(p) for p in d.get("gemm_rows_speed", ()))})
+                          for d in data["devices"]),
             default_link=Link(**data["default_link"]),
             link_overrides=tuple(
                 (o["between"][0], o["between"][1],
                  Link(o["bandwidth_bytes_per_s"], o["latency_s"]))
                 for o in data["link_overrides"]
             ),
+            shared_card=data.get("shared_card", False),
         )
 
     def __str__(self) -> str:

@@ -18,6 +18,8 @@ Format (version 1; `clusters/README.md` has the same with examples):
                                        #   gflops / profile
     cpu_share = 1.0                    # optional, > 0: fraction of one core the emulator gives it (1.0)
     overlap_efficiency = 1.0           # optional, 0-1: share of its GEMM time that transfers can hide behind
+    gemm_rows_speed = [[32, 0.66], [256, 1.0]]  # optional: GEMM speed by rows per GEMM (the profile's
+                                       #   curve, else cost/tiling.py's default); rows > 0, speed > 0
     host = "192.168.1.20"              # optional, informational
     comm_cpu_ns_per_byte = 0.5         # optional, >= 0: CPU time per byte moved; overrides the
                                        #   profile's figure; default 0.5 ns (DEFAULT_COMM_CPU_S_PER_BYTE)
@@ -25,6 +27,8 @@ Format (version 1; `clusters/README.md` has the same with examples):
     [links]                            # required: every pair of devices unless overridden
     bandwidth = "1 Gbit/s"             # > 0; bit/s, kbit/s, Mbit/s, Gbit/s, B/s, KB/s, MB/s, GB/s
     latency = "0.5 ms"                 # >= 0; s, ms, us
+    card = "per-pair"                  # optional: "per-pair" (every pair at full rate at once) or
+                                       #   "shared" (one card a device: its transfers share its rate)
 
     [[links.override]]                 # optional, one per pair
     between = ["laptop", "phone"]      # two different device names from [[devices]]
@@ -59,14 +63,15 @@ LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 TOP_KEYS = {"format_version", "name", "description", "devices", "links"}
 DEVICE_KEYS = {"name", "memory", "gflops", "profile", "cpu_share", "host", "comm_cpu_ns_per_byte",
-               "overlap_efficiency"}
-LINK_KEYS = {"bandwidth", "latency", "override"}
+               "overlap_efficiency", "gemm_rows_speed"}
+LINK_KEYS = {"bandwidth", "latency", "override", "card"}
+CARDS = ("per-pair", "shared")
 OVERRIDE_KEYS = {"between", "bandwidth", "latency"}
 # Every key galaxy-profile writes (compiler/profile/report.py); the reader uses the rates, the
 # rest (gemm_flops_per_s, elementwise_bytes_per_s, device, ...) is informational.
 PROFILE_KEYS = {"format_version", "flops_per_s", "comm_cpu_s_per_byte", "attention_flops_per_s",
                 "gemm_flops_per_s", "elementwise_bytes_per_s", "device", "torch", "threads", "measured_at",
-                "shapes", "method", "gemv_bytes_per_s", "dispatch_s_per_op"}
+                "shapes", "method", "gemm_rows_speed", "gemv_bytes_per_s", "dispatch_s_per_op"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUANTITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]+)\s*$")
@@ -128,7 +133,11 @@ class _Reader:
                                                 f"device names must be unique")
             seen[dev.name] = i
         default_link, overrides = self.links(doc["links"], set(seen))
-        return Cluster(name=name, devices=devices, default_link=default_link, link_overrides=overrides)
+        card = doc["links"].get("card", "per-pair")
+        if card not in CARDS:
+            self.fail("links.card", f"{card!r} is not one of {', '.join(map(repr, CARDS))}")
+        return Cluster(name=name, devices=devices, default_link=default_link, link_overrides=overrides,
+                       shared_card=card == "shared")
 
     def device(self, raw: dict, where: str) -> Device:
         self.keys(raw, where, DEVICE_KEYS, required=("name", "memory"))
@@ -143,11 +152,14 @@ class _Reader:
         comm = DEFAULT_COMM_CPU_S_PER_BYTE
         profile = ""
         attention_flops, decode_rates = 0.0, {}
+        rows_speed: tuple[tuple[int, float], ...] = ()
         if "gflops" in raw:
             flops = self.number(raw["gflops"], f"{where}.gflops", positive=True) * 1e9
         else:
             profile = self.string(raw["profile"], f"{where}.profile")
-            flops, comm, attention_flops, decode_rates = self.profile(profile, f"{where}.profile")
+            flops, comm, attention_flops, rows_speed, decode_rates = self.profile(profile, f"{where}.profile")
+        if "gemm_rows_speed" in raw:
+            rows_speed = self.rows_speed(raw["gemm_rows_speed"], f"{where}.gemm_rows_speed")
         if "comm_cpu_ns_per_byte" in raw:
             comm = self.number(raw["comm_cpu_ns_per_byte"], f"{where}.comm_cpu_ns_per_byte") * 1e-9
         return Device(
@@ -160,12 +172,24 @@ class _Reader:
             profile=profile,
             attention_flops_per_s=attention_flops,
             overlap_efficiency=self.fraction(raw.get("overlap_efficiency", 1.0), f"{where}.overlap_efficiency"),
+            gemm_rows_speed=rows_speed,
             **decode_rates,
         )
 
-    def profile(self, relative: str, where: str) -> tuple[float, float, float, dict[str, float]]:
-        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0, the decode rates it has) of a
-        profile file."""
+    def rows_speed(self, raw: Any, where: str) -> tuple[tuple[int, float], ...]:
+        """[[rows, speed], ...]: positive rows, each once, and positive speeds."""
+        if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 2 for p in raw) or not raw:
+            self.fail(where, f"expected a list of [rows, speed] pairs, e.g. [[32, 0.66], [256, 1.0]], got {raw!r}")
+        points = tuple(sorted((int(self.number(r, where, positive=True)), self.number(s, where, positive=True))
+                              for r, s in raw))
+        if len({r for r, _ in points}) != len(points):
+            self.fail(where, f"each row count may appear once, got {raw!r}")
+        return points
+
+    def profile(self, relative: str, where: str
+                ) -> tuple[float, float, float, tuple[tuple[int, float], ...], dict[str, float]]:
+        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0, gemm_rows_speed or (), the
+        decode rates it has) of a profile file."""
         file = self.path.parent / relative
         try:
             data = json.loads(file.read_text())
@@ -191,9 +215,10 @@ class _Reader:
         if "attention_flops_per_s" in data:
             attention = self.number(data["attention_flops_per_s"], where, positive=True,
                                     context=f"{file.name}: attention_flops_per_s ")
+        rows_speed = self.rows_speed(data["gemm_rows_speed"], where) if "gemm_rows_speed" in data else ()
         decode_rates = {key: self.number(data[key], where, positive=True, context=f"{file.name}: {key} ")
                         for key in DECODE_RATE_FIELDS if key in data}
-        return flops, comm, attention, decode_rates
+        return flops, comm, attention, rows_speed, decode_rates
 
     def links(self, raw: Any, names: set[str]) -> tuple[Link, tuple[tuple[str, str, Link], ...]]:
         if not isinstance(raw, dict):

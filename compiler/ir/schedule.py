@@ -33,10 +33,16 @@ Vocabulary (`op`), and where each runs:
                      (the last stage: the head's inputs to rank 0)
             (none)   rank 0 already holds what the head reads, printed "-"
 
-An action's options are its tile count (overlap with the neighbouring GEMM), the dtype of what
-travels on the wire, and the collective's algorithm. The string form round-trips:
+An action's options are its tile count, the dtype of what travels on the wire, and the
+collective's algorithm (ring: chunks forwarded round the ranks; direct: every rank sends its chunk
+to every peer at once). Tiles say how AG and RS overlap the GEMM next to them: t pieces of every
+rank's chunk, each computed on while later pieces move (t1, the default: a rank's own chunk is
+computed on while the others' are in flight); t0 runs the plain collective, then the GEMM. For
+KVAG, tiles are how many pieces keys and values are projected and sent in (t >= 1). The string
+form round-trips:
 
     SCATTER | attn:AG(t2)>RS(t2) mlp:AG>RS | GATHER         hybrid parallelism, 2 tiles
+    SCATTER | attn:AG(direct)>RS(direct) mlp:AG(t0)>RS(t0) | GATHER   direct collectives; no overlap
     REP | attn:AR mlp:AR | -                                 Megatron-style tensor parallelism
     SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER               sequence parallelism only, fp16 wire
     REP | attn:- mlp:- | -                                   one device
@@ -59,6 +65,7 @@ PARALLEL_BLOCKS = ("par",)  # ... or one block running both side by side
 WIRE_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # dtype -> short form
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ALGORITHMS = ("ring", "direct", "star")
+OVERLAPPING_OPS = ("AG", "RS")  # fused with their GEMM unless tiles = 0
 # The actions a block may carry, in order (the layouts Galaxy generates code for).
 BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence"}
 
@@ -76,15 +83,19 @@ class Action:
         if self.op not in ENTER_OPS + LAYER_OPS + EXIT_OPS:
             raise PlanFileError(f"unknown schedule action {self.op!r}; expected one of "
                                 f"{', '.join(ENTER_OPS + LAYER_OPS + EXIT_OPS)}")
-        if self.tiles < 1:
-            raise PlanFileError(f"action {self.op}: tiles must be >= 1, not {self.tiles}")
+        if self.tiles < (0 if self.op in OVERLAPPING_OPS else 1):
+            floor = "0 (no overlap)" if self.op in OVERLAPPING_OPS else "1"
+            raise PlanFileError(f"action {self.op}: tiles must be >= {floor}, not {self.tiles}")
+        if self.algorithm == "direct" and self.tiles > 1:
+            raise PlanFileError(f"action {self}: a direct collective sends whole chunks; use tiles 0 or 1 "
+                                "(or the ring algorithm to tile)")
         if self.wire not in WIRE_DTYPES:
             raise PlanFileError(f"action {self.op}: wire dtype {self.wire!r} is not one of {', '.join(WIRE_DTYPES)}")
         if self.algorithm not in ALGORITHMS:
             raise PlanFileError(f"action {self.op}: algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
 
     def __str__(self) -> str:
-        options = [f"t{self.tiles}"] if self.tiles > 1 else []
+        options = [f"t{self.tiles}"] if self.tiles != 1 else []
         options += [WIRE_DTYPES[self.wire]] if self.wire != "float32" else []
         options += [self.algorithm] if self.algorithm != "ring" else []
         return f"{self.op}({','.join(options)})" if options else self.op
@@ -180,8 +191,8 @@ class StageSchedule:
 
     @property
     def tiles(self) -> int:
-        """The most tiles any action of the stage cuts its transfers into (1: no overlap)."""
-        return max((a.tiles for a in self.actions), default=1)
+        """The most tiles any layer action overlaps its transfers with (0: nothing overlaps)."""
+        return max((a.tiles for b in self.layer for a in b.actions if a.op != "AR"), default=0)
 
     @property
     def parallelism(self) -> str:
@@ -233,7 +244,7 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
     stage enters with REP (every rank embeds), or with `broadcast` BCAST (rank 0 embeds and
     sends the hidden stream: a decode step); `reduce_algorithm` is its all-reduces' algorithm."""
     def action(op: str, tiles_: int = 1) -> Action:
-        return Action(op, tiles_, wire, algorithm)
+        return Action(op, tiles_, wire, algorithm if op in OVERLAPPING_OPS else "ring")
 
     local = ranks == 1
     whole = shape == "tensor"
@@ -242,10 +253,11 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
     elif shape == "hybrid":
         blocks = tuple(BlockSchedule(b, (action("AG", tiles), action("RS", tiles))) for b in BLOCKS)
     elif shape == "tensor":
-        reduce = Action("AR", 1, wire, reduce_algorithm or algorithm)
+        reduce = Action("AR", 1, wire, reduce_algorithm or "ring")
         blocks = tuple(BlockSchedule(b, (reduce,)) for b in BLOCKS)
     elif shape == "sequence":
-        blocks = (BlockSchedule("attn", (action("KVAG", tiles),)), BlockSchedule("mlp"))
+        # keys and values are projected in at least one piece (tiles 0 and 1 alike: no overlap)
+        blocks = (BlockSchedule("attn", (action("KVAG", max(tiles, 1)),)), BlockSchedule("mlp"))
     else:
         raise ValueError(f"unknown stage shape {shape!r}; expected hybrid, tensor or sequence")
     if parallel:  # the actions of the attention block serve both

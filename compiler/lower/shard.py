@@ -91,10 +91,10 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     fused_block = code.first.parallel and stage.schedule.shards_weights
     fuse_inputs = fused_block and att.input == mlp.input
     gather = stage.schedule.block("par").find("AG") if code.first.parallel else None
-    if gather is not None and gather.tiles > 1 and att.input != mlp.input:
-        raise PlanFileError(f"stage {stage_index}: {gather} tiles the all-gather of parallel blocks whose attention "
-                            "and MLP read different inputs (two GEMMs follow it, so no tile hides behind one); "
-                            "plan them with tiles 1")
+    if gather is not None and gather.tiles > 0 and att.input != mlp.input:
+        raise PlanFileError(f"stage {stage_index}: {gather} overlaps the all-gather of parallel blocks whose "
+                            "attention and MLP read different inputs (two GEMMs follow it, so it cannot fuse "
+                            "with one); plan them with tiles 0")
     for layer in graph.layers[stage.first_layer:stage.end_layer]:
         weights.update(_layer_weights(layer, captured, heads, kv_heads, columns, fused_block, fuse_inputs))
 

@@ -9,7 +9,9 @@ default; it needs every used device to hold the whole model but gathers only key
 once a layer), and the winner against the pipeline DP's pipeline of device groups running HMP
 (pipeline_dp.py), by predicted latency, or by time per request for objective "throughput"
 (planner/throughput.py). If no single stage fits, the pipeline is taken and Plan.notes says so.
-`tile_choices` bounds the tile counts every one of them may pick (1 alone for parallel blocks whose
+Last, each all-gather and reduce-scatter runs by ring or direct, whichever predicts faster
+(algorithms.py).
+`tile_choices` bounds the tile counts every one of them may pick (0 alone, no overlap, for parallel blocks whose
 attention and MLP read different inputs, as in GPT-NeoX: their all-gather feeds two GEMMs).
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
 from galaxy.compiler.ir.summary import ModelSummary
+from galaxy.compiler.planner.algorithms import choose_algorithms
 from galaxy.compiler.planner.baselines import (even_plan, megatron_plan, proportional_plan, sequence_plan,
                                                single_device_plan)
 from galaxy.compiler.planner.brute_force import brute_force_plan
@@ -56,12 +59,12 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if table.parallel_block_inputs > 1:  # its all-gather feeds two GEMMs, so no tile hides it
-        tile_choices = (1,)
+        tile_choices = (0,)
     if solver == "ilp":
         single, pipe, single_error = candidates(table, objective, backend, time_limit_s, tile_choices, sequence_only)
-        if objective == "throughput":
-            return choose_for_throughput(single, pipe)
-        return choose_for_latency(single, pipe, single_error)
+        chosen = choose_for_throughput(single, pipe) if objective == "throughput" else \
+            choose_for_latency(single, pipe, single_error)
+        return choose_algorithms(chosen, table)
     if solver == "single":
         return single_device_plan(table, objective=objective)
     if solver == "even":

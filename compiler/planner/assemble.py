@@ -24,7 +24,7 @@ class Split:
     groups: Mapping[int, int]
     columns: Mapping[int, int]
     tokens: Mapping[int, int]
-    tiles: int = 1
+    tiles: int = 0  # the baselines' plain collectives unless a planner chose tiles
 
 
 def ring_order(table: CostTable, used: Iterable[int], head: int) -> tuple[int, ...]:

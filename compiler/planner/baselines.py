@@ -139,7 +139,7 @@ def _sequence_split(table: CostTable, used: Sequence[int], objective: str, tile_
                     kv_heads_per_rank=(table.kv_groups,) * n, columns_per_rank=(table.columns,) * n,
                     tokens_per_rank=tuple(split.tokens[d] for d in ring))
     # Keys and values leave tile by tile as they are projected: the fewest tiles among the fastest.
-    tiles = [t for t in tile_choices if n > 1 and t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
+    tiles = [t for t in tile_choices if n > 1 and 1 <= t <= min(stage.tokens_per_rank)] or [1]  # alone: no ring
     by_tiles = [with_prediction(replace(plan, stages=(replace(stage, schedule=stage_schedule(
         n, shape="sequence", tiles=t, wire=table.wire_dtype, parallel=table.parallel_blocks)),)), table)
         for t in tiles]

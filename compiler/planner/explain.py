@@ -59,7 +59,7 @@ def overlap_note(plan: Plan) -> str:
     comm = sum(b.comm_s * len(stage.layers) for b in plan.predicted_blocks if b.per_layer)
     if len(stage.ranks) == 1:
         return "one device: no collectives"
-    if stage.schedule.tiles == 1:
+    if stage.schedule.tiles == 0:
         return f"{stage.schedule}, no overlap: {fmt_s(comm)} of link time per forward"
     return f"{stage.schedule}: overlap hides {fmt_s(hidden)} of {fmt_s(comm)} link time per forward"
 

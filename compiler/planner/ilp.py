@@ -37,6 +37,9 @@ Rows (one add_* function per family):
     attention[d]       T_att >= a[d] G[d] + 4 kappa[d] (k - 1)/k S b u[d]   (2 collectives' CPU)
     connective[d]      T_con >= k_con[d] X[d]
     mlp[d]             T_mlp >= U c[d] C[d] + 4 kappa[d] (k - 1)/k S b u[d]
+    *_tiled[t,d]       the same + (slow[t,d] - 1) F[d] - M (1 - s[t]): the block's fused GEMMs F[d]
+                       (its Gq, in + out) run in pieces of S / (k t) rows, slow[t,d] times longer
+                       (cost/tiling.py; t = 0 runs them whole)
     chunk[d]           m >= X[d]
     ring_*[l,a,b]      w[l] >= [link a->b is in the ring]: the ring is the head, then the other used
                        devices fastest first, so with f[c] = u[c] - z[c] (used, not head):
@@ -48,9 +51,10 @@ Rows (one add_* function per family):
                          w >= z[b] + f[a] - 1 - sum_{c>a, c!=b} f[c]
                        (only when links differ; with one link class w = 1)
     ring[t,l]          R[t] >= (k - 1) (t alpha_l + beta_l b m) - M (1 - w[l])
-    exposed[q,1]       Ex[q] >= R[1] - M (1 - s[1])                        (no overlap; cost/overlap.py)
-    exposed[q,t,d]     Ex[q] >= R[t] - (1 - 1/(k t)) Gq[d] - M (1 - u[d]) - M (1 - s[t])     t > 1
-    first[q,t,d]       Ex[q] >= R[t] / ((k - 1) t) - Gq[d] / k - M (1 - u[d]) - M (1 - s[t])  t > 1
+    exposed[q,0]       Ex[q] >= R[0] - M (1 - s[0])                        (no overlap; cost/overlap.py)
+    exposed[q,t,d]     Ex[q] >= R[t] - (1 - 1/(k t)) H[d] - M (1 - u[d]) - M (1 - s[t])     t >= 1
+    first[q,t,d]       Ex[q] >= R[t] / ((k - 1) t) - H[d] / k - M (1 - u[d]) - M (1 - s[t])  t >= 1
+                       (H[d] = Gq[d] times d's overlap efficiency; R[0] moves whole chunks, as R[1])
     gather[d]          T_gat >= h sum_{e != d} (alpha[e][d] u[e] + beta[e][d] b X[e])   (h head input tensors)
                                 + kappa[d] b (S u[d] - X[d]) - M (1 - z[d])
     sym[d,e]           u[d] >= u[e] for identical devices d before e (only when all links are equal)
@@ -71,6 +75,7 @@ import pulp
 
 from galaxy.compiler.cost.collectives import collective_cpu_s
 from galaxy.compiler.cost.table import CostTable
+from galaxy.compiler.cost.tiling import fused_pieces, tile_slowdown
 from galaxy.compiler.errors import SolverError
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.planner.assemble import Split, hmp_plan
@@ -198,19 +203,42 @@ def add_memory(prob: pulp.LpProblem, table: CostTable, v: SplitVars,
         prob += (memory_expr(table, v, d) <= table.mem_bytes[d] / MIB + extra, f"mem[{name}]")
 
 
+def fused_gemms(table: CostTable, v: SplitVars, d: int) -> dict[str, pulp.LpAffineExpression]:
+    """Device d's GEMMs next to each collective q (seconds, whole): what it hides behind, and what
+    token tiles slow down."""
+    U = table.column_unit
+    fused_in = table.parallel_block_inputs == 1  # one input GEMM the parallel block's gather feeds
+    gemm = {"attention_in": table.attention_in_s_per_group[d] * v.G[d],
+            "attention_out": table.attention_out_s_per_group[d] * v.G[d],
+            "mlp_in": U * table.mlp_in_s_per_column[d] * v.C[d],
+            "mlp_out": U * table.mlp_out_s_per_column[d] * v.C[d]}
+    gemm["block_in"] = (gemm["attention_in"] + gemm["mlp_in"]) * fused_in
+    gemm["block_out"] = gemm["attention_out"] + gemm["mlp_out"]
+    return gemm
+
+
 def add_block_max(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars, k: int) -> None:
     U = table.column_unit
+    curves = table.gemm_rows_speed or ((),) * table.n_devices
     for d, name in enumerate(labels(table)):
         cpu = 2 * collective_cpu_s(table, d, k) * v.u[d]
         attention = table.attention_s_per_group[d] * v.G[d]
         mlp = U * table.mlp_s_per_column[d] * v.C[d]
         prob += (tv.pro >= table.prologue_s[d] * v.u[d], f"prologue[{name}]")
+        gemm = fused_gemms(table, v, d)
+        blocks = {"attention": (tv.att, attention + cpu, gemm["attention_in"] + gemm["attention_out"]),
+                  "mlp": (tv.mlp, mlp + cpu, gemm["mlp_in"] + gemm["mlp_out"])}
         if table.parallel_blocks:
             both = (table.parallel_block_inputs + 1) * collective_cpu_s(table, d, k) * v.u[d]
-            prob += (tv.att >= attention + mlp + both, f"block[{name}]")
-        else:
-            prob += (tv.att >= attention + cpu, f"attention[{name}]")
-            prob += (tv.mlp >= mlp + cpu, f"mlp[{name}]")
+            blocks = {"block": (tv.att, attention + mlp + both, gemm["block_in"] + gemm["block_out"])}
+        for row, (epigraph, work, fused) in blocks.items():
+            prob += (epigraph >= work, f"{row}[{name}]")
+            for t, s in tv.s.items():  # fused GEMMs run in pieces (cost/tiling.py)
+                extra = tile_slowdown(curves[d], table.tokens, fused_pieces("AG", t, k)) - 1
+                if extra > 0:
+                    M = extra * (table.attention_s_per_group[d] * table.kv_groups
+                                 + table.mlp_s_per_column[d] * table.columns)
+                    prob += (epigraph >= work + extra * fused - M * (1 - s), f"{row}_tiled[{t},{name}]")
         prob += (tv.con >= table.connective_s_per_token[d] * v.X[d], f"connective[{name}]")
         prob += (tv.m >= v.X[d], f"chunk[{name}]")
 
@@ -248,20 +276,15 @@ def add_ring_time(prob: pulp.LpProblem, table: CostTable, tv: TimeVars, k: int) 
     for row, ring_vars, b in rings:
         for t, R in ring_vars.items():
             for l, (alpha, beta) in enumerate(classes):
-                full = (k - 1) * (t * alpha + beta * b * table.tokens)
+                steps = max(t, 1)  # tiles 0: the plain collective, whole chunks
+                full = (k - 1) * (steps * alpha + beta * b * table.tokens)
                 relax = full * (1 - tv.w[l]) if tv.w else 0
-                prob += (R >= (k - 1) * (t * alpha + beta * b * tv.m) - relax, f"{row}[{t},{l}]")
+                prob += (R >= (k - 1) * (steps * alpha + beta * b * tv.m) - relax, f"{row}[{t},{l}]")
 
 
 def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars, k: int) -> None:
-    U = table.column_unit
-    fused_in = table.parallel_block_inputs == 1  # one input GEMM the parallel block's gather feeds
-    gemm = {"attention_in": lambda d: table.attention_in_s_per_group[d] * v.G[d],
-            "attention_out": lambda d: table.attention_out_s_per_group[d] * v.G[d],
-            "mlp_in": lambda d: U * table.mlp_in_s_per_column[d] * v.C[d],
-            "mlp_out": lambda d: U * table.mlp_out_s_per_column[d] * v.C[d],
-            "block_in": lambda d: (gemm["attention_in"](d) + gemm["mlp_in"](d)) * fused_in,
-            "block_out": lambda d: gemm["attention_out"](d) + gemm["mlp_out"](d)}
+    hiding = {d: {q: table.hiding_s(d, g) for q, g in fused_gemms(table, v, d).items()}
+              for d in range(table.n_devices)}
     if k < 2:
         return  # one device: no collectives, Ex = 0
     alpha = max(max(row) for row in table.alpha_s)
@@ -269,14 +292,14 @@ def add_overlap(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVa
     for q, Ex in tv.Ex.items():
         R, tensors = (tv.R_in, table.parallel_block_inputs) if q == "block_in" and tv.R_in else (tv.R, 1)
         for t, s in tv.s.items():
-            M = (k - 1) * (t * alpha + beta * tensors * table.token_wire_bytes * table.tokens)
-            if t == 1:
-                prob += (Ex >= R[t] - M * (1 - s), f"exposed[{q},1]")
+            M = (k - 1) * (max(t, 1) * alpha + beta * tensors * table.token_wire_bytes * table.tokens)
+            if t == 0:
+                prob += (Ex >= R[t] - M * (1 - s), f"exposed[{q},0]")
                 continue
             for d, name in enumerate(labels(table)):
                 off = M * (1 - v.u[d]) + M * (1 - s)
-                prob += (Ex >= R[t] - (1 - 1 / (k * t)) * gemm[q](d) - off, f"exposed[{q},{t},{name}]")
-                prob += (Ex >= (1 / ((k - 1) * t)) * R[t] - (1 / k) * gemm[q](d) - off, f"first[{q},{t},{name}]")
+                prob += (Ex >= R[t] - (1 - 1 / (k * t)) * hiding[d][q] - off, f"exposed[{q},{t},{name}]")
+                prob += (Ex >= (1 / ((k - 1) * t)) * R[t] - (1 / k) * hiding[d][q] - off, f"first[{q},{t},{name}]")
 
 
 def add_gather(prob: pulp.LpProblem, table: CostTable, v: SplitVars, tv: TimeVars) -> None:

@@ -138,6 +138,9 @@ class DeviceRates:
     gemms: tuple[Measured, ...]
     attention: Measured
     elementwise: tuple[Measured, ...]
+    # GEMM speed by rows per GEMM relative to the whole sequence: ((rows, speed), ...), what token
+    # tiles cost (cost/tiling.py)
+    rows_speed: tuple[tuple[int, float], ...] = ()
     gemv: Measured | None = None
     dispatch: Measured | None = None
 
@@ -264,14 +267,32 @@ def measure_device(shapes: Shapes, method: Method, threads: int | None = None) -
         elementwise = measure_elementwise(shapes, method)
         log.info("elementwise %8.2f GB/s", sum(e.work for e in elementwise)
                  / sum(e.timing.median_s for e in elementwise) / 1e9)
+        rows_speed = measure_rows_speed(shapes, method, gemms)
+        log.info("GEMM speed by rows: %s", ", ".join(f"{r}: {s:.2f}" for r, s in rows_speed))
         gemv, dispatch = measure_gemv(shapes, method), measure_dispatch(method)
         log.info("GEMV %8.2f GB/s, dispatch %.1f us per op", gemv.rate / 1e9, dispatch.timing.median_s * 1e6)
-    rates = DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise, gemv, dispatch)
+    rates = DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise, rows_speed, gemv, dispatch)
     if rates.busy_ratio is not None and rates.busy_ratio > BUSY_RATIO:
         log.warning("the machine was busy: GEMM wall time was %.2fx its CPU time, so the rates are about "
                     "%.0f%% low; profile an idle device for figures to plan with", rates.busy_ratio,
                     100 * (1 - 1 / rates.busy_ratio))
     return rates
+
+
+TILE_ROWS = (16, 32, 64, 128)  # rows per GEMM piece that token tiles make, below the sequence
+
+
+def measure_rows_speed(shapes: Shapes, method: Method, whole: list[Measured]) -> tuple[tuple[int, float], ...]:
+    """The layer's GEMMs on fewer rows: their FLOP rate (summed over the layer) relative to the rate
+    on the whole sequence (`whole`, measured already)."""
+    whole_rate = sum(g.work * g.count for g in whole) / sum(g.timing.median_s * g.count for g in whole)
+    points = []
+    for rows in (r for r in TILE_ROWS if r < shapes.tokens):
+        measured = [(measure_gemm(Gemm(g.name, rows, g.inner, g.out, g.count), method), g.count)
+                    for g in _unique(shapes.gemms())]
+        rate = sum(m.work * c for m, c in measured) / sum(m.timing.median_s * c for m, c in measured)
+        points.append((rows, round(rate / whole_rate, 4)))
+    return (*points, (shapes.tokens, 1.0))
 
 
 def _unique(gemms: tuple[Gemm, ...]) -> list[Gemm]:
@@ -294,7 +315,11 @@ def shapes_from_model(model: str, size: str | None = None, seq_len: int | None =
 
     loaded = load_model(model, size, seq_len, materialize=False)
     captured = capture(loaded)
-    summary = summarise(recognise(captured), captured)
+    return shapes_from_summary(summarise(recognise(captured), captured))
+
+
+def shapes_from_summary(summary) -> Shapes:
+    """The layer shapes of a ModelSummary."""
     return Shapes(source=f"{summary.name}, {summary.seq_len} tokens", batch=summary.batch,
                   seq_len=summary.seq_len, hidden=summary.hidden, heads=summary.heads,
                   kv_heads=summary.kv_heads, head_dim=summary.head_dim, intermediate=summary.intermediate,

@@ -8,6 +8,8 @@ Profile (format_version 1; `ir/cluster_file.py` reads it, PROFILE_KEYS lists eve
     gemm_flops_per_s         {"rows x in x out": FLOP/s} per GEMM shape of the layer
     attention_flops_per_s    SDPA, counting its two matrix products (4 b h s^2 d)
     elementwise_bytes_per_s  layer_norm, add, GELU: bytes read + written / time
+    gemm_rows_speed          [[rows, speed], ...]: the layer's GEMMs on 16-128 rows, FLOP rate relative
+                             to the whole sequence (what token tiles cost, cost/tiling.py)
     comm_cpu_s_per_byte      CPU seconds per byte sent + received (gloo over loopback)
     gemv_bytes_per_s         a decode step's GEMVs: weight bytes streamed from memory per second
     dispatch_s_per_op        a decode step's fixed cost per op
@@ -43,6 +45,7 @@ def device_profile(rates: DeviceRates, comm: LinkResult) -> dict:
         "gemm_flops_per_s": rates.gemm_flops_per_s,
         "attention_flops_per_s": rates.attention_flops_per_s,
         "elementwise_bytes_per_s": rates.elementwise_bytes_per_s,
+        "gemm_rows_speed": [list(point) for point in rates.rows_speed],
         "comm_cpu_s_per_byte": statistics.fmean(comm.comm_cpu_s_per_byte),
         "gemv_bytes_per_s": rates.gemv_bytes_per_s,
         "dispatch_s_per_op": rates.dispatch_s_per_op,

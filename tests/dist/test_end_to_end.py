@@ -52,6 +52,16 @@ def test_tiled_overlap_matches(tmp_path, tiny_models, kind):
     _run(tmp_path, tiny_models[kind], manual_plan(summary, [1, 1, 1], [2, 1, 1], [2, 1, 1], tiles=3))
 
 
+@pytest.mark.parametrize("kind,tiles,algorithm", [("bert", 0, "ring"), ("llama", 0, "direct"), ("gpt2", 1, "direct")])
+def test_plain_and_direct_collectives_match(tmp_path, tiny_models, kind, tiles, algorithm):
+    """Tiles 0 runs the plain collectives; direct ones send every chunk to every peer at once,
+    plain (tiles 0) or with each peer's rows computed as they arrive (tiles 1)."""
+    summary = tiny_models[kind][2]
+    plan = manual_plan(summary, [1, 1, 1], [3, 2, 1], [5, 2, 1], tiles=tiles, algorithm=algorithm)
+    assert str(plan.stages[0].schedule).count(algorithm if algorithm == "direct" else f"t{tiles}") == 4
+    _run(tmp_path, tiny_models[kind], plan)
+
+
 def test_rank_with_no_tokens_or_no_heads(tmp_path, tiny_models):
     """A rank may hold heads but no tokens, or tokens but no heads and no columns."""
     summary = tiny_models["bert"][2]

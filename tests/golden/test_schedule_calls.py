@@ -37,6 +37,9 @@ from .golden_cases import CASES, ROOT, read
 CALLS = {"all_gather": "AG", "all_gather_linear": "AG", "reduce_scatter": "RS", "linear_reduce_scatter": "RS",
          "all_reduce": "AR", "project_all_gather": "KVAG", "scatter_hidden": "SCATTER", "gather_hidden": "GATHER",
          "send": "SEND", "receive": "RECV"}
+CALLS.update({f"{name}_direct": op for name, op in CALLS.items() if op in ("AG", "RS")})
+# The plain collectives (their GEMM runs after or before them whole): tiles 0.
+PLAIN = {"all_gather", "reduce_scatter", "all_gather_direct", "reduce_scatter_direct"}
 WIRE = {"float16": "f16", "bfloat16": "bf16"}
 TINY_SEQ = 32
 
@@ -65,7 +68,7 @@ def called(source: str, entry: str = "forward") -> list[str]:
             if isinstance(node.func, ast.Name) and name in functions:
                 visit_statements(functions[name].body)
             elif name in CALLS and (isinstance(node.func, ast.Name) or _is_handoff(node.func)):
-                found.append(_action(CALLS[name], node))
+                found.append(_action(name, node))
 
     visit_statements(functions[entry].body)
     return found
@@ -82,13 +85,18 @@ def _layer_loop_runs(loop: ast.For) -> int:
     return ast.literal_eval(target.slice.upper) - ast.literal_eval(target.slice.lower)
 
 
-def _action(op: str, call: ast.Call) -> str:
+def _action(name: str, call: ast.Call) -> str:
+    op = CALLS[name]
     keywords = {k.arg: k.value for k in call.keywords}
     options = []
-    if "tiles" in keywords and ast.literal_eval(keywords["tiles"]) > 1:
+    if name in PLAIN:
+        options.append("t0")
+    elif "tiles" in keywords and ast.literal_eval(keywords["tiles"]) > 1:
         options.append(f"t{ast.literal_eval(keywords['tiles'])}")
     if "wire_dtype" in keywords:
         options.append(WIRE[ast.unparse(keywords["wire_dtype"]).removeprefix("torch.")])
+    if name.endswith("_direct"):
+        options.append("direct")
     return f"{op}({','.join(options)})" if options else op
 
 
@@ -194,5 +202,6 @@ def test_the_reader_follows_loops_and_calls():
         "        x = layer(w, x)\n"
         "    ctx.handoff.send([x], T, ring, [0], 'h', wire_dtype=torch.float16)\n"
         "def layer(w, x):\n"
-        "    return reduce_scatter(F.linear(all_gather_linear(x, w, None, T, ring, tiles=2), w), T, ring)\n")
-    assert called(source) == ["SCATTER", *["AG(t2)", "RS"] * 3, "SEND(f16)"]
+        "    y = reduce_scatter(F.linear(all_gather_linear(x, w, None, T, ring, tiles=2), w), T, ring)\n"
+        "    return linear_reduce_scatter_direct(all_gather_direct(y, T, ring), w, T, ring)\n")
+    assert called(source) == ["SCATTER", *["AG(t2)", "RS(t0)", "AG(t0,direct)", "RS(direct)"] * 3, "SEND(f16)"]

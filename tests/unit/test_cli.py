@@ -109,7 +109,7 @@ def test_wire_sets_every_action_and_states_the_error_it_costs(tmp_path, capsys):
     path = tmp_path / "half.json"
     assert compile_("--solver", "proportional", "--wire", "float16", "--save-plan", str(path)) == 0
     out = capsys.readouterr().out
-    assert "SCATTER(f16) | attn:AG(f16)>RS(f16) mlp:AG(f16)>RS(f16) | GATHER(f16)" in out
+    assert "SCATTER(f16) | attn:AG(t0,f16)>RS(t0,f16) mlp:AG(t0,f16)>RS(t0,f16) | GATHER(f16)" in out
     assert re.search(r"wire float16: expected max abs error logits \d", out)
     document = read_plan_document(path)
     assert document.plan.wire_dtype == "float16" and document.wire_error["logits"] > 0

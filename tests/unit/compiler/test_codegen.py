@@ -39,10 +39,9 @@ def test_each_rank_states_its_share_and_runs_two_gathers_and_two_scatters_per_la
     assert "def epilogue(" in first and "def epilogue(" not in sources[1]
     layer = _function(first, "layer")
     assert len(re.findall(r"\battention\(", layer)) == 1 and len(re.findall(r"\bmlp\(", layer)) == 1
-    assert _function(first, "attention").count("all_gather(") == 1
-    assert _function(first, "attention").count("reduce_scatter(") == 1
-    assert _function(first, "mlp").count("all_gather(") == 1
-    assert _function(first, "mlp").count("reduce_scatter(") == 1
+    for block in ("attention", "mlp"):  # tiles 1: each rank's chunk computed on while the others move
+        assert _function(first, block).count("all_gather_linear(") == 1
+        assert _function(first, block).count("linear_reduce_scatter(") == 1
     assert "TOKENS_PER_RANK = [8, 8, 16]" in first and "No heads of 6" in sources[2]
     assert "HEADS_PER_RANK" not in first  # no constant nothing reads
     # RoPE is copied from the graph as one per-head transform that q and k share.

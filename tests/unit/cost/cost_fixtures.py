@@ -10,6 +10,7 @@ def toy_table() -> CostTable:
     A: 1 s per KV group (0.25 QKV, 0.125 out), 0.5 s per column (0.125 in, 0.125 out), 0.01 s per
     token, prologue 0.1 s, epilogue 0.2 s, 1e-4 s CPU per byte moved. B is exactly twice as slow.
     One link: alpha 0.01 s, beta 1e-4 s/byte. 2 layers, 2 groups, 4 columns, 4 tokens of 1000 B.
+    GEMMs run as fast on one row as on four (a flat rows curve): token tiles cost no GEMM speed.
     """
     return CostTable(
         model="toy", cluster="toy2", devices=("A", "B"), n_layers=2, kv_groups=2, heads_per_group=1,
@@ -23,5 +24,5 @@ def toy_table() -> CostTable:
         alpha_s=((0.0, 0.01), (0.01, 0.0)), beta_s_per_byte=((0.0, 1e-4), (1e-4, 0.0)),
         weight_bytes_per_group=1000, weight_bytes_per_column=100, connective_bytes_per_layer=10,
         act_bytes_per_group=50, act_bytes_per_column=5, act_bytes_per_token=3, buffer_bytes=7,
-        prologue_bytes=20, epilogue_bytes=30)
+        prologue_bytes=20, epilogue_bytes=30, gemm_rows_speed=(((1, 1.0),),) * 2)
 

@@ -27,10 +27,11 @@ def test_two_devices_untiled(toy):
     gather = 1e-4 * 1 * 1000 + (0.01 + 1e-4 * 1 * 1000)  # head CPU for B's token, B -> A link
     expected = prologue + 2 * (attention + connective + mlp) + gather + 0.2
     assert expected == pytest.approx(15.66)
-    latency, blocks = predict(hmp(1), toy)
+    latency, blocks = predict(hmp(0), toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert [b.block for b in blocks] == ["prologue", "attention", "connective", "mlp", "handoff", "epilogue"]
-    assert [b.actions for b in blocks] == [("SCATTER",), ("AG", "RS"), (), ("AG", "RS"), ("GATHER",), ()]
+    assert [b.actions for b in blocks] == [("SCATTER",), ("AG(t0)", "RS(t0)"), (), ("AG(t0)", "RS(t0)"),
+                                           ("GATHER",), ()]
     assert blocks[1].comm_cpu_s_per_rank == pytest.approx((cpu_a, cpu_b))
 
 
@@ -48,6 +49,33 @@ def test_two_devices_two_tiles(toy):
     latency, blocks = predict(hmp(2), toy)
     assert latency == pytest.approx(expected, rel=1e-12)
     assert blocks[1].comm_s == pytest.approx(2 * ring2) and blocks[1].hidden_s > 0
+
+
+def test_two_devices_chunk_overlap(toy):
+    """Tiles 1: each rank computes on its own chunk while the peer's moves; for n = 2 the ring
+    shows beyond half the GEMM (cost/overlap.py, exposed(1) = ring - G/2)."""
+    ring = 0.01 + 1e-4 * 3 * 1000
+    untiled, _ = predict(hmp(0), toy)
+    latency, blocks = predict(hmp(1), toy)
+    hidden = [min(ring, min(0.25, 0.5) / 2), min(ring, min(0.125, 0.25) / 2),
+              min(ring, min(3 * 0.125, 0.25) / 2), min(ring, min(3 * 0.125, 0.25) / 2)]
+    assert untiled - latency == pytest.approx(2 * sum(hidden), rel=1e-12)
+    assert blocks[1].hidden_s == pytest.approx(hidden[0] + hidden[1])
+
+
+def test_token_tiles_slow_the_fused_gemms(toy):
+    """With a rows curve, the GEMMs next to a fused collective run on pieces of S / (n t) rows: at 4
+    tokens, 2 ranks and 1 tile, pieces of 2 rows, at half the speed of 4 rows: each fused GEMM
+    takes twice as long, charged to its rank."""
+    from dataclasses import replace
+    slow = replace(toy, gemm_rows_speed=(((2, 0.5), (4, 1.0)),) * 2)
+    _, flat_blocks = predict(hmp(1), toy)
+    _, blocks = predict(hmp(1), slow)
+    assert [s - f for s, f in zip(blocks[1].compute_s_per_rank, flat_blocks[1].compute_s_per_rank)] == \
+        pytest.approx([0.25 + 0.125, 0.5 + 0.25])
+    untiled_flat, _ = predict(hmp(0), toy)
+    untiled_slow, _ = predict(hmp(0), slow)
+    assert untiled_slow == untiled_flat  # tiles 0: whole GEMMs
 
 
 def test_pipeline_of_two_stages(toy):

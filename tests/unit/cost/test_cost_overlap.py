@@ -35,7 +35,7 @@ def simulate(n: int, tiles: int, piece_link_s: float, piece_gemm_s: float, reduc
 @pytest.mark.parametrize("seed", range(40))
 def test_matches_simulation(seed):
     rng = random.Random(seed)
-    n, tiles = rng.randint(2, 6), rng.choice([2, 4, 8])
+    n, tiles = rng.randint(2, 6), rng.choice([1, 2, 4, 8])
     piece_link, piece_gemm = rng.uniform(0, 1), rng.uniform(0, 1) * rng.choice([0.1, 1, 10])
     ring_s, gemm_s = (n - 1) * tiles * piece_link, n * tiles * piece_gemm
     for reduce_scatter in (False, True):
@@ -44,6 +44,6 @@ def test_matches_simulation(seed):
 
 
 def test_untiled_hides_nothing_and_one_rank_has_no_link():
-    assert exposed_s(0.3, 1, 10.0, 3) == 0.3
+    assert exposed_s(0.3, 0, 10.0, 3) == 0.3
     assert exposed_s(0.3, 4, 10.0, 1) == 0.0
     assert exposed_s(0.8, 4, 0.0, 2) == pytest.approx(0.8)

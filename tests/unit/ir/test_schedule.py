@@ -14,7 +14,7 @@ EXAMPLES = [
     "REP | attn:AR mlp:AR | -",
     "SCATTER | attn:KVAG(t2,f16) mlp:- | GATHER",
     "REP | attn:- mlp:- | -",
-    "RECV | attn:AG(bf16,direct)>RS(t4,bf16,direct) mlp:AG>RS | SEND",
+    "RECV | attn:AG(bf16,direct)>RS(t0,bf16,direct) mlp:AG(t4)>RS(t0) | SEND",
     "SCATTER | par:AG(t2)>RS(t2) | GATHER",
     "REP | par:AR | -",
 ]
@@ -28,14 +28,16 @@ def test_strings_round_trip(text):
 
 
 def test_an_action_carries_its_tiles_wire_dtype_and_algorithm():
-    assert Action.parse("RS(t4,f16,direct)") == Action("RS", 4, "float16", "direct")
+    assert Action.parse("RS(t4,f16)") == Action("RS", 4, "float16", "ring")
+    assert Action.parse("RS(t0,direct)") == Action("RS", 0, "float32", "direct")
     assert str(Action("AG", 1, "float32", "ring")) == "AG"
 
 
 @pytest.mark.parametrize("text,message", [
     ("SCATTER | attn:AG>RS mlp:AG>RS", "expected 'ENTER | BLOCKS | EXIT'"),
     ("SCATTER | attn:XX mlp:- | GATHER", "unknown schedule action 'XX'"),
-    ("SCATTER | attn:AG(t0)>RS mlp:- | GATHER", "tiles must be >= 1"),
+    ("SCATTER | attn:KVAG(t0) mlp:- | GATHER", "tiles must be >= 1"),
+    ("SCATTER | attn:AG(t2,direct)>RS mlp:- | GATHER", "a direct collective sends whole chunks"),
     ("SCATTER | attn:AG(f8) mlp:- | GATHER", "unknown option 'f8'"),
     ("SCATTER | attn:RS>AG mlp:- | GATHER", "a block carries AG>RS, AR, KVAG or nothing"),
     ("SCATTER | mlp:- attn:- | GATHER", "lists attn and mlp, in that order"),
@@ -53,7 +55,7 @@ def test_the_layouts_a_schedule_implies():
     assert (hybrid.layout, hybrid.shards_weights, hybrid.tiles) == ("split", True, 2)
     assert (megatron.layout, megatron.shards_weights) == ("whole", True)
     assert (sequence.layout, sequence.shards_weights) == ("split", False)
-    assert (alone.layout, alone.shards_weights, alone.tiles) == ("split", False, 1)
+    assert (alone.layout, alone.shards_weights, alone.tiles) == ("split", False, 0)
     assert [str(a) for a in hybrid.actions] == ["SCATTER", "AG(t2)", "RS(t2)", "AG", "RS", "GATHER"]
 
 

@@ -73,7 +73,9 @@ def random_table(rng: random.Random, n: int, groups: int = 2, units: int = 2, to
         alpha_s=alpha, beta_s_per_byte=beta,
         weight_bytes_per_group=w_group, weight_bytes_per_column=w_col, connective_bytes_per_layer=50,
         act_bytes_per_group=500, act_bytes_per_column=40, act_bytes_per_token=100, buffer_bytes=800,
-        prologue_bytes=700, epilogue_bytes=rng.choice([0, 3000]))
+        prologue_bytes=700, epilogue_bytes=rng.choice([0, 3000]),
+        # GEMMs on fewer rows run slower, mildly (random tables have a few tokens): tiles cost a little
+        gemm_rows_speed=tuple(((1, rng.uniform(0.8, 1.0)), (tokens, 1.0)) for _ in range(n)))
 
 
 def every_pipeline(table: CostTable, max_group_devices: int) -> Iterator[Plan]:

@@ -19,6 +19,12 @@ def golden(name: str = "bert-base__four-uneven") -> PlanDocument:  # a frozen go
     return replace(read_plan_document(DATA / f"{name}.json"), path=name)
 
 
+def current(name: str = "bert-base__four-uneven") -> PlanDocument:
+    """The frozen golden plan with the predictions of today's cost model (what a re-check sees)."""
+    doc = golden(name)
+    return replace(doc, plan=predicted(doc.plan, doc))
+
+
 def baseline(doc: PlanDocument, solver: str = "even") -> PlanDocument:
     """The same model and cluster planned by a baseline (even: all four devices, 1506.97 ms)."""
     return PlanDocument(make_plan(doc.summary, doc.cluster, solver=solver), doc.summary, doc.cluster, solver)

@@ -26,7 +26,7 @@ def test_ilp_to_even_lists_every_change():
     assert f"predicted latency: 751.05 ms -> {ms(new, 2)} ms ({signed_ms(new - old, 2)} ms, {pct(new, old)})" in text
     assert "devices added: dev-c (rank 2), dev-d (rank 3)" in text
     assert ("schedule: SCATTER | attn:AG(t4)>RS(t4) mlp:AG(t4)>RS(t4) | GATHER -> "
-            "SCATTER | attn:AG>RS mlp:AG>RS | GATHER") in text
+            "SCATTER | attn:AG(t0)>RS(t0) mlp:AG(t0)>RS(t0) | GATHER") in text
     assert line(text, "dev-a").split() == ["dev-a", "0", "8", "->", "3", "(-5)", "8", "->", "3", "(-5)",
                                            "2048", "->", "768", "(-1280)", "128", "->", "64", "(-64)"]
     assert line(text, "dev-d").split() == ["dev-d", "-", "->", "0", "-", "->", "3", "-", "->", "3",

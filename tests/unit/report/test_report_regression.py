@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from report_fixtures import baseline, golden
+from report_fixtures import baseline, current, golden
 
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.report import EXIT_NOT_COMPARABLE, EXIT_REGRESSION, PlanDocument, check_regression
 
 
 def test_same_plan_passes():
-    verdict = check_regression(golden(), golden(), 0.0)
+    verdict = check_regression(current(), current(), 0.0)
     assert (verdict.ok, verdict.exit_code) == (True, 0)
     assert "(+0.0%, within +0%)" in verdict.message
 
@@ -38,8 +38,8 @@ def test_other_model_or_cluster_is_not_comparable():
 
 
 def test_bare_reference_is_matched_by_names():
-    ref = PlanDocument(golden().plan, path="ref.json")
-    verdict = check_regression(ref, golden(), 0.0)
+    ref = PlanDocument(current().plan, path="ref.json")
+    verdict = check_regression(ref, current(), 0.0)
     assert verdict.ok and "matched by model and cluster names only" in verdict.message
     renamed = PlanDocument(replace(golden().plan, cluster="elsewhere"), path="ref.json")
     assert "made for cluster elsewhere, not four-uneven" in check_regression(renamed, golden(), 0.0).message
@@ -48,4 +48,4 @@ def test_bare_reference_is_matched_by_names():
 def test_new_plan_without_stored_prediction_is_predicted():
     new = golden()
     new = PlanDocument(replace(new.plan, predicted_latency_s=0.0, predicted_blocks=()), new.summary, new.cluster)
-    assert check_regression(golden(), new, 0.0).ok
+    assert check_regression(current(), new, 0.0).ok
