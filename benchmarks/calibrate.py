@@ -4,7 +4,8 @@ The clusters' files state GFLOP/s from an older calibration (cpu_share x 80 GFLO
 machine's one-thread GEMM rate moves with its host (130-140 GFLOP/s in December 2026,
 docs/PERFORMANCE.md). A run measures the model's layer GEMMs, its SDPA and the GEMM speed by rows
 with galaxy-profile's own code on one thread, and gives each emulated device cpu_share times those
-rates, so predictions compare with what the same run measures. Transfers hide behind about half
+rates, so predictions compare with what the same run measures (a decode step's GEMV rate too, and
+its dispatch cost per op divided by the share). Transfers hide behind about half
 of a throttled device's GEMM under a CPU quota and about 0.7 of it with a CPU of its own by weight
 (docs/PERFORMANCE.md, section 2): each device's overlap efficiency follows the CPU mode.
 """
@@ -42,6 +43,8 @@ def calibrated(cluster: Cluster, host: DeviceRates, cpu_mode: str) -> Cluster:
     devices = tuple(replace(d, flops_per_s=d.cpu_share * host.flops_per_s,
                             attention_flops_per_s=d.cpu_share * host.attention_flops_per_s,
                             gemm_rows_speed=host.rows_speed,
-                            overlap_efficiency=d.overlap_efficiency if efficiency is None else efficiency)
+                            overlap_efficiency=d.overlap_efficiency if efficiency is None else efficiency,
+                            gemv_bytes_per_s=d.cpu_share * (host.gemv_bytes_per_s or 0.0) or d.gemv_bytes_per_s,
+                            dispatch_s_per_op=(host.dispatch_s_per_op or 0.0) / d.cpu_share or d.dispatch_s_per_op)
                     for d in cluster.devices)
     return replace(cluster, devices=devices)

@@ -17,8 +17,8 @@ Variants (each a prefill plan and a decode layout, compiled for the cluster at t
 
 Clusters are clusters/NAME.toml; NAME:MIB gives each device MIB MiB, so that the model does not
 fit on one device (the planner counts memory; the emulator does not enforce it). The devices'
-rates are calibrated: one core of this machine is measured at the model's shapes (GEMM, SDPA,
-GEMV, dispatch: compiler/profile/device.py) and each device gets that times its CPU share, what
+rates are calibrated (benchmarks/calibrate.py): one core of this machine is measured at the
+model's shapes (GEMM, SDPA, GEMV, dispatch) and each device gets that times its CPU share, what
 the emulator gives it, and where the emulator must use CPU quotas (more devices than cores) the
 planner's links get the 2 ms per message a quota costs (docs/EMULATION.md), as the cluster files
 do; --no-calibrate plans with the files' nominal GFLOP/s and the grid's latency alone.
@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.calibrate import calibrated, measure_host
 from benchmarks.output import finish, parser, save_figure, save_rows, start
 from galaxy.compiler.cost.table import build_cost_table
 from galaxy.compiler.ir.cluster import Cluster
@@ -92,29 +93,6 @@ def cluster_of(spec: str) -> Cluster:
         cluster = replace(cluster, name=spec, devices=tuple(replace(d, mem_bytes=int(float(mib) * 2**20))
                                                             for d in cluster.devices))
     return cluster
-
-
-def calibrated(cluster: Cluster, rates) -> Cluster:
-    """`cluster` with each device's rates measured on this machine's core (galaxy-profile's
-    measurements, one thread) times its CPU share: what the emulated device really runs at, so the
-    planner's predictions and choices are about the devices measured here."""
-    return replace(cluster, name=f"{cluster.name}+calibrated", devices=tuple(replace(
-        d, flops_per_s=rates.flops_per_s * d.cpu_share, attention_flops_per_s=rates.attention_flops_per_s * d.cpu_share,
-        gemv_bytes_per_s=rates.gemv_bytes_per_s * d.cpu_share, dispatch_s_per_op=rates.dispatch_s_per_op / d.cpu_share)
-        for d in cluster.devices))
-
-
-def measure_core(summary):
-    """One core's GEMM, SDPA, GEMV and dispatch rates at the model's layer shapes."""
-    from galaxy.compiler.profile.device import Method, Shapes, measure_device
-
-    shapes = Shapes(f"{summary.name}, {summary.seq_len} tokens", summary.batch, summary.seq_len, summary.hidden,
-                    summary.heads, summary.kv_heads, summary.head_dim, summary.intermediate, summary.gated_mlp)
-    rates = measure_device(shapes, Method(repeats=5, warmup=2, min_repeat_s=0.05), threads=1)
-    log.info("one core: GEMM %.0f GFLOP/s, SDPA %.0f GFLOP/s, GEMV %.1f GB/s, dispatch %.1f us/op",
-             rates.flops_per_s / 1e9, rates.attention_flops_per_s / 1e9, rates.gemv_bytes_per_s / 1e9,
-             rates.dispatch_s_per_op * 1e6)
-    return rates
 
 
 def networks(args) -> list[tuple[float, float]]:
@@ -185,17 +163,18 @@ def run_grid(args) -> list[dict]:
             prompt = tuple(torch.randint(3, lm.vocab_size, (prompt_len,),
                                          generator=torch.Generator().manual_seed(0)).tolist())
             request = GenerationRequest(prompt, args.new_tokens, stop_at_eos=False)
-            rates = measure_core(prefill[2]) if args.calibrate else None
+            host = measure_host(prefill[2]) if args.calibrate else None
             for cluster_name in args.clusters.split(","):
                 base = cluster_of(cluster_name)
-                if rates is not None:
-                    base = calibrated(base, rates)
+                quotas = len(base.devices) > (os.cpu_count() or 1)  # the emulator's CPU mode (host/emulate.py)
+                if host is not None:
+                    base = calibrated(base, host, "quota" if quotas else "weight")
                 bundles: dict[str, Path] = {}
                 alone: dict | None = None  # the fastest device alone sends nothing: measured once per cluster
                 # Under CPU quotas (more devices than cores) a message that reaches a throttled device
                 # waits for its next period: the cluster files charge that as 2 ms a step
                 # (docs/EMULATION.md, "Effective per-step latency"); the emulated links do not get it.
-                quota_ms = QUOTA_STEP_MS if args.calibrate and len(base.devices) > (os.cpu_count() or 1) else 0.0
+                quota_ms = QUOTA_STEP_MS if args.calibrate and quotas else 0.0
                 for mbit, latency_ms in networks(args):
                     emulated = at_network(base, mbit, latency_ms)
                     cluster = replace(at_network(base, mbit, latency_ms + quota_ms), name=emulated.name)
