@@ -29,11 +29,23 @@ LAYOUT_WORDS = {
 }
 
 
-def layout_words(layout: str, devices: int) -> str:
-    """The layout in words; `keep` on one device is the prefill's device, not tensor parallelism."""
-    if layout == "keep" and devices == 1:
+def layout_words(layout: str, plan: Plan) -> str:
+    """The layout in words. `keep` is what the prefill's stages make it: one device, a pipeline of
+    whole layers (one device a stage), or tensor parallelism within stages."""
+    if layout != "keep":
+        return LAYOUT_WORDS[layout]
+    if len(plan.stages) == 1 and len(plan.stages[0].ranks) == 1:
         return "the prefill's one device (the cache stays put)"
+    if all(len(stage.ranks) == 1 for stage in plan.stages):
+        return "the prefill's pipeline of whole layers (the cache stays put)"
+    if len(plan.stages) > 1:
+        return "the prefill's pipeline stages, tensor parallel within each (the cache stays put)"
     return LAYOUT_WORDS[layout]
+
+
+def keep_name(plan: Plan) -> str:
+    """What `keep` is for these stages, in two or three words (the planner's notes)."""
+    return "tensor parallelism" if any(len(stage.ranks) > 1 for stage in plan.stages) else "the prefill's pipeline"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from galaxy.compiler.cost.latency import block_s, predict
 from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import GenerationError
 from galaxy.compiler.ir.cluster import Cluster
-from galaxy.compiler.ir.generation import DecodeCandidate, Generation, layout_words
+from galaxy.compiler.ir.generation import DecodeCandidate, Generation, keep_name, layout_words
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
 from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.ir.summary import ModelSummary
@@ -300,8 +300,7 @@ def explain(chosen: _Priced, priced: list[_Priced], table: CostTable, tokens: in
     """Why the decode layout won: its time per token and what made up the others'. `best`: the
     planner's own choice when `chosen` was forced (galaxy-compile --decode)."""
     compute, link, messages = _split(chosen.plan)
-    used = sum(len(stage.ranks) for stage in chosen.plan.stages)
-    notes = [f"decode: {layout_words(chosen.layout, used)} on {_devices(chosen)}, predicted "
+    notes = [f"decode: {layout_words(chosen.layout, chosen.plan)} on {_devices(chosen)}, predicted "
              f"{fmt_s(chosen.s_per_token)} per token ({fmt_s(compute)} compute, {fmt_s(link)} link time over "
              f"{messages} collectives a step)" + (f"; moving the cache costs {fmt_s(chosen.handoff_s)} once"
                                                  if chosen.handoff_s else "")]
@@ -353,11 +352,11 @@ def _why(chosen: _Priced, by_layout: dict[str, _Priced]) -> str:
                           "pipeline of whole layers")
             else:
                 versus = ""
-            return (f"why tensor parallelism: the model and its cache do not fit on {_devices(single)} alone, and "
+            return (f"why {keep_name(chosen.plan)}: the model and its cache do not fit on {_devices(single)} alone, and "
                     f"keeping the prefill's head split leaves the cache where it is{versus}")
         c_single, _, _ = _split(single.plan)
         c, l, _ = _split(chosen.plan)
-        return (f"why tensor parallelism: splitting each step's weight reads over {_devices(chosen)} cuts its compute "
+        return (f"why {keep_name(chosen.plan)}: splitting each step's weight reads over {_devices(chosen)} cuts its compute "
                 f"from {fmt_s(c_single)} on {_devices(single)} alone to {fmt_s(c)}, and its all-reduces cost "
                 f"{fmt_s(l)}: {fmt_s(chosen.s_per_token)} per token against {fmt_s(single.s_per_token)} "
                 f"(plus {fmt_s(single.handoff_s)} once to move the cache)")

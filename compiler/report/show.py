@@ -42,7 +42,7 @@ def generation_summary_lines(g: Generation) -> list[str]:
             f"predicted time to first token {ms(g.predicted_ttft_s, ms_decimals(g.predicted_ttft_s))} ms, "
             f"time per token {ms(g.predicted_tbt_s, ms_decimals(g.predicted_tbt_s))} ms "
             f"(at a context of {g.context_tokens} tokens)",
-            f"decode: {g.layout}, {layout_words(g.layout, len(g.decode_ranks))}"
+            f"decode: {g.layout}, {layout_words(g.layout, g.decode)}"
             + (f"; moving the prompt's cache costs {ms(g.handoff_s, ms_decimals(g.handoff_s))} ms"
                if g.handoff_s else "")]
 
