@@ -4,8 +4,12 @@ The clusters' files state GFLOP/s from an older calibration (cpu_share x 80 GFLO
 machine's one-thread GEMM rate moves with its host (130-140 GFLOP/s in December 2026,
 docs/PERFORMANCE.md). A run measures the model's layer GEMMs, its SDPA and the GEMM speed by rows
 with galaxy-profile's own code on one thread, and gives each emulated device cpu_share times those
-rates, so predictions compare with what the same run measures (a decode step's GEMV rate too, and
-its dispatch cost per op divided by the share). Transfers hide behind about half
+rates (a decode step's GEMV rate too, and its dispatch cost per op divided by the share). One
+factor per CPU mode then scales every device so that the fastest device alone is
+predicted as a calibration run of it on the emulator measured (`scaled`): the emulator's
+throttling, the rank's process and its elementwise work cost what they cost on a device, which a
+profile taken on the device itself would include. Predictions of every other plan are then
+compared with what the same run measures. Transfers hide behind about half
 of a throttled device's GEMM under a CPU quota and about 0.7 of it with a CPU of its own by weight
 (docs/PERFORMANCE.md, section 2): each device's overlap efficiency follows the CPU mode.
 """
@@ -47,4 +51,11 @@ def calibrated(cluster: Cluster, host: DeviceRates, cpu_mode: str) -> Cluster:
                             gemv_bytes_per_s=d.cpu_share * (host.gemv_bytes_per_s or 0.0) or d.gemv_bytes_per_s,
                             dispatch_s_per_op=(host.dispatch_s_per_op or 0.0) / d.cpu_share or d.dispatch_s_per_op)
                     for d in cluster.devices)
+    return replace(cluster, devices=devices)
+
+
+def scaled(cluster: Cluster, factor: float) -> Cluster:
+    """`cluster` with every device's compute rates times `factor`."""
+    devices = tuple(replace(d, flops_per_s=d.flops_per_s * factor,
+                            attention_flops_per_s=d.attention_flops_per_s * factor) for d in cluster.devices)
     return replace(cluster, devices=devices)

@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.calibrate import calibrated, measure_host
+from benchmarks.calibrate import calibrated, measure_host, scaled
 from benchmarks.emulated import emulator_for_bundle, run_bundle
 from benchmarks.reference import REFERENCE_SCRIPT, REFERENCE_VARIANTS, run_reference_variant
 from benchmarks.report import write_report
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         for cluster_name in args.clusters.split(","):
             base = load_cluster(REPO / "clusters" / f"{cluster_name}.toml")
             base = replace(base, shared_card=args.nic == "shared")
-            for mbit in (float(b) for b in args.bandwidths.split(",")):
-                for cpu_mode in args.cpu_mode.split(","):
-                    cluster = with_bandwidth(calibrated(base, host, cpu_mode) if host else base, mbit * 1e6)
+            for cpu_mode in args.cpu_mode.split(","):
+                mode_base = _calibrated(base, host, summary, graph, captured, cpu_mode, args) if host else base
+                for mbit in (float(b) for b in args.bandwidths.split(",")):
+                    cluster = with_bandwidth(mode_base, mbit * 1e6)
                     for name in args.variants.split(","):
                         row = {"model": f"{kind}-{size}", "cluster": cluster_name, "mbit": mbit, "cpu_mode": cpu_mode,
                                "nic": args.nic, "variant": name, "devices": len(base.devices),
@@ -72,6 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     write_report(rows, args.out, args.repeat)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def _calibrated(base, host, summary, graph, captured, cpu_mode: str, args):
+    """`base` at this machine's rates, scaled so the fastest device alone is predicted as measured."""
+    cluster = calibrated(base, host, cpu_mode)
+    run = _run_variant("local", summary, cluster, graph, captured, cpu_mode, args)
+    if "median_s" not in run:
+        log.warning("calibration run failed (%s): device rates stay unscaled", run.get("error"))
+        return cluster
+    factor = run["predicted_s"] / run["median_s"]
+    log.info("calibration %s %s: fastest device alone predicted %.3f s, measured %.3f s: rates x %.3f",
+             base.name, cpu_mode, run["predicted_s"], run["median_s"], factor)
+    return scaled(cluster, factor)
 
 
 def _run_variant(name, summary, cluster, graph, captured, cpu_mode: str, args) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def compile_model(source: str, options: CompileOptions = CompileOptions()) -> Co
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None, wire_error)
     bundle = write_plan_bundle(options.out_dir, plan, summary, graph, captured, model_label(source), cluster,
-                               wire_error)
+                               wire_error, model_options(options, source))
     return CompileResult(plan, summary, cluster, graph, bundle, wire_error)
 
 
@@ -84,6 +85,15 @@ def model_label(source: str | Path) -> str:
     in two checkouts gives the same bytes)."""
     path = Path(source)
     return f"{path.parent.name}/{path.name}" if path.name == "config.json" and path.parent.name else path.name
+
+
+def model_options(options: CompileOptions, source: str | Path) -> dict:
+    """How MODEL was loaded and captured, for plan.json: what galaxy-serve needs to capture it again
+    and re-plan when a device is lost (serve/recovery.py). The model is found from the bundle by a
+    relative path, which two checkouts share, never by a host path."""
+    relative = os.path.relpath(Path(source).resolve(), Path(options.out_dir).resolve())
+    return {"size": options.size, "seq_len": options.seq_len, "capture": options.capture,
+            "path_from_bundle": Path(relative).as_posix()}
 
 
 def capture_model(source: str, size: str | None = None, seq_len: int | None = None,
@@ -165,10 +175,10 @@ def write_generation_bundle(out_dir: str | Path, plan: Plan, generation: Generat
 
 def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, graph: TransformerGraph,
                       captured: CapturedModel, source: str, cluster: Cluster | None = None,
-                      wire_error: dict[str, float] | None = None) -> Path:
+                      wire_error: dict[str, float] | None = None, options: dict | None = None) -> Path:
     """The phases after planning: lower `plan`, render a module per rank, write the bundle (with
-    `cluster`, so `galaxy-run --emulate` can rebuild the devices, and the expected wire error,
-    measured if not given)."""
+    `cluster`, so `galaxy-run --emulate` can rebuild the devices, the expected wire error, measured
+    if not given, and the `model_options` MODEL was captured with, when given)."""
     if wire_error is None:
         wire_error = expected_wire_error(captured, graph, plan)
     log.info("[5/6] lowering and generating %d rank modules", plan.world_size)
@@ -177,7 +187,7 @@ def write_plan_bundle(out_dir: str | Path, plan: Plan, summary: ModelSummary, gr
     log.info("[6/6] writing the bundle to %s", out_dir)
     document = PlanDocument(plan, summary, cluster, wire_error=wire_error).to_json() | {
         "input_names": list(graph.input_names), "output_names": list(graph.output_names), "source": source,
-        "wire_dtype": plan.wire_dtype}
+        "wire_dtype": plan.wire_dtype, **({"model_options": options} if options else {})}
     return write_bundle(out_dir, document, sources, {r.program.rank: r.weights for r in lowered},
                         captured.example_inputs, captured.reference_outputs)
 

@@ -263,6 +263,40 @@ class EmulatedCluster:
         return {self.names[peer]: delay for peer, delay in enumerate(self.latency[rank])
                 if peer != rank and delay}
 
+    # --- faults (galaxy-serve --inject: serve/faults.py) ---------------------------------------
+
+    def set_cpu_share(self, rank: int, share: float) -> None:
+        """Give a running device another CPU share: a device that got busy (or idle again)."""
+        if self._cgroups is None or self.cpu_shares[rank] is None:
+            raise EmulationUnavailable(f"device {self.names[rank]} has no CPU share to change (no cpu cgroup)")
+        if share <= 0:
+            raise UsageError(f"a CPU share must be > 0, not {share}")
+        self.cpu_shares[rank] = share
+        directory = self._cgroup_dir(f"r{rank}")
+        if directory.exists():
+            (self._cgroups.weigh if self.pinned else self._cgroups.limit)(directory, share)
+        else:  # it had a whole CPU of its own: it gets a cgroup now, and its processes move in
+            self._make_cgroup(f"r{rank}", share)
+            procs = self._cgroups.procs_file(directory)
+            for pid in _run(["ip", "netns", "pids", self.namespace(rank)]).split():
+                try:
+                    procs.write_text(pid)
+                except OSError:  # gone meanwhile
+                    pass
+        cpu = self.cpus[rank]
+        if cpu is not None:  # the filler beside it takes what it no longer gets
+            filler = self._cgroup_dir(f"f{cpu}")
+            if filler.exists():
+                self._cgroups.weigh(filler, max(0.01, 1.0 - share))
+            elif share < 0.99:
+                self._fillers.append(self._start_filler(cpu, 1.0 - share))
+        log.info("emulator: %s now has a CPU share of %.3f", self.names[rank], share)
+
+    def link_down(self, rank: int) -> None:
+        """Take a device's link down (its switch port): nothing reaches it or leaves it any more."""
+        _run(["ip", "-n", f"{self.base}-sw", "link", "set", f"r{rank}", "down"])
+        log.info("emulator: the link of %s is down", self.names[rank])
+
     # --- lifetime ------------------------------------------------------------------------------
 
     def __enter__(self) -> "EmulatedCluster":

@@ -3,10 +3,13 @@
     galaxy-run BUNDLE --local [--input IN [IN ...]] [--output OUT] [--requests M] [--repeat N]
                               [--warmup N] [--timeout S] [--threads N] [--overall-timeout S]
     galaxy-run BUNDLE --emulate [--cluster-json CLUSTER.json] [same options]
+    galaxy-run BUNDLE (--local | --emulate) --requests N --inject SPEC [--inject SPEC ...] [--output OUT]
 
 `--local` runs each rank as `python BUNDLE/rank_<k>.py --master 127.0.0.1:<free port>` on
 this machine. `--requests M` streams M requests (the input files in turn, default the
-example input) through the pipeline stages and reports requests/s.
+example input) through the pipeline stages and reports requests/s. `--inject` kills, slows or
+cuts off devices at chosen requests and runs the ranks as galaxy-serve does, so the run re-plans
+around them (serve/trial.py, docs/FAULTS.md).
 
 `run_ranks` is the mechanism both modes share: an emulator (host/emulate.py,
 `--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
@@ -36,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
+from galaxy.serve.session import add_arguments, check_arguments
 from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
@@ -107,14 +111,17 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
                  requests: int | None = None, repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
                  env: Mapping[str, str] | None = None, threads: int | None = None,
                  overall_timeout_s: float | None = None,
-                 on_line: OnLine | None = None) -> RunResult:
+                 on_line: OnLine | None = None, cpu_mode: str = "auto",
+                 shared_nic: bool | None = None) -> RunResult:
     """Run every rank in an emulated device of its own: network namespace, shaped links, CPU
-    quota (host/emulate.py, docs/EMULATION.md). Needs root; raises EmulationUnavailable
+    share (host/emulate.py, docs/EMULATION.md). Needs root; raises EmulationUnavailable
     (with the reason) when this machine cannot emulate.
 
     `cluster` is plan.json's cluster layout ({"devices": [{"name", "cpu_share"}],
     "default_link": {...}, "link_overrides": [...]}); default: the bundle's own. `threads`
-    defaults per rank to its cpu_share rounded (at least 1).
+    defaults per rank to its cpu_share rounded (at least 1). `cpu_mode`: weight | quota | auto
+    (how a device gets its CPU share); `shared_nic`: one network card a device (default: the
+    cluster's `shared_card`).
     """
     from galaxy.host.emulate import EmulatedCluster
 
@@ -123,7 +130,9 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
     if cluster is None:
         raise UsageError(f"{bundle_dir}/plan.json has no 'cluster' to emulate; pass one "
                          "(--cluster-json, or cluster= in Python)")
-    emulator = EmulatedCluster.from_cluster_json(cluster, document["plan"]["devices"])
+    shared = cluster.get("shared_card", False) if shared_nic is None else shared_nic
+    emulator = EmulatedCluster.from_cluster_json(cluster, document["plan"]["devices"], cpu_mode=cpu_mode,
+                                                 shared_nic=shared)
 
     def wrap(rank: int, argv: list[str]) -> list[str]:
         own_threads = ["--threads", str(emulator.threads(rank))] if threads is None else []
@@ -310,13 +319,14 @@ def _blame(procs, codes: list[int | None]) -> tuple[int, int]:
 
 # --- command line --------------------------------------------------------------------------------
 
-def _run_emulated(bundle_dir: Path, cluster_json: str | None = None, **options) -> RunResult:
+def _run_emulated(bundle_dir: Path, cluster_json: str | None = None, cpu_mode: str = "auto",
+                  shared_nic: bool | None = None, **options) -> RunResult:
     """run_emulated; on a machine that cannot emulate, warn and run on loopback instead."""
     from galaxy.host.emulate import EmulationUnavailable
 
     cluster = _read_cluster_json(Path(cluster_json)) if cluster_json else None
     try:
-        return run_emulated(bundle_dir, cluster=cluster, **options)
+        return run_emulated(bundle_dir, cluster=cluster, cpu_mode=cpu_mode, shared_nic=shared_nic, **options)
     except EmulationUnavailable as exc:
         log.warning("galaxy-run: WARNING: cannot emulate the cluster here (%s); running every "
                     "rank on loopback instead, so times are this machine's, not the cluster's",
@@ -347,13 +357,29 @@ def main(argv: list[str] | None = None) -> int:
                    overall_timeout_s=args.overall_timeout)
 
     def run() -> int:
+        if args.inject:
+            return _run_trial(args)
         if args.emulate:
-            result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, **options)
+            nic = None if args.nic is None else args.nic == "shared"
+            result = _run_emulated(Path(args.bundle), cluster_json=args.cluster_json, cpu_mode=args.cpu_mode,
+                                   shared_nic=nic, **options)
         else:
             result = run_local(args.bundle, **options)
         print(_summary(result, args.output))
         return EXIT_MISMATCH if result.within_tolerance is False else EXIT_OK
     return cli_exit_code("galaxy-run", run)  # a terminated galaxy-run stops its ranks first
+
+
+def _run_trial(args: argparse.Namespace) -> int:
+    from galaxy.serve.session import ServeOptions
+    from galaxy.serve.trial import run_trial
+
+    options = ServeOptions.from_args(args, "emulate" if args.emulate else "local")
+    result = run_trial(args.bundle, options, args.requests, args.input, args.output)
+    print(result.describe())
+    if any(r.error for r in result.requests):
+        return EXIT_FAILED
+    return EXIT_OK if result.all_matched else EXIT_MISMATCH
 
 
 def _summary(result: RunResult, output: str | None) -> str:
@@ -405,12 +431,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads per rank")
     parser.add_argument("--cluster-json", metavar="CLUSTER.json",
                         help="with --emulate: the cluster to emulate (default: plan.json's)")
+    parser.add_argument("--cpu-mode", choices=["auto", "weight", "quota"], default="auto",
+                        help="with --emulate: how a device gets its CPU share: weight (a CPU of its own beside a "
+                             "busy filler), quota (a CFS quota, as a device busy with other work), auto (weight "
+                             "when every device fits on a CPU of its own)")
+    parser.add_argument("--nic", choices=["per-pair", "shared"],
+                        help="with --emulate: every pair of devices at its link's rate, or one network card a "
+                             "device shared by its transfers (default: the cluster's links.card)")
     parser.add_argument("--quiet", action="store_true", help="do not stream the ranks' logs")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.timeout <= 0 or (args.requests is not None and args.requests < 1):
         parser.error("--requests and --repeat must be >= 1, --warmup >= 0 and --timeout > 0")
-    if args.cluster_json and not args.emulate:
-        parser.error("--cluster-json only applies with --emulate")
+    if (args.cluster_json or args.nic or args.cpu_mode != "auto") and not args.emulate:
+        parser.error("--cluster-json, --cpu-mode and --nic only apply with --emulate")
+    check_arguments(parser, args)
+    if args.inject and (args.requests is None or args.repeat != 1 or args.warmup):
+        parser.error("--inject needs --requests N (the requests go one after another) and no --repeat or --warmup")
     return args
 
 

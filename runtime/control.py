@@ -36,13 +36,14 @@ GO = "go"  # {epoch, port}: every rank of the plan loaded it; join the group at 
 RUN = "run"  # {id} + inputs: one request
 END = "end"  # {}: no request is queued; finish those started (pipelines drain)
 LEAVE = "leave"  # {}: leave the group (the new plan runs without this device); wait for a join
+ABORT = "abort"  # {epoch}: that group lost a device; shut its connections so no wait hangs on it
 STOP = "stop"  # {}: leave the group and exit 0
 # rank -> coordinator
 HELLO = "hello"  # {rank, world_size, plan, device, nonce, proof}
 LOADED = "loaded"  # {epoch, rank, world_size, plan, proof, port}: rank 0's port serves the store
-JOINED = "joined"  # {epoch, rank}: in the new group, ready for requests
+JOINED = "joined"  # {epoch, rank, holds, moved?}: in the new group, ready for requests
 RESULT = "result"  # {id} + outputs: rank 0's answer to one request
-TIMES = "times"  # {epoch, id, rank, wall_s, blocks {block: s}, sent_bytes {peer: bytes}}: per request
+TIMES = "times"  # {epoch, id, rank, wall_s, blocks {block: s}, block_waits {block: s}, sent_bytes}: per request
 FAILED = "failed"  # {epoch, id, error, peer}: a request or a join failed on this rank
 # both ways
 HEARTBEAT = "heartbeat"  # {}

@@ -26,6 +26,13 @@ from .ring import Ring
 
 _TIMED_OUT = 0.95  # a failed wait that lasted this fraction of the timeout is the timeout firing
 _sent_bytes: collections.Counter = collections.Counter()  # peer rank -> bytes posted since take_sent_bytes()
+_waited_s = [0.0]  # seconds spent in Transfer.wait since the process started
+
+
+def waited_s() -> float:
+    """Seconds this rank has spent waiting for transfers so far (a running total: callers take
+    differences). A block's time minus its waits is the time its device was busy with it."""
+    return _waited_s[0]
 
 
 def take_sent_bytes() -> dict[int, int]:
@@ -54,6 +61,8 @@ class Transfer:
             if time.monotonic() - started >= _TIMED_OUT * self.ring.timeout_s:
                 raise _timeout(self.verb, self.peer, self.what, self.ring) from exc
             raise _translate(exc, self.verb, self.peer, self.what, self.ring) from exc
+        finally:
+            _waited_s[0] += time.monotonic() - started
         if done is False:  # some torch versions report a timeout by returning False
             raise _timeout(self.verb, self.peer, self.what, self.ring)
         if timing.ENABLED:

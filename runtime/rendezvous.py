@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from datetime import timedelta
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch.distributed as dist
 
@@ -86,7 +86,10 @@ def connect(rank: int, world_size: int, master_addr: str, master_port: int, time
              master_port, world_size)
     check = _TokenCheck(token, world_size, plan_sha, who)
     if rank == 0:
-        _lead(store, world_size, deadline, check, who, timeout_s, master_addr, master_port)
+        try:
+            _lead(store, world_size, deadline, check, who, timeout_s, master_addr, master_port)
+        except (RuntimeError, OSError) as exc:  # its store connection was shut (abort_connections)
+            raise RendezvousError(f"{who(0)} lost its own rendezvous store ({_first_line(exc)})") from exc
     else:
         _join(store, rank, world_size, deadline, check, who, timeout_s, master_addr, master_port)
     try:
@@ -107,6 +110,51 @@ def close() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _store = None
+
+
+def abort_connections(keep: Iterable[int] = ()) -> int:
+    """Shut down every connected TCP socket of this process except the descriptors in `keep`:
+    the gloo group's connections and its store's. Returns how many were shut down.
+
+    A peer whose link went down never closes its connections, so a wait on it would last until
+    its timeout; after this, every wait of the group fails at once, as if each peer had died (a
+    test showed gloo raising within milliseconds and a new group forming in the same process).
+    The group is unusable afterwards: close() it and join a new one. Safe from any thread.
+    """
+    count = 0
+    for fd in _socket_descriptors():
+        if fd in keep:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # closed meanwhile, or not a socket any more
+            continue
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                sock.getpeername()  # listening sockets have no peer: they stay
+                sock.shutdown(socket.SHUT_RDWR)
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the descriptor stays gloo's (or the store's) to close
+    return count
+
+
+def _socket_descriptors() -> list[int]:
+    """This process's socket descriptors ([] without /proc: then waits end at their timeout)."""
+    found = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                found.append(int(name))
+        except OSError:  # closed since the listing
+            continue
+    return found
 
 
 class _TokenCheck:

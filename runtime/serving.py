@@ -7,10 +7,17 @@ serves, then follows control words:
     join  {epoch, bundle_dir, rank, master, nonce}   load that bundle's module and weights if
           they are not the ones in memory, answer `loaded` (rank 0: with the port of its new
           store), wait for `go`, join a fresh gloo group (store prefix = the epoch), say `joined`
+          [+ files, rebuild] + pieces                a re-planned bundle: write its small files
+          if they are not on this device, import its module, and build its weights from the
+          shard in memory, peers' pieces and the coordinator's (runtime/reshard.py) once the
+          group stands
     run   {epoch, id} + inputs                       one request (several may follow at once); for a
                                                      generation bundle, a prompt and its sampling
                                                      settings (runtime/generate.py request_tensors)
     end   {epoch}                                    no more queued: finish what is started
+    abort {epoch}                                    that group lost a device: shut its
+          connections now (taken by the reader thread, whatever the main thread is doing), so
+          a wait on a peer whose link is down fails at once instead of at its timeout
     stop                                             leave the group and exit 0
 
 Between requests a rank waits on the control channel, never inside gloo, so no collective
@@ -34,6 +41,7 @@ import importlib.util
 import logging
 import os
 import queue
+import shutil
 import socket
 import sys
 import threading
@@ -44,10 +52,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import auth, bundle, control, generate, rendezvous
+from . import auth, bundle, control, generate, rendezvous, reshard
 from .blocks import BlockClock
 from .context import make_context
-from .errors import CollectiveError, GalaxyRuntimeError, UsageError
+from .errors import BundleIntegrityError, CollectiveError, GalaxyRuntimeError, UsageError
 from .p2p import take_sent_bytes
 from .stream import sequential
 
@@ -82,18 +90,42 @@ class LoadedPlan:
 def load_rank(bundle_dir: Path, rank: int, clock: BlockClock, module=None) -> LoadedPlan:
     """Verify this rank's files, import its module (unless given), time its blocks, load its weights."""
     bundle_dir = Path(bundle_dir).resolve()
-    bundle.verify_manifest(bundle_dir, bundle.rank_files(bundle_dir, rank))
+    bundle.verify_manifest(bundle_dir, [bundle.rank_weights(rank)])
+    loaded = load_rank_code(bundle_dir, rank, clock, module)
+    loaded.weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
+    log.info("rank %d (%s): %d weight tensors from %s", rank, loaded.devices[rank], len(loaded.weights), bundle_dir)
+    return loaded
+
+
+def load_rank_code(bundle_dir: Path, rank: int, clock: BlockClock, module=None) -> LoadedPlan:
+    """This rank's module (imported unless given, its blocks timed) and plan, checked against the
+    manifest; no weights yet (a re-planned bundle's are rebuilt from pieces)."""
+    bundle_dir = Path(bundle_dir).resolve()
+    code = [name for name in bundle.rank_files(bundle_dir, rank) if name != bundle.rank_weights(rank)]
+    bundle.verify_manifest(bundle_dir, code)
     plan = bundle.load_plan(bundle_dir)
     if module is None:
         module = _import_rank_module(bundle_dir, rank)
     clock.instrument(module)
-    weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
-    log.info("rank %d (%s): %d weight tensors from %s", rank, plan["plan"]["devices"][rank], len(weights),
-             bundle_dir)
-    generation = (generate.load_generation_rank(rank, plan, bundle_dir, module, weights)
-                  if generate.is_generation_bundle(plan) else None)
     return LoadedPlan(bundle_dir, rank, plan, auth.plan_digest(bundle_dir), module.forward,
-                      getattr(module, "stream", None), weights, generation)
+                      getattr(module, "stream", None), {})
+
+
+def write_files(bundle_dir: Path, files: dict[str, str]) -> None:
+    """Put a re-planned bundle's small files (plan.json, manifest.json, this rank's module) into
+    `bundle_dir` on this device, with this rank's runtime beside them (the same files, as the
+    manifest requires). Files already there with the same text are left alone."""
+    bundle_dir = Path(bundle_dir)
+    for name, text in files.items():
+        path = (bundle_dir / name).resolve()
+        if bundle_dir.resolve() not in path.parents:
+            raise UsageError(f"the coordinator sent a file {name!r} outside the bundle folder {bundle_dir}")
+        if not path.is_file() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    runtime = bundle_dir / bundle.RUNTIME_DIR
+    if not runtime.is_dir():
+        shutil.copytree(Path(__file__).resolve().parent, runtime, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def _import_rank_module(bundle_dir: Path, rank: int):
@@ -183,6 +215,7 @@ class _Session:
     def __init__(self, channel: control.Channel, heartbeat_s: float, dead_after_s: float, device: str):
         self.channel, self.heartbeat_s, self.dead_after_s = channel, heartbeat_s, dead_after_s
         self.device = device
+        self.on_abort: Callable[[int], None] = lambda epoch: None  # runs on the reader thread
         self.inbox: queue.Queue = queue.Queue()
         self._pushed_back: list[control.Message] = []
         self._stopping = threading.Event()
@@ -223,6 +256,9 @@ class _Session:
                 return
             if message.kind == control.HEARTBEAT:
                 continue
+            if message.kind == control.ABORT:
+                self.on_abort(int(message.header.get("epoch", -1)))
+                continue
             self.inbox.put(message)
             if message.kind == control.STOP:
                 return
@@ -251,7 +287,9 @@ class _Rank:
         self.plan: LoadedPlan | None = plan  # None after a bundle failed to load
         self.device, self.rank = plan.devices[plan.rank], plan.rank  # the device stays; its rank may change
         self.epoch: int | None = None  # of the gloo group this rank is in, None when in none
+        self.group_epoch: int | None = None  # of the group it is in or joining (what `abort` names)
         self.ctx = None
+        session.on_abort = self._abort
 
     @property
     def me(self) -> str:
@@ -264,10 +302,10 @@ class _Rank:
                 log.info("%s: told to stop", self.me)
                 return 0
             if message.kind == control.JOIN:
-                self._join(message.header)
+                self._join(message)
             elif message.kind == control.LEAVE:
                 rendezvous.close()
-                self.epoch, self.ctx = None, None
+                self.epoch, self.group_epoch, self.ctx = None, None, None
             elif message.kind in (control.RUN, control.END):
                 if self.epoch is not None and message.header.get("epoch") == self.epoch and message.kind == control.RUN:
                     self._serve_stream(message)
@@ -275,14 +313,30 @@ class _Rank:
             else:
                 log.warning("%s: ignoring an unexpected %r from the coordinator", self.me, message.kind)
 
+    def _abort(self, epoch: int) -> None:
+        """The coordinator gave up on the group of `epoch` (reader thread): break it if we are in it."""
+        if self.group_epoch is not None and self.group_epoch <= epoch:
+            count = rendezvous.abort_connections(keep={self.session.channel.sock.fileno()})
+            log.warning("%s: the group of epoch %d lost a device: shut %d connection(s)", self.me, epoch, count)
+
     # --- joining a group -----------------------------------------------------------------------
 
-    def _join(self, header: dict) -> None:
+    def _join(self, message: control.Message) -> None:
+        header = message.header
         rendezvous.close()
         self.epoch, self.ctx = None, None
-        epoch = header["epoch"]
+        epoch = self.group_epoch = header["epoch"]
+        held = self.plan  # what this rank has in memory, kept until the new shard is built
+        rebuild = header.get("rebuild")
         try:
-            self._load(Path(header["bundle_dir"]), int(header["rank"]))
+            if rebuild is not None:
+                self._check_holds(held, rebuild)
+                if header.get("files"):
+                    write_files(Path(header["bundle_dir"]), header["files"])
+                self.rank = int(header["rank"])
+                self.plan = load_rank_code(Path(header["bundle_dir"]), self.rank, self.clock)
+            else:
+                self._load(Path(header["bundle_dir"]), int(header["rank"]))
             listener = rendezvous.listen(header["master"], 0) if self.plan.rank == 0 else None
             self.session.send(control.LOADED, {
                 "epoch": epoch, "rank": self.plan.rank, "world_size": self.plan.world_size,
@@ -291,18 +345,39 @@ class _Rank:
                                     self.plan.plan_sha)})
             go = self._await_go(epoch, listener)
             if go is None:
+                self.plan = held if rebuild is not None else self.plan
                 return
             rendezvous.connect(self.plan.rank, self.plan.world_size, header["master"], int(go.header["port"]),
                                self.timeout_s, self.plan.devices, token=self.token, plan_sha=self.plan.plan_sha,
                                listen_socket=listener, prefix=f"galaxy/epoch{epoch}")
-        except GalaxyRuntimeError as exc:
+            ctx = make_context(self.plan.rank, self.plan.plan, self.plan.bundle_dir, self.timeout_s)
+            moved = None
+            if rebuild is not None:
+                self.plan.weights, moved = reshard.rebuild(rebuild, held.weights, message.tensors, ctx.world())
+                held = None
+        except Exception as exc:  # noqa: BLE001 - a bug in a rebuild is reported, the rank serves on
             rendezvous.close()
+            if rebuild is not None and held is not None:
+                self.plan = held  # still what this rank holds: the coordinator plans from it
             self._report_failure(epoch, None, exc)
             return
-        self.epoch = epoch
-        self.ctx = make_context(self.plan.rank, self.plan.plan, self.plan.bundle_dir, self.timeout_s)
-        self.session.send(control.JOINED, {"epoch": epoch, "rank": self.plan.rank})
-        log.info("%s: serving plan %s (epoch %d)", self.me, self.plan.plan_sha[:12], epoch)
+        self.epoch, self.ctx = epoch, ctx
+        self.session.send(control.JOINED, {"epoch": epoch, "rank": self.plan.rank, "holds": self._holds(),
+                                           **({"moved": moved} if moved else {})})
+        log.info("%s: serving plan %s (epoch %d)%s", self.me, self.plan.plan_sha[:12], epoch,
+                 f"; weights rebuilt: {_describe_moved(moved)}" if moved else "")
+
+    def _holds(self) -> dict:
+        return {"plan": self.plan.plan_sha, "rank": self.plan.rank} if self.plan else {}
+
+    def _check_holds(self, held: LoadedPlan | None, rebuild: dict) -> None:
+        assumed = rebuild.get("holds") or {}
+        mine = {"plan": held.plan_sha, "rank": held.rank} if held and held.weights else {}
+        if assumed and assumed != mine:
+            raise BundleIntegrityError(
+                "weights", f"the coordinator planned the rebuild from plan {assumed.get('plan', '')[:12]} rank "
+                           f"{assumed.get('rank')}, but {self.me} holds {mine.get('plan', 'nothing')[:12]} rank "
+                           f"{mine.get('rank')}")
 
     def _await_go(self, epoch: int, listener):
         message = self.session.next()
@@ -342,7 +417,11 @@ class _Rank:
                     return
                 message = self.session.next()
 
-        if self.plan.generation is not None:  # a generation bundle: each request is a prompt to generate from
+        if generate.is_generation_bundle(self.plan.plan):  # each request is a prompt to generate from
+            if self.plan.generation is None:  # its programs and caches, over the weights in memory
+                module = sys.modules[self.plan.forward.__module__]
+                self.plan.generation = generate.load_generation_rank(self.plan.rank, self.plan.plan,
+                                                                     self.plan.bundle_dir, module, self.plan.weights)
             stream = generate.serving_stream(self.plan.generation)
         else:
             stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
@@ -363,8 +442,9 @@ class _Rank:
         if self.plan.rank == 0 and (not isinstance(outputs, dict) or not outputs):
             raise GalaxyRuntimeError(f"forward returned {type(outputs).__name__} on rank 0, expected "
                                      "a dict of output tensors by name")
+        blocks, waits = self.clock.take()
         self.session.send(control.TIMES, {"epoch": self.epoch, "id": request_id, "rank": self.plan.rank,
-                                          "wall_s": wall_s, "blocks": self.clock.take(),
+                                          "wall_s": wall_s, "blocks": blocks, "block_waits": waits,
                                           "sent_bytes": take_sent_bytes()})
         if self.plan.rank == 0:
             self.session.send(control.RESULT, {"epoch": self.epoch, "id": request_id}, outputs)
@@ -379,3 +459,10 @@ class _Rank:
         peer = exc.peer_rank if isinstance(exc, CollectiveError) else None
         self.session.send(control.FAILED, {"epoch": epoch, "id": request_id, "rank": self.rank,
                                            "error": message, "peer": peer})
+
+
+def _describe_moved(moved: dict) -> str:
+    mib = {k: moved.get(k, 0) / 2**20 for k in ("kept", "peer", "host", "sent")}
+    return (f"kept {mib['kept']:.1f} MiB, received {mib['peer']:.1f} MiB from peers and {mib['host']:.1f} MiB "
+            f"from the coordinator, sent {mib['sent']:.1f} MiB; exchange {moved.get('exchange_s', 0):.3f} s, "
+            f"assemble {moved.get('assemble_s', 0):.3f} s, check {moved.get('check_s', 0):.3f} s")

@@ -4,16 +4,24 @@ requests, dispatches them, forms gloo groups and swaps plans between requests.
 Threads (all daemons, all waits bounded):
   links       (serve/links.py) accept and check control connections, read each rank's frames
               (-> `_on_message`), send heartbeats and declare a silent rank lost (-> `_on_lost`)
-  dispatcher  the only thread that changes the group: forms it (first plan, a swap, a re-form
-              after a failed request), sends requests (`run`) and `end` when the queue is empty
+  dispatcher  the only thread that changes the group: forms it (serve/forming.py: the first
+              plan, a swap, a re-form after a failed request, a recovery), sends requests
+              (`run`) and `end` when the queue is empty
 
 State: `_plan` is the bundle in force and `_epoch` its group; `_wanted` a bundle the dispatcher
 is to form next (with a future the caller waits on). Requests wait in `_queue`; at most
 `max_in_flight` are out at once (twice the stages: a pipeline stays full and a one-stage plan
-has the next request queued on every rank). A lost rank of the plan in force stops serving:
-every request in flight or queued fails with 503 naming the rank, its last words and its exit
-status, and /healthz says why. A request that fails on a rank while every rank is still alive
-fails alone, and the group is formed again (a new epoch) before the next request.
+has the next request queued on every rank).
+
+Faults (serve/recovering.py): with a Recovery (galaxy-serve's default), a lost device of the plan
+in force makes the coordinator re-plan without it and switch, moving only the weights that
+changed; the requests in flight go back to the front of the queue and are answered on the new
+plan, and those arriving meanwhile wait. A device measured slower than planned is re-planned
+around while the old plan keeps serving. Without one, a lost rank stops serving: every request
+fails with 503 naming the rank, its last words and its exit status, and /healthz says why. A
+request whose collective fails while every rank is alive is retried once the group is formed
+again (a new epoch), at most `max_attempts` times in all; a device its peers blame
+`lost_after_failures` times in a row is treated as lost. A rank's own error fails its request.
 """
 from __future__ import annotations
 
@@ -29,29 +37,22 @@ from typing import Callable
 
 import torch
 
-from galaxy.runtime import auth, control
+from galaxy.runtime import control
 from galaxy.runtime.errors import GalaxyRuntimeError
 
 from .bundles import HostBundle, Placement
+from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
+from .forming import FormingFailed, GroupFormer
 from .links import RankLink, RankLinks
 from .metrics import ServeMetrics
+from .recovering import Recovering, RecoverySettings
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25
 _BLAME_GRACE_S = 1.0  # after a rank reports a failed request, how long to wait for a lost link to blame
 
-
-class ServiceUnavailable(GalaxyRuntimeError):
-    """The cluster cannot serve now (forming, lost a rank, stopping); the message says why."""
-
-
-class RequestTimeout(GalaxyRuntimeError):
-    """A request got no answer within the request timeout."""
-
-
-class RequestFailed(GalaxyRuntimeError):
-    """A request failed on a rank (the message names it); the cluster serves on."""
+__all__ = ["Coordinator", "Pending", "RequestFailed", "RequestTimeout", "ServiceUnavailable"]
 
 
 @dataclass
@@ -63,21 +64,25 @@ class Pending:
     deadline: float
     dispatched: float | None = None
     rank0_s: float = 0.0  # rank 0's own time for this request, from taking it on to its outputs
+    attempts: int = 0  # times dispatched
 
 
 @dataclass
 class _Forming:
     bundle: HostBundle
     done: Future
-    reason: str  # "start", "swap", "re-form"
+    reason: str  # "start", "swap", "re-form", "straggler"
+    switch: object = None  # a re-planned bundle's weight moves (serve/recovery.Switch)
+    record: object = None  # what the switch took (serve/record.RecoveryRecord)
 
 
-class Coordinator:
+class Coordinator(Recovering):
     def __init__(self, plan: HostBundle, token: bytes, listener: socket.socket, placement: Placement, *,
                  heartbeat_s: float = 1.0, dead_after_s: float = 5.0, timeout_s: float = 60.0,
                  connect_timeout_s: float = 120.0, request_timeout_s: float | None = None,
                  max_in_flight: int | None = None, metrics: ServeMetrics | None = None,
-                 exit_status: Callable[[str], str | None] | None = None):
+                 exit_status: Callable[[str], str | None] | None = None, recovery=None,
+                 settings: RecoverySettings = RecoverySettings(), faults=None):
         self.token, self.placement = token, placement
         self.dead_after_s, self.timeout_s = dead_after_s, timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -97,12 +102,14 @@ class Coordinator:
         self._in_flight: dict[int, Pending] = {}
         self._end_sent = True
         self._failures: list[dict] = []  # `failed` reports of the group in force
-        self._joining: dict = {}  # epoch -> {"loaded": {device: header}, "joined": set(), "failed": [...]}
         self._ids = itertools.count(1)
         self._closing = threading.Event()
         self.links = RankLinks(listener, token, heartbeat_s, dead_after_s, self._cond, self._plans,
                                self._on_message, self._on_lost, self.metrics)
+        self.former = GroupFormer(self.links, placement, token, self._cond, self._who, timeout_s, connect_timeout_s,
+                                  dead_after_s, self._closing, self._exit_status)
         self._dispatcher = threading.Thread(target=self._dispatch, name="galaxy-dispatcher", daemon=True)
+        self._init_recovering(plan, recovery, settings, faults)
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -161,7 +168,8 @@ class Coordinator:
                     "epoch": self._epoch, "ranks": ranks, "queued": len(self._queue),
                     "in_flight": len(self._in_flight),
                     "reason": None if ok else (self._broken or ("forming the group" if not self._ready else
-                                                                "a rank is not on the plan in force"))}
+                                                                "a rank is not on the plan in force")),
+                    **self._recovery_health()}
 
     def close(self) -> None:
         """Fail what waits, tell every rank to stop, close the links (never raises)."""
@@ -171,6 +179,8 @@ class Coordinator:
             self._closing.set()
             self._fail_all(ServiceUnavailable("galaxy-serve is shutting down"))
             self._cond.notify_all()
+        if self.recovery is not None:
+            self.recovery.close()
         self.links.close()
         if self._dispatcher.is_alive() and self._dispatcher is not threading.current_thread():
             self._dispatcher.join(timeout=5)
@@ -182,15 +192,20 @@ class Coordinator:
     # --- what the ranks say -----------------------------------------------------------------------
 
     def _on_lost(self, link: RankLink, reason: str) -> None:
-        status = self._exit_status(link.device)
-        full = f"{reason}{'; ' + status if status else ''}"
-        with self._cond:
+        recovering = False
+        with self._cond:  # a recovery starts at once: the exit status below may take a second
             if self.links.get(link.device) is not link:
                 return
             plan = self._plan or self._first
+            if link.device in plan.devices and not self._closing.is_set() and self.recovery and not self._broken:
+                self._lose(link.device, reason)
+                recovering = True
+        status = self._exit_status(link.device)
+        full = f"{reason}{'; ' + status if status else ''}"
+        with self._cond:
             log.error("galaxy-serve: lost %s: %s", self._who(link.device), full)
             self.metrics.lost_ranks.inc()
-            if link.device in plan.devices and not self._closing.is_set():
+            if link.device in plan.devices and not self._closing.is_set() and not recovering:
                 self._broken = f"{self._who(link.device)} lost: {full}"
                 self._ready = False
                 self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {self._broken}"))
@@ -199,18 +214,12 @@ class Coordinator:
     def _on_message(self, link: RankLink, message: control.Message) -> None:
         header = message.header
         with self._cond:
-            if message.kind in (control.LOADED, control.JOINED) or (message.kind == control.FAILED
-                                                                     and header.get("id") is None):
-                state = self._joining.setdefault(header.get("epoch"), {"loaded": {}, "joined": set(), "failed": []})
-                if message.kind == control.LOADED:
-                    state["loaded"][link.device] = header
-                elif message.kind == control.JOINED:
-                    state["joined"].add(link.device)
-                else:
-                    state["failed"].append((link.device, header.get("error")))
+            if self.former.note(link.device, message):
+                if message.kind == control.JOINED and header.get("holds"):
+                    self._holds[link.device] = (header["holds"]["plan"], int(header["holds"]["rank"]))
             elif message.kind == control.RESULT:
-                pending = self._in_flight.pop(header.get("id"), None)
-                if pending is not None and header.get("epoch") == self._epoch:
+                pending = self._in_flight.pop(header.get("id"), None) if header.get("epoch") == self._epoch else None
+                if pending is not None:
                     self._complete(pending, message.tensors)
             elif message.kind == control.TIMES:
                 if self._plan is not None and header.get("epoch") == self._epoch:
@@ -218,8 +227,10 @@ class Coordinator:
                     pending = self._in_flight.get(header.get("id"))
                     if pending is not None and link.device == self._plan.devices[0]:
                         pending.rank0_s = float(header.get("wall_s", 0.0))
+                    self._watch_times(link.device, header)
             elif message.kind == control.FAILED:
-                if header.get("epoch") == self._epoch:
+                # a recovery already took back the requests in flight: its group's failures are its symptoms
+                if header.get("epoch") == self._epoch and self._recovering is None:
                     self._failures.append({"device": link.device, **header})
             self._cond.notify_all()
 
@@ -231,16 +242,18 @@ class Coordinator:
                                  "rank0": pending.rank0_s}
         pending.future.set_result(outputs)
         self.metrics.set_in_flight(len(self._in_flight))
+        self._answered(now)
 
     # --- the dispatcher: group formation and requests ---------------------------------------------
 
-    def _request_plan(self, bundle: HostBundle, reason: str) -> Future:
+    def _request_plan(self, bundle: HostBundle, reason: str, switch=None, record=None) -> Future:
         done: Future = Future()
         with self._cond:
-            if self._wanted is not None:
-                raise ServiceUnavailable(f"another plan ({self._wanted.bundle.describe()}) is being formed")
+            if self._wanted is not None or self._recovering is not None:
+                what = self._wanted.bundle.describe() if self._wanted else "a recovery"
+                raise ServiceUnavailable(f"another plan ({what}) is being formed")
             self._known[bundle.sha] = bundle
-            self._wanted = _Forming(bundle, done, reason)
+            self._wanted = _Forming(bundle, done, reason, switch, record)
             self._cond.notify_all()
         return done
 
@@ -264,24 +277,33 @@ class Coordinator:
             if self._failures:
                 self._handle_failures()
                 return
-            if self._wanted is not None and not self._in_flight:
+            recovering = self._recovering is not None
+            if recovering:
+                forming = None
+            elif self._wanted is not None and not self._in_flight:
                 forming = self._wanted
             else:
                 forming = None
                 if self._ready and not self._broken:
                     sends = self._next_sends()
+        if recovering:
+            self._recover()
+            return
         if forming is not None:
             self._form(forming)
             return
         for link, kind, header, tensors in sends:
+            if link is None:
+                self._request_started(header["id"])
+                continue
             try:
                 link.send(kind, header, tensors, timeout_s=self.dead_after_s)
             except control.ControlError:
-                return  # lost: _on_lost fails the requests
+                return  # lost: _on_lost takes care of the requests
 
     def _work_waiting(self) -> bool:
         """Something the dispatcher can do right now (under the lock); else it waits for a change."""
-        if self._failures or (self._wanted is not None and not self._in_flight):
+        if self._failures or self._recovering is not None or (self._wanted is not None and not self._in_flight):
             return True
         if not self._ready or self._broken:
             return False
@@ -296,9 +318,12 @@ class Coordinator:
         while self._queue and len(self._in_flight) < self._cap() and self._wanted is None:
             pending = self._queue.popleft()
             pending.dispatched = time.monotonic()
+            pending.attempts += 1
             self._in_flight[pending.id] = pending
             sends += [(link, control.RUN, {"epoch": self._epoch, "id": pending.id}, pending.inputs) for link in links]
             self._end_sent = False
+            if pending.attempts == 1:  # after its `run` words: fault injection's cue (serve/faults.py)
+                sends.append((None, "started", {"id": pending.id}, None))
         drain = self._in_flight and (not self._queue or self._wanted is not None)
         if drain and not self._end_sent:  # a pipeline's rank 0 finishes what it started
             sends += [(link, control.END, {"epoch": self._epoch}, None) for link in links]
@@ -322,19 +347,24 @@ class Coordinator:
                 f"request {late[0].id} got no answer within {self.request_timeout_s:g} s")})
 
     def _handle_failures(self) -> None:
-        """A request failed on some rank: blame a lost rank if one goes within the grace, fail
-        what is in flight, and form the group again if every rank is alive (under the lock)."""
+        """A request failed on some rank: blame a lost rank if one goes within the grace; else
+        retry what is in flight (a collective's failure) or fail it (a rank's own error), blame
+        the peer the rank names, and form the group again (under the lock)."""
         end = time.monotonic() + _BLAME_GRACE_S
-        while not self._broken and time.monotonic() < end:
+        while not (self._broken or self._recovering) and time.monotonic() < end:
             self._cond.wait(end - time.monotonic())
         first = self._failures[0]
         who = self._who(first["device"]) if first["device"] else "the coordinator"
         self._failures = []
         self._ready = False
-        if self._broken:
-            return  # _on_lost already failed every request
+        if self._broken or self._recovering:
+            return  # _on_lost took care of the requests
         cause = f"{who}: {first.get('error')}"
         log.error("galaxy-serve: a request failed (%s); forming the group again", cause)
+        if self._blamed(first, cause):
+            return
+        if first.get("peer") is not None:
+            self._requeue_in_flight(f"request failed on {cause}")
         for pending in list(self._in_flight.values()):
             self._fail(pending, RequestFailed(f"request failed on {cause}"))
         self._in_flight.clear()
@@ -345,106 +375,40 @@ class Coordinator:
     def _form(self, forming: _Forming) -> None:
         """Form the group of `forming.bundle` (outside the lock, but only this thread forms)."""
         try:
-            self._form_group(forming.bundle)
-        except GalaxyRuntimeError as exc:
+            self._form_group(forming.bundle, forming.switch, forming.record)
+        except (GalaxyRuntimeError, FormingFailed) as exc:
+            log.error("galaxy-serve: %s", exc)
             with self._cond:
                 self._wanted = None
-                self._broken = str(exc)
-                self._ready = False
-                self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {exc}"))
-            log.error("galaxy-serve: %s", exc)
-            forming.done.set_exception(exc)
+                if forming.switch is not None and self._recovering is None and not self._closing.is_set():
+                    self._switch_failed(str(exc))  # devices may hold old or new shards: re-plan from them
+                elif self._recovering is None:  # else a device was lost: the recovery takes over
+                    self._broken = str(exc)
+                    self._ready = False
+                    self._fail_all(ServiceUnavailable(f"the cluster cannot serve: {exc}"))
+            if not forming.done.done():
+                forming.done.set_exception(exc if isinstance(exc, GalaxyRuntimeError) else ServiceUnavailable(str(exc)))
             return
         with self._cond:
             self._wanted = None
         log.info("galaxy-serve: serving %s (epoch %d, %s)", forming.bundle.describe(), self._epoch, forming.reason)
         forming.done.set_result(self._epoch)
 
-    def _form_group(self, bundle: HostBundle) -> None:
-        links = self._await_links(bundle)
+    def _form_group(self, bundle: HostBundle, switch=None, record=None) -> None:
+        """A new epoch's group for `bundle` (with `switch`'s weight moves); raises FormingFailed."""
+        self.former.await_links(bundle)
         with self._cond:
             self._epoch += 1
             epoch = self._epoch
             self._ready, self._broken, self._plan = False, None, bundle
-            self._joining = {epoch: {"loaded": {}, "joined": set(), "failed": []}}
-            others = self.links.live_except(bundle.devices)
-        nonces = {device: auth.new_nonce() for device in bundle.devices}
-        master = self.placement.addresses[bundle.devices[0]]
-        for rank, device in enumerate(bundle.devices):
-            links[device].rank = rank
-            self._send_or_fail(links[device], control.JOIN, {
-                "epoch": epoch, "bundle_dir": self.placement.bundle_path(device, bundle), "rank": rank,
-                "master": master, "nonce": nonces[device]})
-        for link in others:
-            self._send_or_fail(link, control.LEAVE, {})
-        loaded = self._await_epoch(epoch, bundle, "loaded", "load the plan and answer")
-        for rank, device in enumerate(bundle.devices):
-            header = loaded[device]
-            ok = auth.is_valid(self.token, header.get("proof", ""), "rank", nonces[device], rank,
-                               int(header.get("world_size", -1)), header.get("plan", ""))
-            reason = auth.refusal(self._who(device), header.get("plan", ""), int(header.get("world_size", -1)),
-                                  bundle.sha, len(bundle.devices), ok)
-            if reason:
-                self.links.refused(reason)
-                raise ServiceUnavailable(f"refused {self._who(device)} for {bundle.describe()}: {reason}")
-            links[device].plan_sha = header["plan"]
-        port = loaded[bundle.devices[0]]["port"]
-        for device in bundle.devices:
-            self._send_or_fail(links[device], control.GO, {"epoch": epoch, "port": port})
-        self._await_epoch(epoch, bundle, "joined", "join the gloo group")
+            self._failures = []  # the old group's: nothing of it runs any more
+        joined = self.former.form(bundle, epoch, switch, self._transfer_started if switch is not None else None)
         with self._cond:
             self._ready = True
             self._end_sent = True
             self.metrics.set_plan(bundle, epoch)
+            self._formed(bundle, joined, record)
             self._cond.notify_all()
-
-    def _await_links(self, bundle: HostBundle) -> dict[str, RankLink]:
-        deadline = time.monotonic() + self.connect_timeout_s
-        with self._cond:
-            while True:
-                missing = [d for d in bundle.devices if not self.links.alive(d)]
-                if not missing:
-                    return {d: self.links.get(d) for d in bundle.devices}
-                if time.monotonic() > deadline or self._closing.is_set():
-                    detail = "; ".join(f"{self._who(d, bundle)}: {self._why_absent(d)}" for d in missing)
-                    refusals = self.links.refusals
-                    refused = f" (refused: {'; '.join(refusals[-3:])})" if refusals else ""
-                    raise ServiceUnavailable(f"no rank connected for {detail} within {self.connect_timeout_s:g} s"
-                                             f"{refused}")
-                self._cond.wait(_POLL_S)
-
-    def _why_absent(self, device: str) -> str:
-        link = self.links.get(device)
-        if link is not None:
-            return f"lost ({link.lost_reason})"
-        return self._exit_status(device) or "its process never connected (check its log, address and token)"
-
-    def _await_epoch(self, epoch: int, bundle: HostBundle, stage: str, doing: str) -> dict:
-        deadline = time.monotonic() + self.timeout_s + self.connect_timeout_s
-        with self._cond:
-            while True:
-                state = self._joining.get(epoch, {})
-                if state.get("failed"):
-                    device, error = state["failed"][0]
-                    raise ServiceUnavailable(f"{self._who(device, bundle)} could not {doing}: {error}")
-                lost = [d for d in bundle.devices if not self.links.alive(d)]
-                if lost:
-                    raise ServiceUnavailable(f"{self._who(lost[0], bundle)} lost while forming the group: "
-                                             f"{self.links.get(lost[0]).lost_reason}")
-                done = state.get(stage, {})
-                if all(d in done for d in bundle.devices):
-                    return done if isinstance(done, dict) else {}
-                if time.monotonic() > deadline or self._closing.is_set():
-                    late = [self._who(d, bundle) for d in bundle.devices if d not in done]
-                    raise ServiceUnavailable(f"{', '.join(late)} did not {doing} within "
-                                             f"{self.timeout_s + self.connect_timeout_s:g} s")
-                self._cond.wait(_POLL_S)
-
-    def _send_or_fail(self, link: RankLink, kind: str, header: dict) -> None:
-        try:
-            link.send(kind, header, timeout_s=self.dead_after_s)
-        except control.ControlError as exc:
-            raise ServiceUnavailable(f"cannot reach {self._who(link.device)}: {exc}") from exc
 
     # --- helpers (under the lock) ------------------------------------------------------------------
 

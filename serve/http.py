@@ -32,8 +32,9 @@ from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
 from galaxy.host.tokenizer import Tokenizer
 
+from .coordinator import Coordinator
+from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
 from .generation import completions_request, completions_response, generate_request, generate_response
-from .coordinator import Coordinator, RequestFailed, RequestTimeout, ServiceUnavailable
 
 _STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
 

@@ -19,6 +19,8 @@ from galaxy.runtime import auth, control
 
 log = logging.getLogger(__name__)
 
+_CHECKS_PER_BEAT = 4
+
 HANDSHAKE_TIMEOUT_S = 30.0
 _POLL_S = 0.25
 
@@ -213,16 +215,22 @@ class RankLinks:
         log.info("galaxy-serve: rank %s (%s) connected from %s", hello["rank"], device, address)
 
     def _heartbeat(self) -> None:
-        while not self._closing.wait(self.heartbeat_s):
+        """Send a heartbeat every interval; look for silent ranks every quarter interval, so a rank
+        is lost at most a quarter interval after `dead_after_s` of silence (not a whole one)."""
+        sent = time.monotonic()
+        while not self._closing.wait(self.heartbeat_s / _CHECKS_PER_BEAT):
             with self._cond:
                 links = [link for link in self._links.values() if link.alive]
             now = time.monotonic()
+            beat = now - sent >= self.heartbeat_s * (1 - 0.5 / _CHECKS_PER_BEAT)
+            sent = now if beat else sent
             for link in links:
                 silent = now - link.last_heard
                 if silent > self.dead_after_s:
                     link.lose(f"no heartbeat for {silent:.1f} s (hung, or its network is down)")
                     continue
                 try:
-                    link.send(control.HEARTBEAT, timeout_s=self.dead_after_s)
+                    if beat:
+                        link.send(control.HEARTBEAT, timeout_s=self.dead_after_s)
                 except control.ControlError:
                     pass  # already lost by send

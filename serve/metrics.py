@@ -10,6 +10,10 @@
     galaxy_plan_info{plan,bundle,epoch,devices,stages} = 1 for the plan in force
     galaxy_queued_requests, galaxy_in_flight_requests, galaxy_in_flight_requests_peak
     galaxy_refused_ranks_total, galaxy_lost_ranks_total
+    galaxy_recoveries_total{kind}              re-plans that served (kind: lost | straggler)
+    galaxy_recovery_seconds{phase}             the last recovery's phases (serve/record.py)
+    galaxy_moved_bytes_total{source}           weights rebuilt on switches: kept | peer | host, and
+                                               full_reload (what reloading every shard would have moved)
     galaxy_http_requests_total{path,status}
 """
 from __future__ import annotations
@@ -43,6 +47,11 @@ class ServeMetrics:
                                     registry=registry)
         self.refusals = Counter("galaxy_refused_ranks", "Connections refused (token, plan)", registry=registry)
         self.lost_ranks = Counter("galaxy_lost_ranks", "Ranks lost", registry=registry)
+        self.recoveries = Counter("galaxy_recoveries", "Re-plans that served", ["kind"], registry=registry)
+        self.recovery_phases = Gauge("galaxy_recovery_seconds", "The last recovery's phases", ["phase"],
+                                     registry=registry)
+        self.moved_bytes = Counter("galaxy_moved_bytes", "Weight bytes of rebuilt shards, by where they came from",
+                                   ["source"], registry=registry)
         self._peak = 0
         self.http = Counter("galaxy_http_requests", "HTTP requests", ["path", "status"], registry=registry)
 
@@ -65,6 +74,16 @@ class ServeMetrics:
         for peer, sent in (times.get("sent_bytes") or {}).items():
             if 0 <= int(peer) < len(devices):
                 self.link_bytes.labels(src=device, dst=devices[int(peer)]).inc(int(sent))
+
+    def record_recovery(self, record) -> None:
+        self.recoveries.labels(kind=record.kind).inc()
+        for phase, seconds in record.phases().items():
+            if seconds is not None:
+                self.recovery_phases.labels(phase=phase).set(seconds)
+        moved = record.measured_bytes()
+        for source, count in (("kept", moved.kept), ("peer", moved.peer), ("host", moved.host),
+                              ("full_reload", moved.full)):
+            self.moved_bytes.labels(source=source).inc(count)
 
     def set_plan(self, bundle, epoch: int) -> None:
         self.plan.clear()

@@ -1,8 +1,8 @@
 """Starting the persistent ranks of `galaxy-serve`, one way per mode, and stopping them.
 
 Each mode yields a `RankCluster`: the coordinator's listening socket (bound only to the address
-the ranks reach it at), the placement (each device's address and bundle folder) and the rank
-processes. Every rank runs `rank_<k>.py --serve ADDRESS:PORT` and dies with galaxy-serve:
+the ranks reach it at), the placement (each device's address and bundle folder), the rank
+processes and, for local and emulated ranks, how to inject faults into them (serve/faults.py). Every rank runs `rank_<k>.py --serve ADDRESS:PORT` and dies with galaxy-serve:
 local and emulated ranks are its children (and die with it even after a SIGKILL); remote
 ranks run under an ssh session and exit as soon as they lose the coordinator.
 
@@ -33,6 +33,7 @@ from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.errors import UsageError
 
 from .bundles import HostBundle, Placement
+from .faults import EmulatorFaults, FaultActions, SignalFaults
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class RankCluster:
     placement: Placement
     processes: RankProcesses
     token: bytes
+    faults: FaultActions | None = None  # None: faults cannot be injected (ranks over ssh)
 
 
 def rank_argv(rank: int, control_address: str, timeout_s: float, threads: int | None) -> list[str]:
@@ -97,13 +99,15 @@ def local_ranks(plan: HostBundle, token: bytes, timeout_s: float, threads: int |
     listener = rendezvous.listen("127.0.0.1", 0)
     address = f"127.0.0.1:{listener.getsockname()[1]}"
     processes = RankProcesses()
+    faults = SignalFaults(processes.procs)
     try:
         env = child_env({auth.TOKEN_ENV: token.decode()}, {})
         for rank, device in enumerate(plan.devices):
             argv = rank_argv(rank, address, timeout_s, threads)
             processes.start(device, [sys.executable, "-u", str(plan.path / argv[0]), *argv[1:]], env)
-        yield RankCluster(listener, Placement({d: "127.0.0.1" for d in plan.devices}), processes, token)
+        yield RankCluster(listener, Placement({d: "127.0.0.1" for d in plan.devices}), processes, token, faults)
     finally:
+        faults.close()
         processes.stop()
         listener.close()
 
@@ -118,6 +122,7 @@ def emulated_ranks(plan: HostBundle, token: bytes, timeout_s: float, cluster: Ma
         raise UsageError(f"{plan.path}/plan.json has no 'cluster' to emulate; pass --cluster-json")
     emulator = EmulatedCluster.from_cluster_json(cluster, plan.devices, control=True)
     processes = RankProcesses()
+    faults = EmulatorFaults(processes.procs, emulator, plan.devices)
     with emulator:
         listener = in_namespace(emulator.control_namespace, lambda: rendezvous.listen(emulator.control_address, 0))
         address = f"{emulator.control_address}:{listener.getsockname()[1]}"
@@ -128,8 +133,9 @@ def emulated_ranks(plan: HostBundle, token: bytes, timeout_s: float, cluster: Ma
                 env = child_env({auth.TOKEN_ENV: token.decode()}, emulator.rank_env(rank))
                 processes.start(device, command, env)
             placement = Placement({d: emulator.address(r) for r, d in enumerate(plan.devices)})
-            yield RankCluster(listener, placement, processes, token)
+            yield RankCluster(listener, placement, processes, token, faults)
         finally:
+            faults.close()
             processes.stop()
             listener.close()
 

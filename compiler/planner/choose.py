@@ -59,6 +59,26 @@ def choose_for_latency(single: Plan | None, pipe: Plan | None, single_error: Exc
                         f"device{'s' if single.world_size > 1 else ''})")
 
 
+# A plan on several devices must be predicted this much faster than the fastest device alone: the
+# cost model is within about 15% on most benchmark rows, so a smaller predicted gain may be a loss
+# on the devices themselves (docs/PERFORMANCE.md), and one device is simpler and never waits.
+MIN_GAIN = 0.05
+
+
+def prefer_one_device(plan: Plan, alone: Plan | None, min_gain: float = MIN_GAIN) -> Plan:
+    """`alone` (the fastest device that holds the model) unless `plan` is predicted faster than
+    it by more than `min_gain`."""
+    if alone is None or plan.world_size == 1 or plan.predicted_latency_s < alone.predicted_latency_s * (1 - min_gain):
+        return plan
+    gain = 1 - plan.predicted_latency_s / alone.predicted_latency_s
+    log.info("%d devices predict only %.1f%% faster than %s alone: one device", plan.world_size, 100 * gain,
+             alone.devices[0])
+    return noted(replace(alone, solver=plan.solver),
+                 f"one device: the best plan on {plan.world_size} devices predicts {fmt_s(plan.predicted_latency_s)}, "
+                 f"{100 * gain:.1f}% faster than {alone.devices[0]} alone ({fmt_s(alone.predicted_latency_s)}), "
+                 f"less than the {100 * min_gain:.0f}% a multi-device plan must gain (within the cost model's error)")
+
+
 def noted(plan: Plan, note: str) -> Plan:
     """`plan` with `note` first among its notes."""
     return replace(plan, notes=(note, *plan.notes))

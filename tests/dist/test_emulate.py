@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from galaxy.host import emulate, launcher
+from _emulation import needs_emulation
 from galaxy.host.emulate import EmulatedCluster, EmulationUnavailable, cleanup_stale
 
 pytestmark = pytest.mark.dist
@@ -57,17 +58,6 @@ BUSY = textwrap.dedent("""
 """)
 
 
-def _why_no_emulation() -> str | None:
-    try:
-        with EmulatedCluster([None]):
-            return None
-    except EmulationUnavailable as exc:
-        return str(exc)
-
-
-_NO_EMULATION = "not root" if os.geteuid() != 0 else _why_no_emulation()
-needs_emulation = pytest.mark.skipif(_NO_EMULATION is not None,
-                                     reason=f"cannot emulate here: {_NO_EMULATION}")
 
 
 def _state(*pids: int) -> dict:

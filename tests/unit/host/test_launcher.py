@@ -80,3 +80,11 @@ def test_a_terminated_galaxy_run_leaves_no_rank_running(tiny, tmp_path):
     assert proc.returncode == 143, output
     assert "stopped every rank" in output
     assert alive(ranks) == []
+
+
+@pytest.mark.parametrize("flag", [["--cpu-mode", "quota"], ["--nic", "shared"], ["--cluster-json", "c.json"]])
+def test_emulator_options_need_emulate(flag, capsys):
+    from galaxy.host.launcher import main
+    with pytest.raises(SystemExit) as info:
+        main(["bundle", "--local", *flag])
+    assert info.value.code == 2 and "only apply with --emulate" in capsys.readouterr().err
