@@ -24,14 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from galaxy.host.tokenizer import Tokenizer
 from galaxy.runtime.errors import GalaxyRuntimeError
-
 from galaxy.runtime.generate import request_tensors, result_from_tensors
 
 from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
-from galaxy.host.tokenizer import Tokenizer
-
 from .coordinator import Coordinator
 from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
 from .generation import completions_request, completions_response, generate_request, generate_response
