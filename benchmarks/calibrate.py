@@ -4,7 +4,8 @@ The clusters' files state GFLOP/s from an older calibration (cpu_share x 80 GFLO
 machine's one-thread GEMM rate moves with its host (130-140 GFLOP/s in December 2026,
 docs/PERFORMANCE.md). A run measures the model's layer GEMMs, its SDPA and the GEMM speed by rows
 with galaxy-profile's own code on one thread, and gives each emulated device cpu_share times those
-rates. One factor per CPU mode then scales every device so that the fastest device alone is
+rates (a decode step's GEMV rate too, and its dispatch cost per op divided by the share). One
+factor per CPU mode then scales every device so that the fastest device alone is
 predicted as a calibration run of it on the emulator measured (`scaled`): the emulator's
 throttling, the rank's process and its elementwise work cost what they cost on a device, which a
 profile taken on the device itself would include. Predictions of every other plan are then
@@ -46,7 +47,9 @@ def calibrated(cluster: Cluster, host: DeviceRates, cpu_mode: str) -> Cluster:
     devices = tuple(replace(d, flops_per_s=d.cpu_share * host.flops_per_s,
                             attention_flops_per_s=d.cpu_share * host.attention_flops_per_s,
                             gemm_rows_speed=host.rows_speed,
-                            overlap_efficiency=d.overlap_efficiency if efficiency is None else efficiency)
+                            overlap_efficiency=d.overlap_efficiency if efficiency is None else efficiency,
+                            gemv_bytes_per_s=d.cpu_share * (host.gemv_bytes_per_s or 0.0) or d.gemv_bytes_per_s,
+                            dispatch_s_per_op=(host.dispatch_s_per_op or 0.0) / d.cpu_share or d.dispatch_s_per_op)
                     for d in cluster.devices)
     return replace(cluster, devices=devices)
 

@@ -51,6 +51,14 @@ def compile_parser() -> argparse.ArgumentParser:
                              "this costs, measured at compile time")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
+    parser.add_argument("--max-len", type=int, metavar="N",
+                        help="compile a causal language model for text generation (galaxy-generate): the "
+                             "prompt (up to --seq-len tokens) and the new tokens may reach N tokens; the bundle "
+                             "holds the prefill plan, a decode plan and a key/value cache of N tokens")
+    parser.add_argument("--decode", choices=["keep", "single", "pipeline"],
+                        help="with --max-len: force the decode layout (default: the planner's choice; keep is "
+                             "tensor parallelism over the prefill's head split, single the first device alone, "
+                             "pipeline whole layers per device)")
     parser.add_argument("--capture", choices=["export", "symbolic"], default="export",
                         help="torch.export (default) or torch.fx.symbolic_trace then export")
     parser.add_argument("--check-against", metavar="PLAN",
@@ -69,6 +77,10 @@ def compile_main(argv: list[str] | None = None) -> int:
         parser.error("--max-regression needs --check-against")
     if args.plan and args.wire != "float32":
         parser.error("--wire applies when planning; a --plan file already fixes each action's wire dtype")
+    if args.decode and args.max_len is None:
+        parser.error("--decode applies to generation bundles: give --max-len N too")
+    if args.max_len is not None and args.max_len < 2:
+        parser.error("--max-len must be at least 2 (the prompt and one new token)")
     _setup_logging(args.verbose)
 
     from galaxy.compiler.pipeline import CompileOptions, compile_model
@@ -79,7 +91,7 @@ def compile_main(argv: list[str] | None = None) -> int:
             options = CompileOptions(cluster=args.cluster, out_dir=None if args.plan_only else args.output,
                                      plan_only=args.plan_only, plan=plan_path, objective=args.objective,
                                      solver=args.solver, wire=args.wire, size=args.size, seq_len=args.seq_len,
-                                     capture=args.capture)
+                                     capture=args.capture, max_len=args.max_len, decode=args.decode)
             result = compile_model(args.model, options)
     except GalaxyError as exc:
         print(f"galaxy-compile: error: {exc}", file=sys.stderr)
@@ -88,11 +100,18 @@ def compile_main(argv: list[str] | None = None) -> int:
     if result.wire_error:
         errors = ", ".join(f"{name} {error:.2g}" for name, error in sorted(result.wire_error.items()))
         print(f"wire {result.plan.wire_dtype}: expected max abs error {errors} (measured at compile time)")
-    document = PlanDocument(result.plan, result.summary, result.cluster, wire_error=result.wire_error)
+    if result.generation is not None:
+        from galaxy.compiler.report.show import generation_summary_lines
+        print("\n".join(generation_summary_lines(result.generation)))
+    document = PlanDocument(result.plan, result.summary, result.cluster, wire_error=result.wire_error,
+                            generation=result.generation, decode_summary=result.decode_summary)
     if args.save_plan:
         document.save(args.save_plan)
         print(f"plan written to {args.save_plan}")
-    if result.bundle_dir:
+    if result.bundle_dir and result.generation is not None:
+        print(f"bundle written to {result.bundle_dir}: generate with  galaxy-generate {result.bundle_dir} --local "
+              f"--prompt-ids 1,2,3 --max-new-tokens 8")
+    elif result.bundle_dir:
         print(f"bundle written to {result.bundle_dir}: run it with  galaxy-run {result.bundle_dir} --local")
     if reference is not None:
         verdict = check_regression(reference, document, args.max_regression)

@@ -50,3 +50,7 @@ class OutputDirError(GalaxyError):
 
 class SolverError(GalaxyError):
     """The ILP solver failed or timed out without a feasible plan."""
+
+
+class GenerationError(GalaxyError):
+    """The model cannot generate (not a causal LM), or a request does not fit the bundle (too long)."""

@@ -31,8 +31,9 @@ are never used for devices sharing a CPU: one that waits would lend its time to 
 there, and a slow device would look fast.
 
 Links: traffic from rank i to rank j is shaped once, on i's egress, by an htb class at the
-rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else it is
-reported as not emulated. Every transfer of a pair gets the pair's full rate, as on a
+rate of the pair (i, j); latency uses a netem leaf when the kernel has netem, else each rank's
+runtime delays its sends (rank_env sets GALAXY_LINK_LATENCY: runtime/linkdelay.py). Every
+transfer of a pair gets the pair's full rate, as on a
 switched network; a shared medium (one Wi-Fi channel) is not modelled. docs/EMULATION.md
 has the calibration.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import math
 import os
@@ -54,6 +56,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from galaxy.host.processes import die_with_parent
+from galaxy.runtime import linkdelay
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
@@ -246,8 +249,19 @@ class EmulatedCluster:
 
     def rank_env(self, rank: int) -> dict[str, str]:
         threads = str(self.threads(rank))
-        return {"GLOO_SOCKET_IFNAME": RANK_IFNAME, "OMP_NUM_THREADS": threads,
-                "MKL_NUM_THREADS": threads}
+        env = {"GLOO_SOCKET_IFNAME": RANK_IFNAME, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        delays = self.transport_latency(rank)
+        if delays:
+            env[linkdelay.ENV] = json.dumps(delays, sort_keys=True)
+        return env
+
+    def transport_latency(self, rank: int) -> dict[str, float]:
+        """Latency the rank's runtime adds to each send, by peer device name, where netem cannot
+        (runtime/linkdelay.py); empty when the kernel has netem or no link has latency."""
+        if self.netem_available:
+            return {}
+        return {self.names[peer]: delay for peer, delay in enumerate(self.latency[rank])
+                if peer != rank and delay}
 
     # --- faults (galaxy-serve --inject: serve/faults.py) ---------------------------------------
 
@@ -353,9 +367,9 @@ class EmulatedCluster:
                 self._shape_card_inbound(switch, rank)
         if not self.netem_available and any(v for row in self.latency for v in row):
             worst = max(v for row in self.latency for v in row)
-            log.warning("emulator: the netem qdisc is not available on this kernel, so link "
-                        "latency (up to %.3g ms) is NOT emulated; only bandwidth and CPU shares "
-                        "are. Account for latency in the cost model.", worst * 1e3)
+            log.info("emulator: no netem qdisc on this kernel: link latency (up to %.3g ms) is added by "
+                     "each rank's transport instead (%s: every send leaves that long after it is posted)",
+                     worst * 1e3, linkdelay.ENV)
 
     def _shape_card_inbound(self, switch: str, rank: int) -> None:
         """What the switch delivers to `rank` shares its card's rate; traffic from the control
@@ -476,7 +490,7 @@ class EmulatedCluster:
     def __str__(self) -> str:
         rows = [f"emulated cluster {self.base}: {self.size} device(s) on {SUBNET}.0/24, "
                 f"bridge in namespace {self.base}-sw, MTU {MTU}, "
-                f"latency {'netem' if self.netem_available else 'not emulated (no netem)'}, "
+                f"latency {'netem' if self.netem_available else 'in the transport (no netem)'}, "
                 f"CPU shares by {'weight on pinned CPUs' if self.pinned else 'quota'}",
                 f"  {'rank':<5}{'device':<14}{'namespace':<18}{'address':<12}{'cpu share':>10}"
                 f"{'threads':>9}{'cpu':>5}"]

@@ -192,7 +192,7 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
         envs = [child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
         fds = [[master_socket.fileno()] if rank == 0 and master_socket is not None else []
                for rank in range(len(devices))]
-        _supervise(commands, envs, fds, devices, overall, on_line or _log_line(devices))
+        supervise(commands, envs, fds, devices, overall, on_line or _log_line(devices))
         result = _read_result(bundle.load_tensors(outputs_file), json.loads(timings_file.read_text()), requests)
     reference = bundle_dir / bundle.REFERENCE_OUTPUTS
     if not inputs and reference.is_file():
@@ -256,7 +256,7 @@ def _log_line(devices: list[str]) -> OnLine:
     return emit
 
 
-def _supervise(commands: list[list[str]], envs: list[dict], fds: list[list[int]], devices: list[str],
+def supervise(commands: list[list[str]], envs: list[dict], fds: list[list[int]], devices: list[str],
                overall_timeout_s: float, on_line: OnLine) -> None:
     procs: list[subprocess.Popen] = []
     tails = [collections.deque(maxlen=30) for _ in commands]

@@ -32,6 +32,11 @@ def rank_weights(rank: int) -> str:
     return f"weights/rank_{rank}.safetensors"
 
 
+def decode_module(rank: int) -> str:
+    """A generation bundle's decode step for `rank` (absent for a rank that sits decoding out)."""
+    return f"decode_{rank}.py"
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -59,11 +64,13 @@ def write_manifest(bundle_dir: str | Path, files: Iterable[str]) -> dict[str, st
 
 
 def rank_files(bundle_dir: str | Path, rank: int) -> list[str]:
-    """The files rank `rank` needs: its module and weights, plan.json and the runtime."""
+    """The files rank `rank` needs: its module (and decode step), weights, plan.json and the runtime."""
     runtime = sorted(name for name in read_manifest(bundle_dir) if name.startswith(RUNTIME_DIR + "/"))
     if not runtime:
         raise BundleIntegrityError(RUNTIME_DIR, "manifest.json lists no runtime files")
-    return [rank_module(rank), rank_weights(rank), PLAN, *runtime]
+    listed = read_manifest(bundle_dir)
+    decode = [decode_module(rank)] if decode_module(rank) in listed else []
+    return [rank_module(rank), *decode, rank_weights(rank), PLAN, *runtime]
 
 
 def verify_manifest(bundle_dir: str | Path, files: Iterable[str]) -> None:

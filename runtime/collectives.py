@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from . import linkdelay
 from .p2p import Transfer, irecv, isend, recv, send
 from .ring import Ring
 from .splits import offsets
@@ -275,16 +276,19 @@ def reduce_scatter_naive(x_partial: torch.Tensor, tokens_per_rank: Sequence[int]
 
 
 @timed("all_reduce")
-def all_reduce(x: torch.Tensor, ring: Ring, wire_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Sum `x` over the ring's ranks with gloo's own all-reduce (Megatron-style plans, whose
-    connective blocks are replicated). The ring must span every rank: gloo's default group.
-    Reduces in place (x is a GEMM's fresh output, so copying it would only cost time); with
-    `wire_dtype` the sum travels and accumulates in that dtype."""
+def all_reduce(x: torch.Tensor, ring: Ring, wire_dtype: torch.dtype | None = None,
+               algorithm: str = "ring") -> torch.Tensor:
+    """Sum `x` over the ring's ranks (Megatron-style stages, whose connective blocks are replicated,
+    and decode steps). A ring algorithm over every rank is gloo's own all-reduce, reducing in place
+    (x is a GEMM's fresh output, so copying it would only cost time); with `wire_dtype` the sum
+    travels and accumulates in that dtype. A ring of some ranks, the star and direct algorithms,
+    and any all-reduce under emulated link latency run over p2p (runtime/reduce.py)."""
     out = x.contiguous()
     if ring.size == 1:
         return out
-    if ring.size != dist.get_world_size():
-        raise ValueError("all_reduce needs a ring of every rank (a one-stage plan)")
+    if algorithm != "ring" or ring.size != dist.get_world_size() or linkdelay.active():
+        from .reduce import all_reduce_p2p  # reduce.py builds on this module
+        return all_reduce_p2p(out, ring, algorithm, wire_dtype)
     wire = out if wire_dtype is None else out.to(wire_dtype)
     work = dist.all_reduce(wire, async_op=True)
     return Transfer(work, wire, ring.next_rank, "all-reduce with", "all_reduce", ring).wait().to(x.dtype)

@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import auth, bundle, rendezvous, serving, timing
+from . import auth, bundle, generate, rendezvous, serving, timing
 from .collectives import broadcast_tensors
 from .context import RankContext, make_context
 from .errors import CollectiveError, GalaxyRuntimeError, UsageError
@@ -97,6 +97,10 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
     weights = bundle.load_tensors(bundle_dir / bundle.rank_weights(rank))
     log.info("rank %d (%s): %d weight tensors from %s", rank, devices[rank], len(weights), bundle_dir)
     ctx = make_context(rank, plan, bundle_dir, args.timeout)
+    if args.generate is not None:
+        return _run_generation(rank, forward, args, (bundle_dir, plan, host, port, token), weights, ctx)
+    if generate.is_generation_bundle(plan):  # a plain forward of the prefill still writes its cache
+        weights = generate.install_prefill_caches(rank, plan, weights)
     packed = None
     if rank == 0:  # before joining, so a wrong input fails fast and alone
         example = bundle.load_tensors(bundle_dir / bundle.EXAMPLE_INPUTS)
@@ -123,6 +127,51 @@ def _run(rank: int, forward: Forward, stream: Stream, args: argparse.Namespace) 
                     "run's results stand", rank, devices[rank], " ".join(str(exc).split()))
     log.info("rank %d (%s): done", rank, devices[rank])
     return 0
+
+
+def _run_generation(rank: int, forward: Forward, args: argparse.Namespace, where: tuple, weights: dict,
+                    ctx: RankContext) -> int:
+    """--generate: one generation request (rank 0 reads it), --warmup + --repeat times; rank 0 writes
+    {"runs": [result, ...]} (runtime/generate.py) to --output as JSON."""
+    bundle_dir, plan, host, port, token = where
+    if not generate.is_generation_bundle(plan):
+        raise UsageError(f"{bundle_dir} is not a generation bundle; compile it with galaxy-compile --max-len N")
+    state = generate.load_generation_rank(rank, plan, bundle_dir, sys.modules[forward.__module__], weights)
+    request = None
+    if rank == 0:  # before joining, so a request the bundle cannot run fails fast and alone
+        if not args.generate:
+            raise UsageError("rank 0 needs the request: --generate REQUEST.json")
+        request = generate.GenerationRequest.from_json(_read_json(args.generate))
+        generate.check_request(request, plan["generation"])
+    listener = socket.socket(fileno=args.master_fd) if args.master_fd is not None and rank == 0 else None
+    rendezvous.connect(rank, ctx.world_size, host, port, args.connect_timeout or args.timeout, ctx.device_names,
+                       token=token, plan_sha=auth.plan_digest(bundle_dir), listen_socket=listener)
+    runs = []
+    for run in range(args.warmup + args.repeat):
+        barrier(ctx.world(), f"the barrier before generation {run}")
+        result = generate.generate(state, request, ctx)
+        if result is not None and run >= args.warmup:
+            runs.append(result.to_json())
+            log.info("generation %d: %d new tokens, time to first token %.1f ms, median time between tokens "
+                     "%.2f ms", run, len(result.new_token_ids), 1e3 * result.ttft_s,
+                     1e3 * statistics.median(result.tbt_s) if result.tbt_s else float("nan"))
+    if rank == 0 and args.output:
+        Path(args.output).write_text(json.dumps({"runs": runs}))
+    try:
+        barrier(ctx.world(), "the final barrier")
+    except CollectiveError as exc:
+        log.warning("rank %d: the final barrier failed after the work was done (%s)", rank, " ".join(str(exc).split()))
+    return 0
+
+
+def _read_json(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    return data
 
 
 def check_inputs(inputs: Mapping[str, torch.Tensor], example: Mapping[str, torch.Tensor],
@@ -251,6 +300,10 @@ def _parse_args(rank: int, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-file", metavar="PATH",
                         help=f"read the cluster token from PATH ('-': one line of stdin; default: "
                              f"${auth.TOKEN_ENV})")
+    parser.add_argument("--generate", metavar="REQUEST.json", nargs="?", const="",
+                        help="generate tokens (a generation bundle): rank 0 reads the request {prompt_ids, "
+                             "max_new_tokens, temperature, top_k, seed, stop_at_eos} and writes the result to "
+                             "--output as JSON; the other ranks take --generate alone")
     parser.add_argument("--input", metavar="IN.safetensors", nargs="+",
                         help="input tensors by name, one file per request (rank 0; default: "
                              "inputs/example.safetensors)")

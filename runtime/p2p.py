@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from . import timing
+from . import linkdelay, timing
 from .errors import CollectiveError, CollectiveTimeout
 from .ring import Ring
 
@@ -73,7 +73,10 @@ class Transfer:
 def isend(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> Transfer:
     """Post an async send of `tensor` (must be contiguous) to global rank `peer`."""
     try:
-        work = dist.isend(tensor, dst=peer, tag=tag)
+        if linkdelay.active():  # under the emulator: the send leaves after the link's latency
+            work = linkdelay.isend(tensor, peer, tag, _device(ring, peer))
+        else:
+            work = dist.isend(tensor, dst=peer, tag=tag)
     except RuntimeError as exc:
         raise _translate(exc, "send to", peer, what, ring) from exc
     _sent_bytes[peer] += tensor.numel() * tensor.element_size()
@@ -83,10 +86,14 @@ def isend(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> T
 def irecv(tensor: torch.Tensor, peer: int, ring: Ring, tag: int, what: str) -> Transfer:
     """Post an async receive into `tensor` (must be contiguous) from global rank `peer`."""
     try:
-        work = dist.irecv(tensor, src=peer, tag=tag)
+        work = linkdelay.irecv(tensor, peer, tag) if linkdelay.active() else dist.irecv(tensor, src=peer, tag=tag)
     except RuntimeError as exc:
         raise _translate(exc, "receive from", peer, what, ring) from exc
     return Transfer(work, tensor, peer, "receive from", what, ring)
+
+
+def _device(ring: Ring, rank: int) -> str:
+    return ring.device_names[rank] if 0 <= rank < len(ring.device_names) else ""
 
 
 def send(tensor: torch.Tensor, peer: int, ring: Ring, what: str, tag: int = 0) -> None:

@@ -11,7 +11,9 @@ serves, then follows control words:
           if they are not on this device, import its module, and build its weights from the
           shard in memory, peers' pieces and the coordinator's (runtime/reshard.py) once the
           group stands
-    run   {epoch, id} + inputs                       one request (several may follow at once)
+    run   {epoch, id} + inputs                       one request (several may follow at once); for a
+                                                     generation bundle, a prompt and its sampling
+                                                     settings (runtime/generate.py request_tensors)
     end   {epoch}                                    no more queued: finish what is started
     abort {epoch}                                    that group lost a device: shut its
           connections now (taken by the reader thread, whatever the main thread is doing), so
@@ -50,7 +52,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import auth, bundle, control, rendezvous, reshard
+from . import auth, bundle, control, generate, rendezvous, reshard
 from .blocks import BlockClock
 from .context import make_context
 from .errors import BundleIntegrityError, CollectiveError, GalaxyRuntimeError, UsageError
@@ -74,6 +76,7 @@ class LoadedPlan:
     forward: Callable
     stream: Callable | None
     weights: dict
+    generation: generate.GenerationRank | None = None  # a generation bundle's programs and caches
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -414,7 +417,14 @@ class _Rank:
                     return
                 message = self.session.next()
 
-        stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
+        if generate.is_generation_bundle(self.plan.plan):  # each request is a prompt to generate from
+            if self.plan.generation is None:  # its programs and caches, over the weights in memory
+                module = sys.modules[self.plan.forward.__module__]
+                self.plan.generation = generate.load_generation_rank(self.plan.rank, self.plan.plan,
+                                                                     self.plan.bundle_dir, module, self.plan.weights)
+            stream = generate.serving_stream(self.plan.generation)
+        else:
+            stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
         request_id = None
         try:
             with torch.inference_mode():

@@ -32,11 +32,13 @@ class Handoff:
         self.world = world
         self._in_flight: list[Transfer] = []
 
-    def send(self, tensors: Sequence[torch.Tensor | None], tokens_per_rank: Sequence[int], ring: Ring,
+    def send(self, tensors: Sequence[torch.Tensor | None], tokens_per_rank: Sequence[int] | None, ring: Ring,
              destinations: Sequence[int], what: str, wire_dtype: torch.dtype | None = None) -> None:
         """Gather the tensors on this stage's leader, which posts each whole to every destination rank
-        (in `wire_dtype`, if given)."""
-        whole = gather_hidden(tensors, tokens_per_rank, ring, dst=0, wire_dtype=wire_dtype)
+        (in `wire_dtype`, if given). `tokens_per_rank` None: every rank of the stage holds them whole
+        (an all-reducing stage), so the leader sends its own."""
+        whole = tensors if tokens_per_rank is None else gather_hidden(tensors, tokens_per_rank, ring, dst=0,
+                                                                         wire_dtype=wire_dtype)
         if ring.index != 0:
             return
         self.flush()  # the previous request's hand-off: its buffers are free once these complete

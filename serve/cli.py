@@ -2,7 +2,7 @@
 
     galaxy-serve BUNDLE (--local | --emulate | --hosts HOSTS.toml) [--port 8470] [--bind 127.0.0.1]
                  [--timeout S] [--heartbeat S] [--dead-after S] [--connect-timeout S]
-                 [--threads N] [--cluster-json CLUSTER.json] [--token-file PATH] [--quiet]
+                 [--threads N] [--cluster-json CLUSTER.json] [--token-file PATH] [--tokenizer DIR] [--quiet]
                  [--inject SPEC ...] [--model MODEL] [--no-recovery] [recovery settings]
 
 Starts every rank (serve/ranks.py), forms the group, then serves HTTP (serve/http.py) until
@@ -10,7 +10,9 @@ SIGINT or SIGTERM; then it tells every rank to stop, stops whatever is left and 
 emulated devices. A lost or straggling device is re-planned around (serve/recovering.py,
 docs/FAULTS.md); --inject tries that out. The cluster token comes from --token-file, GALAXY_CLUSTER_TOKEN or, with
 --hosts, the hosts file; --local and --emulate make a fresh one when none is set (then
-POST /v1/plan cannot be used).
+POST /v1/plan cannot be used). A generation bundle (galaxy-compile --max-len) answers
+POST /v1/generate and the OpenAI-style POST /v1/completions (serve/generation.py); --tokenizer
+(a local checkpoint folder) lets them take and give text.
 
 Exit codes: 0 stopped by SIGTERM/SIGHUP (how a server is normally stopped); 2 could not start
 (one line names the cause); 130 Ctrl-C.
@@ -23,6 +25,7 @@ import logging
 import sys
 
 from galaxy.host.processes import cli_exit_code
+from galaxy.host.tokenizer import Tokenizer
 from galaxy.runtime import auth, rendezvous
 
 from .bundles import HostBundle
@@ -45,14 +48,16 @@ def serve(args: argparse.Namespace) -> None:
     from .http import make_app
 
     plan = HostBundle.load(args.bundle)
+    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
     http_socket = rendezvous.listen(args.bind, args.port)  # a port in use fails before any rank starts
     mode = "hosts" if args.hosts else "emulate" if args.emulate else "local"
     with contextlib.closing(http_socket), serving(plan, ServeOptions.from_args(args, mode)) as coordinator:
         host, port = http_socket.getsockname()[:2]
+        routes = "POST /v1/generate, POST /v1/completions" if "generation" in plan.plan else "POST /v1/infer"
         sys.stderr.write(f"galaxy-serve: serving {plan.describe()} on http://{host}:{port} "
-                         "(POST /v1/infer, GET /healthz, GET /metrics); Ctrl-C stops\n")
+                         f"({routes}, GET /healthz, GET /metrics); Ctrl-C stops\n")
         sys.stderr.flush()
-        server = uvicorn.Server(uvicorn.Config(make_app(coordinator), log_level="warning", lifespan="off",
+        server = uvicorn.Server(uvicorn.Config(make_app(coordinator, tokenizer), log_level="warning", lifespan="off",
                                                timeout_graceful_shutdown=5))
         server.run(sockets=[http_socket])
 
@@ -74,6 +79,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, metavar="N", help="--local: torch threads per rank")
     parser.add_argument("--cluster-json", metavar="CLUSTER.json", help="--emulate: the cluster to emulate")
     parser.add_argument("--token-file", metavar="PATH", help=f"the cluster token (default ${auth.TOKEN_ENV})")
+    parser.add_argument("--tokenizer", metavar="DIR", help="a generation bundle: the local checkpoint folder whose "
+                                                          "tokenizer turns text prompts into ids and new ids into text")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     add_arguments(parser)
     args = parser.parse_args(argv)

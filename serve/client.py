@@ -2,6 +2,8 @@
 
     from galaxy.serve import Client
     outputs = Client("http://127.0.0.1:8470").infer({"input_ids": ids})  # -> dict[str, Tensor]
+    answer = Client(url).generate([1, 2, 3], max_new_tokens=8)          # a generation bundle
+    answer["new_token_ids"], answer["ttft_s"], answer["tbt_s"]
 
 Tensors travel as a safetensors file both ways. A 4xx/5xx answer raises ServeError with the
 server's message (for a wrong input it names what the bundle expects).
@@ -37,6 +39,17 @@ class Client:
                                    headers={"Content-Type": "application/octet-stream"})
         _raise_for(response)
         return load(response.content)
+
+    def generate(self, prompt_ids: list[int] | None = None, max_new_tokens: int = 16, *, prompt: str | None = None,
+                 temperature: float = 0.0, top_k: int = 0, seed: int = 0, stop_at_eos: bool = True) -> dict:
+        """POST /v1/generate: the new token ids (and text, when the server has a tokenizer), time to
+        first token and times between tokens; give `prompt_ids` or, with a tokenizer, `prompt`."""
+        body = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed,
+                "stop_at_eos": stop_at_eos,
+                **({"prompt_ids": list(prompt_ids)} if prompt_ids is not None else {"prompt": prompt})}
+        response = self._http.post("/v1/generate", json=body)
+        _raise_for(response)
+        return response.json()
 
     def health(self) -> dict:
         """/healthz as a dict (its status is "ok" or "unavailable"; no exception for a 503)."""

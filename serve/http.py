@@ -2,6 +2,8 @@
 
     POST /v1/infer   inputs -> outputs (serve/codec.py); 4xx for what the bundle cannot take,
                      503 when the cluster cannot serve (the reason names the rank), 504 on timeout
+    POST /v1/generate     a generation bundle (galaxy-compile --max-len): prompt -> new tokens
+    POST /v1/completions  the same in the OpenAI-style completions format (serve/generation.py)
     GET  /healthz    200 when every rank is alive, on the plan in force and serving; else 503
     GET  /metrics    Prometheus text (serve/metrics.py)
     POST /v1/plan    {"bundle": "DIR"}: serve another bundle from the next request on; needs
@@ -22,17 +24,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from galaxy.host.tokenizer import Tokenizer
 from galaxy.runtime.errors import GalaxyRuntimeError
+from galaxy.runtime.generate import request_tensors, result_from_tensors
 
 from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
 from .coordinator import Coordinator
 from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
+from .generation import completions_request, completions_response, generate_request, generate_response
 
 _STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
 
 
-def make_app(coordinator: Coordinator) -> Starlette:
+def make_app(coordinator: Coordinator, tokenizer: Tokenizer | None = None) -> Starlette:
+    """The routes above; `tokenizer` lets generation take and give text."""
     metrics = coordinator.metrics
 
     def answer(request: Request, response: Response) -> Response:
@@ -46,6 +52,9 @@ def make_app(coordinator: Coordinator) -> Starlette:
         plan = coordinator.plan
         if plan is None:
             return error(request, 503, "the cluster is still forming its group; retry in a moment")
+        if "generation" in plan.plan:
+            return error(request, 400, "this is a generation bundle (galaxy-compile --max-len): POST a prompt to "
+                                       "/v1/generate or /v1/completions")
         example = plan.example_inputs
         try:
             inputs, as_json = decode_inputs(request.headers.get("content-type", ""), await request.body(), example)
@@ -61,6 +70,40 @@ def make_app(coordinator: Coordinator) -> Starlette:
         headers = {"Server-Timing": ", ".join(f"{k};dur={1e3 * v:.3f}" for k, v in timing.items()),
                    "X-Galaxy-Plan": plan.sha[:12]}
         return answer(request, Response(body, media_type=media_type, headers=headers))
+
+    async def run_generation(request: Request, openai: bool) -> Response:
+        plan = coordinator.plan
+        if plan is None:
+            return error(request, 503, "the cluster is still forming its group; retry in a moment")
+        generation = plan.plan.get("generation")
+        if generation is None:
+            return error(request, 400, "this bundle was compiled without --max-len, so it does not generate; "
+                                       "POST its inputs to /v1/infer, or compile with galaxy-compile --max-len N")
+        try:
+            body = json.loads(await request.body())
+            parse = completions_request if openai else generate_request
+            wanted = parse(body, generation, tokenizer)
+        except ValueError as exc:
+            return error(request, 400, f"the body must be JSON ({exc})")
+        except BadRequest as exc:
+            return error(request, exc.status, str(exc))
+        try:
+            future = coordinator.submit(request_tensors(wanted))
+            result = result_from_tensors(await asyncio.wrap_future(future))
+        except GalaxyRuntimeError as exc:
+            return error(request, _STATUS.get(type(exc), 500), " ".join(str(exc).split()))
+        body = (completions_response(result, tokenizer, plan.plan["plan"]["model"]) if openai
+                else generate_response(result, tokenizer))
+        timing = getattr(future, "timing", None) or {}
+        headers = {"Server-Timing": ", ".join(f"{k};dur={1e3 * v:.3f}" for k, v in timing.items()),
+                   "X-Galaxy-Plan": plan.sha[:12]}
+        return answer(request, JSONResponse(body, headers=headers))
+
+    async def generate(request: Request) -> Response:
+        return await run_generation(request, openai=False)
+
+    async def completions(request: Request) -> Response:
+        return await run_generation(request, openai=True)
 
     async def healthz(request: Request) -> Response:
         health = coordinator.health()
@@ -87,6 +130,8 @@ def make_app(coordinator: Coordinator) -> Starlette:
         return answer(request, JSONResponse({"plan": new_plan.sha[:12], "bundle": str(new_plan.path), "epoch": epoch}))
 
     return Starlette(routes=[Route("/v1/infer", infer, methods=["POST"]),
+                             Route("/v1/generate", generate, methods=["POST"]),
+                             Route("/v1/completions", completions, methods=["POST"]),
                              Route("/healthz", healthz, methods=["GET"]),
                              Route("/metrics", metrics_text, methods=["GET"]),
                              Route("/v1/plan", swap, methods=["POST"])])

@@ -146,6 +146,10 @@ def serving(plan: HostBundle, options: ServeOptions) -> Iterator[Coordinator]:
 def _recovery(plan: HostBundle, options: ServeOptions, stack: contextlib.ExitStack) -> Recovery | None:
     if not options.recovery:
         return None
+    if "generation" in plan.plan:  # a re-plan would have to re-plan decode and move caches too
+        log.warning("galaxy-serve: no re-planning on faults for a generation bundle (galaxy-compile --max-len); "
+                    "a lost device stops it")
+        return None
     try:
         source = ModelSource.of(plan, options.model, options.size)
     except RecoveryUnavailable as exc:

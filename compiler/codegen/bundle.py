@@ -1,7 +1,7 @@
 """Write a bundle: generated modules, weight shards, plan, runtime copy and a manifest.
 
     bundle/
-      plan.json  manifest.json  rank_<k>.py  weights/rank_<k>.safetensors
+      plan.json  manifest.json  rank_<k>.py  [decode_<k>.py]  weights/rank_<k>.safetensors
       inputs/example.safetensors  reference/outputs.safetensors  galaxy_runtime/
 
 File names and the manifest format come from the runtime (galaxy.runtime.bundle), which reads
@@ -47,7 +47,8 @@ def check_output_dir(out_dir: str | Path) -> None:
 
 def write_bundle(out_dir: str | Path, plan_document: dict, sources: dict[int, str],
                  weights: dict[int, dict[str, torch.Tensor]], example_inputs: dict[str, torch.Tensor],
-                 reference_outputs: dict[str, torch.Tensor]) -> Path:
+                 reference_outputs: dict[str, torch.Tensor], decode_sources: dict[int, str] | None = None) -> Path:
+    """The bundle folder; `decode_sources` are a generation bundle's decode steps (decode_<k>.py)."""
     out = Path(out_dir)
     check_output_dir(out)
     if out.exists():
@@ -58,6 +59,8 @@ def write_bundle(out_dir: str | Path, plan_document: dict, sources: dict[int, st
     for rank, source in sorted(sources.items()):
         (out / layout.rank_module(rank)).write_text(source)
         layout.save_tensors(out / layout.rank_weights(rank), weights[rank])
+    for rank, source in sorted((decode_sources or {}).items()):
+        (out / layout.decode_module(rank)).write_text(source)
     layout.save_tensors(out / layout.EXAMPLE_INPUTS, example_inputs)
     layout.save_tensors(out / layout.REFERENCE_OUTPUTS, reference_outputs)
     _copy_runtime(out / layout.RUNTIME_DIR)

@@ -21,7 +21,8 @@ from galaxy.runtime.splits import offsets
 DOC_WIDTH = 100  # docstrings wrap here
 WIRE_TORCH = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 # Where generated code finds the runtime's functions (galaxy_runtime.<module> in a bundle).
-RUNTIME_MODULES = ("bundle", "collectives", "direct", "entry", "online_attention", "overlap", "splits", "stream")
+RUNTIME_MODULES = ("bundle", "collectives", "direct", "entry", "online_attention", "overlap", "reduce", "splits",
+                   "stream")
 
 
 def _summarise(names) -> str:
@@ -135,6 +136,11 @@ def _imports(free: set[str]) -> list[tuple[str, list[str]]]:
     return sorted(found.items())
 
 
+def module_file(program: RankProgram) -> str:
+    """The file a program is written to: rank_<k>.py, or decode_<k>.py for a decode step."""
+    return f"{'decode' if program.phase == 'decode' else 'rank'}_{program.rank}.py"
+
+
 def render_rank(program: RankProgram) -> str:
     env = _environment()
     stage = program.stage
@@ -148,9 +154,11 @@ def render_rank(program: RankProgram) -> str:
         sequence_mask=_sequence_mask(program),
         loop_layers=_loop_layers(program),
         layer_span=_span(stage.first_layer, stage.end_layer - 1),
-        # Rank 0 of a pipeline: the head waits for the last stage, so start and finish are apart.
-        split_head=bool(program.epilogue) and stage.count > 1,
+        # Rank 0 of a pipeline: the head waits for the last stage, so start and finish are apart
+        # (so that requests can stream; a generation bundle runs one request at a time).
+        split_head=bool(program.epilogue) and stage.count > 1 and program.phase == "forward",
         head_receive=program.head_receive,
+        send_tokens="TOKENS_PER_RANK" if program.schedule.layout == "split" else "None",
     )
     body = re.sub(r"\n{4,}", "\n\n\n", body)  # macros end in a newline of their own
     read, bound = _names_used(_parse(body, program.rank))
@@ -159,7 +167,7 @@ def render_rank(program: RankProgram) -> str:
     imports = _imports(free - {name for name, _, _ in constants})
     source = env.get_template("rank_module.py.jinja").render(
         p=program, body=body.rstrip("\n") + "\n", imports=imports, constants=constants,
-        uses_aten="aten" in read, share=_share(program),
+        uses_aten="aten" in read, share=_share(program), module_name=module_file(program),
         layer_span=_span(stage.first_layer, stage.end_layer - 1))
     source = re.sub(r"\n{4,}", "\n\n\n", source)
     _parse(source, program.rank)

@@ -15,8 +15,15 @@ tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
      direct     per pair: alpha + max over pairs (i -> j) of beta_ij b x_i (AG; x_j for RS);
                 one card a device (table.shared_card): alpha + max_d beta_d b max((n-1) x_d, S - x_d);
                 fused at t = 1, max(0, direct - G / n) shows; cpu[r] = kappa b (S + (n - 2) x[r])
-    AR        gloo's ring all-reduce: a reduce-scatter then an all-gather of even chunks,
-              2 (n - 1) (alpha + beta S b / n); cpu[r] = 2 kappa 2 (n - 1)/n S b; nothing hides
+    AR        all-reduce of S b bytes, nothing hides, by its algorithm (runtime/reduce.py):
+              ring    a reduce-scatter then an all-gather of even chunks, 2 (n - 1) (alpha + beta S b / n);
+                      cpu[r] = 2 kappa 2 (n - 1)/n S b (gloo's own all-reduce over every rank)
+              star    to ring position 0 and back, its link carrying the others one after another:
+                      2 (max_r alpha + sum_r beta S b); cpu 2 kappa (n - 1) S b there, 2 kappa S b elsewhere
+              direct  every rank sends to every other at once, its own link one after another:
+                      max_r (max_q alpha + sum_q beta S b); cpu[r] = 2 kappa (n - 1) S b
+              A decode step's S b is a few KB: the n - 1 latencies in a row of the ring cost more than
+              the bytes the other two repeat, so the planner prices all three (planner/decode.py)
     KVAG      the ring of keys and values (2 / g hidden-stream bytes a token), projected and sent in
               t tiles: projection_exposed(t, G) shows, G the key/value projection
     KVATT     the same bytes, exchanged directly (link: the slowest peer's block) or round the ring
@@ -29,6 +36,8 @@ tensors a hand-off moves (entry_tensors) or the head reads (head_tensors).
               k sum_{r != 0} (alpha + beta x[r] b); cpu k kappa (S - x[0]) b on rank 0 (each other rank
               moves its own few tokens meanwhile)
     REP       nothing (every rank computes the layer inputs itself)
+    BCAST     rank 0 sends the k layer inputs whole to every other rank, all posted at once:
+              max_r alpha + k sum_r beta S b; cpu k kappa (n - 1) S b on rank 0, k kappa S b elsewhere
     RECV      the previous stage's leader sends every rank of this stage the k tensors whole, one
               rank after another: k sum_r (alpha + beta S b); cpu k kappa S b on each receiver
     SEND      the stage's leader gathers the k tensors by tokens: k sum_{r != leader}
@@ -131,9 +140,37 @@ def all_reduce(action: Action, site: Site) -> Charge:
     if n < 2:
         return Charge(cpu_s_per_rank=(0.0,) * n)
     b = token_bytes(table, action)
-    link = 2 * (n - 1) * ring_step_s(table, site.ring, table.tokens * b / n)
+    whole = table.tokens * b
+    kappa = table.comm_cpu_s_per_byte
+    if action.algorithm == "star":
+        leader, others = site.ring[0], site.ring[1:]
+        link = 2 * _posted_at_once(table, leader, others, whole)
+        cpu = tuple(2 * kappa[d] * whole * ((n - 1) if d == leader else 1) for d in site.ring)
+        return Charge(link, 0.0, cpu)
+    if action.algorithm == "direct":
+        link = max(_posted_at_once(table, d, [q for q in site.ring if q != d], whole) for d in site.ring)
+        return Charge(link, 0.0, tuple(2 * kappa[d] * (n - 1) * whole for d in site.ring))
+    link = 2 * (n - 1) * ring_step_s(table, site.ring, whole / n)
     cpu = tuple(2 * collective_cpu_s(table, d, n, token_bytes=b) for d in site.ring)
     return Charge(link, 0.0, cpu)
+
+
+def _posted_at_once(table: CostTable, device: int, peers: Sequence[int], nbytes: float) -> float:
+    """`nbytes` between `device` and each of `peers`, all posted at once: one latency (the worst),
+    and the bytes one after another through `device`'s link."""
+    if not peers:
+        return 0.0
+    return (max(table.alpha_s[device][p] for p in peers)
+            + sum(table.beta_s_per_byte[device][p] for p in peers) * nbytes)
+
+
+def broadcast(action: Action, site: Site) -> Charge:
+    table, k = site.table, site.tensors or site.table.entry_tensors
+    root, others = site.ring[0], site.ring[1:]
+    whole = k * table.tokens * token_bytes(table, action)
+    kappa = table.comm_cpu_s_per_byte
+    cpu = tuple(kappa[d] * whole * (len(others) if d == root else 1) for d in site.ring)
+    return Charge(_posted_at_once(table, root, others, whole), 0.0, cpu)
 
 
 def key_value_gather(action: Action, site: Site) -> Charge:
@@ -223,7 +260,8 @@ def replicated(action: Action, site: Site) -> Charge:
 
 CHARGES: dict[str, Callable[[Action, Site], Charge]] = {
     "AG": all_gather_or_reduce_scatter, "RS": all_gather_or_reduce_scatter, "AR": all_reduce,
-    "KVAG": key_value_gather, "KVATT": key_value_attention, "SCATTER": scatter, "REP": replicated, "RECV": receive,
+    "KVAG": key_value_gather, "KVATT": key_value_attention, "SCATTER": scatter, "REP": replicated,
+    "BCAST": broadcast, "RECV": receive,
     "SEND": gather_to_leader, "GATHER": gather_to_leader,
 }
 

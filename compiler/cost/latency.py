@@ -72,7 +72,7 @@ def enter_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, ..
     """The prologue and the stage's enter action (stage 0), or the RECV from the stage before."""
     action = stage.schedule.enter
     if i == 0:
-        compute = [table.prologue_s[d] for d in ring]
+        compute = [table.prologue_s[d] + table.overhead_s(d) for d in ring]
         return _block(0, "prologue", compute, [(action, Site(table, ring, stage.tokens_per_rank))], per_layer=False)
     site = Site(table, ring, stage.tokens_per_rank, sender=previous[0])
     return _block(i, "transfer", [0.0] * len(ring), [(action, site)], per_layer=False)
@@ -82,17 +82,22 @@ def layer_blocks(table: CostTable, i: int, stage: StageSplit, ring: tuple[int, .
     """Attention, connective, MLP of one layer of stage `i` (a parallel layer: its one block, connective)."""
     x = stage.tokens_per_rank
     if stage.schedule.parallel:
-        return [_parallel_block(table, i, stage, ring),
-                _block(i, "connective", [xj * table.connective_s_per_token[d] for xj, d in zip(x, ring)], [])]
+        return [_parallel_block(table, i, stage, ring), _connective_block(table, i, x, ring)]
     attention = stage.schedule.block("attn")
     mlp = stage.schedule.block("mlp")
     return [
         _tp_block(table, i, "attention", attention, ring, x, stage.kv_heads_per_rank,
                   table.attention_s_per_group, table.attention_in_s_per_group, table.attention_out_s_per_group),
-        _block(i, "connective", [xj * table.connective_s_per_token[d] for xj, d in zip(x, ring)], []),
+        _connective_block(table, i, x, ring),
         _tp_block(table, i, "mlp", mlp, ring, x, stage.columns_per_rank,
                   table.mlp_s_per_column, table.mlp_in_s_per_column, table.mlp_out_s_per_column),
     ]
+
+
+def _connective_block(table: CostTable, i: int, tokens: Sequence[int], ring: tuple[int, ...]) -> BlockTime:
+    """Both connective blocks of a layer, on each rank's tokens."""
+    compute = [x * table.connective_s_per_token[d] + table.overhead_s(d, x) for x, d in zip(tokens, ring)]
+    return _block(i, "connective", compute, [])
 
 
 def _tp_block(table: CostTable, i: int, name: str, block: BlockSchedule, ring: tuple[int, ...],
@@ -101,7 +106,7 @@ def _tp_block(table: CostTable, i: int, name: str, block: BlockSchedule, ring: t
     """A tensor-parallel block: its compute on each rank and each of its actions, with the GEMM the
     action may hide behind (the input GEMM for a gather, the output GEMM for a reduction)."""
     queries = [1.0 if block.shape in ("hybrid", "tensor") else xj / table.tokens for xj in tokens]
-    compute = [w * per[d] * q for w, d, q in zip(work, ring, queries)]
+    compute = [w * per[d] * q + table.overhead_s(d, w) for w, d, q in zip(work, ring, queries)]
     sites = []
     for action in block.actions:
         gemm = per_in if action.op in ("AG", "KVAG") else per_out
@@ -126,7 +131,7 @@ def _parallel_block(table: CostTable, i: int, stage: StageSplit, ring: tuple[int
     block = stage.schedule.block("par")
     tokens, groups, columns = stage.tokens_per_rank, stage.kv_heads_per_rank, stage.columns_per_rank
     queries = [1.0 if block.shape in ("hybrid", "tensor") else xj / table.tokens for xj in tokens]
-    compute = [(g * table.attention_s_per_group[d] + c * table.mlp_s_per_column[d]) * q
+    compute = [(g * table.attention_s_per_group[d] + c * table.mlp_s_per_column[d]) * q + table.overhead_s(d, g + c)
                for g, c, d, q in zip(groups, columns, ring, queries)]
     fused_in = table.parallel_block_inputs == 1
     per_rank = list(zip(groups, columns, ring, queries))
@@ -156,11 +161,13 @@ def _epilogue(plan: Plan, table: CostTable) -> BlockTime:
     head = table.index(plan.devices[0])
     ranks = plan.stages[0].ranks
     if len(plan.stages) == 1:
-        return _block(0, "epilogue", [table.epilogue_s[head] if r == 0 else 0.0 for r in ranks], [], per_layer=False)
+        head_s = table.epilogue_s[head] + table.overhead_s(head)
+        return _block(0, "epilogue", [head_s if r == 0 else 0.0 for r in ranks], [], per_layer=False)
     last = plan.stages[-1]
     site = Site(table, (head,), (table.tokens,), sender=table.index(plan.devices[last.ranks[0]]),
                 tensors=table.head_tensors)
-    received = _block(0, "epilogue", [table.epilogue_s[head]], [(plan.head_receive, site)], per_layer=False)
+    received = _block(0, "epilogue", [table.epilogue_s[head] + table.overhead_s(head)], [(plan.head_receive, site)],
+                      per_layer=False)
     on_head = {0: (received.compute_s_per_rank[0], received.comm_cpu_s_per_rank[0])}
     return BlockTime(0, "epilogue", tuple(on_head.get(r, (0.0, 0.0))[0] for r in ranks), comm_s=received.comm_s,
                      per_layer=False, comm_cpu_s_per_rank=tuple(on_head.get(r, (0.0, 0.0))[1] for r in ranks),

@@ -12,7 +12,12 @@ Legend: B batch, S sequence, H hidden, d head dim, g query heads per KV group, e
     epilogue               epilogue params + e B S H + e outputs       rank 0 only
     connective             connective params per layer                 every rank, per layer held
 
-Prefill holds no KV cache. Activation buffers of attention and MLP are summed (a safe bound on
+A forward holds no KV cache. A generation bundle's ranks keep the keys and values of every
+token of the context for each KV group of each layer they hold (`cache_bytes_per_group`,
+counted with the group's weights by build_cost_table(..., cache_tokens=max_len)):
+
+    cache per KV group     2 e B max_len d                                 per layer held
+ Activation buffers of attention and MLP are summed (a safe bound on
 the peak, and one linear row per device in the ILP). The epilogue's output size is estimated
 from its FLOPs (an LM head does 2 H FLOPs per output element).
 
@@ -60,6 +65,11 @@ def layer_bytes(m: ModelSummary) -> LayerBytes:
         epilogue=m.epilogue_param_bytes + seq_hidden + e * outputs,
         connective_per_layer=m.connective_param_bytes_per_layer,
     )
+
+
+def cache_bytes_per_group(m: ModelSummary, tokens: int) -> int:
+    """Bytes of one layer's keys and values of one KV group for `tokens` tokens."""
+    return 2 * m.dtype_bytes * m.batch * tokens * m.head_dim
 
 
 def rank_memory_bytes(table: "CostTable", layers: int, groups: int, columns: int, tokens: int,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from galaxy.compiler.cost.flops import layer_flops
-from galaxy.compiler.cost.memory import layer_bytes
+from galaxy.compiler.cost.memory import cache_bytes_per_group, layer_bytes
 from galaxy.compiler.ir.cluster import Cluster, Device
 from galaxy.compiler.ir.schedule import WIRE_BYTES
 from galaxy.compiler.ir.summary import ModelSummary
@@ -70,6 +70,9 @@ class CostTable:
     head_tensors: int = 1
     # ModelSummary.parallel_block_inputs: 0, or the tensors a parallel block's all-gather carries
     parallel_block_inputs: int = 0
+    # Fixed seconds per block a device runs, whatever its share: the dispatch of a block's ops,
+    # which matters when a block moves one token (a decode step: cost/decode.py). Empty: none.
+    block_overhead_s: tuple[float, ...] = ()
     # per device: the share of a GEMM's time its transfers progress behind (empty: all of it), and
     # GEMM speed by rows per GEMM as (rows, relative speed) points (empty: cost/tiling.py's default)
     overlap_efficiency: tuple[float, ...] = ()
@@ -102,6 +105,9 @@ class CostTable:
     def column_units(self) -> int:
         return self.columns // self.column_unit
 
+    def overhead_s(self, device: int, busy: float = 1.0) -> float:
+        """The fixed cost of one block on `device` if it has work in it (`busy` > 0), else 0."""
+        return self.block_overhead_s[device] if self.block_overhead_s and busy > 0 else 0.0
     def hiding_s(self, device: int, gemm_s: float) -> float:
         """The part of `device`'s GEMM of `gemm_s` seconds its transfers progress behind."""
         return gemm_s * (self.overlap_efficiency[device] if self.overlap_efficiency else 1.0)
@@ -138,7 +144,10 @@ def choose_column_unit(columns: int) -> int:
 
 
 def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = "float32",
-                     column_unit: int | None = None) -> CostTable:
+                     column_unit: int | None = None, cache_tokens: int = 0) -> CostTable:
+    """The cost table of `summary` on `cluster`. `cache_tokens` > 0: a generation bundle, whose
+    ranks also keep the keys and values of that many tokens for each KV group of each layer they
+    hold (cost/memory.py cache_bytes_per_group), counted with the group's weights."""
     if summary.heads % summary.kv_heads:
         raise ValueError(f"{summary.heads} heads are not whole groups of {summary.kv_heads} KV heads")
     unit = column_unit or choose_column_unit(summary.intermediate)
@@ -187,7 +196,8 @@ def build_cost_table(summary: ModelSummary, cluster: Cluster, wire_dtype: str = 
         alpha_s=tuple(tuple(0.0 if lk is None else lk.latency_s for lk in row) for row in links),
         beta_s_per_byte=tuple(tuple(0.0 if lk is None else 1.0 / lk.bandwidth_bytes_per_s for lk in row)
                               for row in links),
-        weight_bytes_per_group=by.weight_per_group, weight_bytes_per_column=by.weight_per_column,
+        weight_bytes_per_group=by.weight_per_group + cache_bytes_per_group(summary, cache_tokens),
+        weight_bytes_per_column=by.weight_per_column,
         connective_bytes_per_layer=by.connective_per_layer,
         act_bytes_per_group=by.act_per_group, act_bytes_per_column=by.act_per_column,
         act_bytes_per_token=by.act_per_token, buffer_bytes=by.buffers,

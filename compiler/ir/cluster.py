@@ -33,6 +33,23 @@ class Device:
     # GEMM speed by rows per GEMM, relative to the model's whole sequence, as (rows, speed) points
     # from a profile (empty: cost/tiling.py's default curve). Token tiles make GEMMs shorter.
     gemm_rows_speed: tuple[tuple[int, float], ...] = ()
+    # Decode steps (one token) stream weights through a GEMV: bytes per second it reads them at,
+    # and the fixed seconds of one op's dispatch, from a galaxy-profile; 0.0: derived from
+    # flops_per_s (cost/decode.py).
+    gemv_bytes_per_s: float = 0.0
+    dispatch_s_per_op: float = 0.0
+
+
+DECODE_RATE_FIELDS = ("gemv_bytes_per_s", "dispatch_s_per_op")
+
+
+def _device_json(device: Device) -> dict:
+    """A device's fields; decode rates only when measured (older files stay as they were)."""
+    data = asdict(device)
+    for key in DECODE_RATE_FIELDS:
+        if not data[key]:
+            del data[key]
+    return data
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ class Cluster:
         return {
             "format_version": FORMAT_VERSION,
             "name": self.name,
-            "devices": [asdict(d) for d in self.devices],
+            "devices": [_device_json(d) for d in self.devices],
             "default_link": asdict(self.default_link),
             "link_overrides": [{"between": [a, b], **asdict(link)} for a, b, link in self.link_overrides],
             "shared_card": self.shared_card,

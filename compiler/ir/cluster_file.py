@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from galaxy.compiler.errors import ClusterFileError
-from galaxy.compiler.ir.cluster import DEFAULT_COMM_CPU_S_PER_BYTE, Cluster, Device, Link
+from galaxy.compiler.ir.cluster import DECODE_RATE_FIELDS, DEFAULT_COMM_CPU_S_PER_BYTE, Cluster, Device, Link
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 PROFILE_FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ OVERRIDE_KEYS = {"between", "bandwidth", "latency"}
 # rest (gemm_flops_per_s, elementwise_bytes_per_s, device, ...) is informational.
 PROFILE_KEYS = {"format_version", "flops_per_s", "comm_cpu_s_per_byte", "attention_flops_per_s",
                 "gemm_flops_per_s", "elementwise_bytes_per_s", "device", "torch", "threads", "measured_at",
-                "shapes", "method", "gemm_rows_speed"}
+                "shapes", "method", "gemm_rows_speed", "gemv_bytes_per_s", "dispatch_s_per_op"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUANTITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]+)\s*$")
@@ -151,13 +151,13 @@ class _Reader:
                                          "profile (a galaxy-profile JSON)")
         comm = DEFAULT_COMM_CPU_S_PER_BYTE
         profile = ""
-        attention_flops = 0.0
+        attention_flops, decode_rates = 0.0, {}
         rows_speed: tuple[tuple[int, float], ...] = ()
         if "gflops" in raw:
             flops = self.number(raw["gflops"], f"{where}.gflops", positive=True) * 1e9
         else:
             profile = self.string(raw["profile"], f"{where}.profile")
-            flops, comm, attention_flops, rows_speed = self.profile(profile, f"{where}.profile")
+            flops, comm, attention_flops, rows_speed, decode_rates = self.profile(profile, f"{where}.profile")
         if "gemm_rows_speed" in raw:
             rows_speed = self.rows_speed(raw["gemm_rows_speed"], f"{where}.gemm_rows_speed")
         if "comm_cpu_ns_per_byte" in raw:
@@ -173,6 +173,7 @@ class _Reader:
             attention_flops_per_s=attention_flops,
             overlap_efficiency=self.fraction(raw.get("overlap_efficiency", 1.0), f"{where}.overlap_efficiency"),
             gemm_rows_speed=rows_speed,
+            **decode_rates,
         )
 
     def rows_speed(self, raw: Any, where: str) -> tuple[tuple[int, float], ...]:
@@ -185,9 +186,10 @@ class _Reader:
             self.fail(where, f"each row count may appear once, got {raw!r}")
         return points
 
-    def profile(self, relative: str, where: str) -> tuple[float, float, float, tuple[tuple[int, float], ...]]:
-        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0, gemm_rows_speed or ())
-        of a profile file."""
+    def profile(self, relative: str, where: str
+                ) -> tuple[float, float, float, tuple[tuple[int, float], ...], dict[str, float]]:
+        """(flops_per_s, comm_cpu_s_per_byte, attention_flops_per_s or 0.0, gemm_rows_speed or (), the
+        decode rates it has) of a profile file."""
         file = self.path.parent / relative
         try:
             data = json.loads(file.read_text())
@@ -214,7 +216,9 @@ class _Reader:
             attention = self.number(data["attention_flops_per_s"], where, positive=True,
                                     context=f"{file.name}: attention_flops_per_s ")
         rows_speed = self.rows_speed(data["gemm_rows_speed"], where) if "gemm_rows_speed" in data else ()
-        return flops, comm, attention, rows_speed
+        decode_rates = {key: self.number(data[key], where, positive=True, context=f"{file.name}: {key} ")
+                        for key in DECODE_RATE_FIELDS if key in data}
+        return flops, comm, attention, rows_speed, decode_rates
 
     def links(self, raw: Any, names: set[str]) -> tuple[Link, tuple[tuple[str, str, Link], ...]]:
         if not isinstance(raw, dict):

@@ -167,8 +167,10 @@ class Plan:
 
 
 def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_len: int,
-                  n_layers: int) -> None:
-    """Check a plan (hand-written or found) against the model; raise PlanFileError if wrong."""
+                  n_layers: int, every_rank: bool = True) -> None:
+    """Check a plan (hand-written or found) against the model; raise PlanFileError if wrong.
+    `every_rank=False` lets ranks of `devices` sit out (a decode plan over some of the prefill's
+    devices: ir/generation.py)."""
     covered = []
     for i, s in enumerate(plan.stages):
         n, schedule = len(s.ranks), s.schedule
@@ -197,8 +199,10 @@ def validate_plan(plan: Plan, heads: int, kv_heads: int, intermediate: int, seq_
     if covered != list(range(n_layers)):
         raise PlanFileError(f"stages cover layers {covered[:3]}..., expected 0..{n_layers - 1} in order")
     ranks = sorted(r for s in plan.stages for r in s.ranks)
-    if ranks != list(range(plan.world_size)):
+    if every_rank and ranks != list(range(plan.world_size)):
         raise PlanFileError(f"every rank 0..{plan.world_size - 1} must be in exactly one stage; got {ranks}")
+    if len(set(ranks)) != len(ranks) or not set(ranks) <= set(range(plan.world_size)):
+        raise PlanFileError(f"ranks must be in at most one stage and in 0..{plan.world_size - 1}; got {ranks}")
     if 0 not in plan.stages[0].ranks:
         raise PlanFileError("rank 0 holds the input, so it must be in the first stage")
 
@@ -218,11 +222,14 @@ def _check_schedule(i: int, stage: StageSplit, first: bool, last: bool, single: 
                             "head's inputs to rank 0)")
     if single and exit_ == "SEND":
         raise PlanFileError(f"{where}: a one-stage plan has no next stage to SEND to; exit with GATHER or -")
+    if enter == "BCAST" and (schedule.layout != "whole" or n < 2):
+        raise PlanFileError(f"{where}: BCAST sends rank 0's layer inputs whole to the other ranks of a stage that "
+                            "all-reduces (every token on every rank)")
     if schedule.layout == "whole" and n > 1:
-        if not single:
-            raise PlanFileError(f"{where}: all-reduce (Megatron-style) runs over every rank: a one-stage plan only")
-        if enter != "REP" or exit_ is not None:
-            raise PlanFileError(f"{where}: with every token on every rank the stage enters with REP and exits with -")
+        if first and enter not in ("REP", "BCAST"):
+            raise PlanFileError(f"{where}: with every token on every rank the first stage enters with REP or BCAST")
+        if single and exit_ is not None:
+            raise PlanFileError(f"{where}: with every token on every rank a one-stage plan exits with -")
     elif n > 1 and (enter == "REP" or (single and exit_ is None)):
         raise PlanFileError(f"{where}: ranks that hold their own tokens enter with SCATTER (or RECV) and "
                             "exit with GATHER (or SEND)")

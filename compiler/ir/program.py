@@ -40,6 +40,9 @@ class AttentionCode:
     sources: tuple[str, ...]
     prepares: tuple[FunctionCode, ...] = ()  # `<kind>_prepare`: rewrites q, k or v before the heads split
     seq_major: tuple[str, ...] = ()  # kinds whose transform reads [B, S, H, D] and transposes itself
+    # The key/value cache: None (no generation), "prompt" (keep the prompt's keys and values for
+    # the decode steps) or "step" (one new token: append its key and value, attend to the cache).
+    cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,10 @@ class RankProgram:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # A parallel layer (attention and MLP side by side): what its block reads (x, or x and x_mlp).
     block_inputs: tuple[str, ...] = ()
+    # forward (one pass), prefill (one pass that fills the key/value cache) or decode (one token);
+    # max_len: the tokens the cache holds (generation bundles).
+    phase: str = "forward"
+    max_len: int = 0
 
     @property
     def parallel(self) -> bool:

@@ -10,6 +10,8 @@ Vocabulary (`op`), and where each runs:
 
     enter   SCATTER  rank 0 computes the layer inputs (embeddings) and sends each rank its tokens
             REP      every rank computes the layer inputs itself, whole (replicated prologue)
+            BCAST    rank 0 computes the layer inputs and sends them whole to every rank of its
+                     stage (a decode step's one token: only rank 0 holds the embeddings)
             RECV     the previous stage's leader sends the hidden states whole; each rank keeps
                      what its layout needs (its tokens, or all of them)
     layer   blocks   attn then mlp, or one par block: attention and MLP side by side on the same
@@ -17,7 +19,12 @@ Vocabulary (`op`), and where each runs:
                      (GPT-J, NeoX, Phi: 2 collectives a layer instead of 4)
             AG       all-gather tokens before the block's first GEMM (its input is token-split)
             RS       reduce-scatter the block's partial sums by tokens after its last GEMM
-            AR       all-reduce the block's partial sums (the hidden stream stays whole: Megatron)
+            AR       all-reduce the block's partial sums (the hidden stream stays whole: Megatron);
+                     its algorithm is `ring` (reduce-scatter then all-gather: 2 (n - 1) messages
+                     in a row, each 1/n of the bytes), `star` (to the stage's leader and back:
+                     2 messages in a row, the leader's link carries all) or `direct` (every rank
+                     sends its partial to every other: 1 message in a row, n - 1 of them on
+                     each link), chosen by message size and link latency (cost/actions.py)
             KVAG     keys and values all-gathered after they are projected, tile by tile
                      (sequence parallelism only: every rank holds every weight)
             KVATT    keys and values exchanged while the rank attends to them block by block as
@@ -45,6 +52,7 @@ form round-trips:
     REP | attn:- mlp:- | -                                   one device
     RECV | attn:AG>RS mlp:AG>RS | SEND                       a later pipeline stage
     SCATTER | par:AG(t2)>RS(t2) | GATHER                     parallel attention/MLP blocks
+    BCAST | attn:AR(direct) mlp:AR(direct) | -               a decode step, tensor parallel
 """
 from __future__ import annotations
 
@@ -53,7 +61,7 @@ from dataclasses import dataclass
 
 from galaxy.compiler.errors import PlanFileError
 
-ENTER_OPS = ("SCATTER", "REP", "RECV")
+ENTER_OPS = ("SCATTER", "REP", "BCAST", "RECV")
 LAYER_OPS = ("AG", "RS", "AR", "KVAG", "KVATT")
 KEY_VALUE_OPS = ("KVAG", "KVATT")  # the actions of sequence parallelism only
 EXIT_OPS = ("GATHER", "SEND")
@@ -61,7 +69,7 @@ BLOCKS = ("attn", "mlp")  # a layer's tensor-parallel blocks, in order
 PARALLEL_BLOCKS = ("par",)  # ... or one block running both side by side
 WIRE_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}  # dtype -> short form
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-ALGORITHMS = ("ring", "direct")
+ALGORITHMS = ("ring", "direct", "star")
 OVERLAPPING_OPS = ("AG", "RS")  # fused with their GEMM unless tiles = 0
 # The actions a block may carry, in order (the layouts Galaxy generates code for).
 BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence", ("KVATT",): "sequence"}
@@ -237,12 +245,15 @@ class StageSchedule:
 
 def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: str = "float32",
                    first: bool = True, last: bool = True, algorithm: str = "ring",
-                   parallel: bool = False, key_values: str = "KVAG") -> StageSchedule:
+                   parallel: bool = False, key_values: str = "KVAG", broadcast: bool = False,
+                   reduce_algorithm: str | None = None) -> StageSchedule:
     """The schedule of a stage of `ranks` ranks whose blocks run as `shape` (hybrid | tensor |
     sequence): the one place a parallel layout becomes actions. One rank runs everything locally;
     `first`/`last` place the stage in a pipeline (the first stage holds rank 0); `parallel` runs
     attention and MLP side by side in one block (a model with parallel blocks); `key_values` is the
-    sequence shape's attention action (KEY_VALUE_OPS: gather, or attend as they arrive)."""
+    sequence shape's attention action (KEY_VALUE_OPS: gather, or attend as they arrive). A first
+    `tensor` stage enters with REP (every rank embeds), or with `broadcast` BCAST (rank 0 embeds and
+    sends the hidden stream: a decode step); `reduce_algorithm` is its all-reduces' algorithm."""
     def action(op: str, tiles_: int = 1) -> Action:
         return Action(op, tiles_, wire, algorithm if op in OVERLAPPING_OPS + ("KVATT",) else "ring")
 
@@ -253,7 +264,8 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
     elif shape == "hybrid":
         blocks = tuple(BlockSchedule(b, (action("AG", tiles), action("RS", tiles))) for b in BLOCKS)
     elif shape == "tensor":
-        blocks = tuple(BlockSchedule(b, (action("AR"),)) for b in BLOCKS)
+        reduce = Action("AR", 1, wire, reduce_algorithm or "ring")
+        blocks = tuple(BlockSchedule(b, (reduce,)) for b in BLOCKS)
     elif shape == "sequence":
         if key_values not in KEY_VALUE_OPS:
             raise ValueError(f"unknown key/value action {key_values!r}; expected one of {', '.join(KEY_VALUE_OPS)}")
@@ -266,7 +278,7 @@ def stage_schedule(ranks: int, *, shape: str = "hybrid", tiles: int = 1, wire: s
     if not first:
         enter = action("RECV")
     else:
-        enter = Action("REP") if local or whole else action("SCATTER")
+        enter = Action("REP") if local or (whole and not broadcast) else action("BCAST") if whole else action("SCATTER")
     if not (first and last):
         exit_ = action("SEND")
     else:

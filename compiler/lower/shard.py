@@ -24,6 +24,10 @@ from galaxy.runtime.splits import offsets
 
 log = logging.getLogger(__name__)
 
+PHASES = ("forward", "prefill", "decode")
+# What attention does with the key/value cache in each phase (ir/program.py AttentionCode.cache).
+CACHE_BY_PHASE = {"forward": None, "prefill": "prompt", "decode": "step"}
+
 
 @dataclass(frozen=True)
 class LoweredRank:
@@ -35,7 +39,15 @@ def plan_id(plan: Plan) -> str:
     return hashlib.sha256(plan.dumps().encode()).hexdigest()[:8]
 
 
-def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: str) -> list[LoweredRank]:
+def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: str,
+          phase: str = "forward", max_len: int = 0) -> list[LoweredRank]:
+    """One program per rank of `plan` (a rank in no stage of a decode plan gets none).
+
+    `phase` is "forward" (one pass over the sequence), "prefill" (the same, each rank keeping
+    its keys and values in a cache of `max_len` tokens for the decode steps) or "decode" (one
+    token against that cache; `graph` is the one-token capture: capture/decode.py)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
     nodes = {n.name: n for n in captured.graph_module.graph.nodes}
     namer = LayerNamer(graph, graph.layers[0], captured.fqns)
     roles = static_roles(graph, nodes, {n: namer.roles[n] for n in namer.entries})
@@ -43,8 +55,9 @@ def lower(graph: TransformerGraph, captured: CapturedModel, plan: Plan, source: 
     check_layers_match(graph, layer_code.functions)
     shared = {f.name: f for f in layer_code.functions(layer_code.first)}
     folded = _folded_statics(graph, captured, nodes, roles)
-    return [_lower_rank(rank, graph, captured, plan, layer_code, shared, folded, source)
-            for rank in range(plan.world_size)]
+    ranks = sorted(r for stage in plan.stages for r in stage.ranks)
+    return [_lower_rank(rank, graph, captured, plan, layer_code, shared, folded, source, phase, max_len)
+            for rank in ranks]
 
 
 def _folded_statics(graph: TransformerGraph, captured: CapturedModel, nodes: dict[str, fx.Node],
@@ -56,7 +69,8 @@ def _folded_statics(graph: TransformerGraph, captured: CapturedModel, nodes: dic
 
 
 def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, plan: Plan, code: LayerCode,
-                fns: dict[str, FunctionCode], folded: dict[str, torch.Tensor], source: str) -> LoweredRank:
+                fns: dict[str, FunctionCode], folded: dict[str, torch.Tensor], source: str, phase: str,
+                max_len: int) -> LoweredRank:
     stage_index = plan.stage_of_rank(rank)
     stage = plan.stages[stage_index]
     i = stage.ranks.index(rank)
@@ -85,6 +99,8 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         weights.update(_layer_weights(layer, captured, heads, kv_heads, columns, fused_block, fuse_inputs))
 
     needed = set(layer_statics(graph))
+    if phase == "decode":  # a decode step attends to its cache up to its own position: no mask
+        needed.discard(att.mask)
     if rank == 0 or stage.schedule.enter.op == "REP":  # the ranks that compute the layer inputs
         needed |= set(layer_inputs(graph))
     if rank == 0:
@@ -105,10 +121,11 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         q_transform=transforms["q"].name if "q" in transforms else None,
         k_transform=transforms["k"].name if "k" in transforms else None,
         v_transform=transforms["v"].name if "v" in transforms else None,
-        mask=code.static_roles.get(att.mask), is_causal=att.is_causal, scale=att.scale,
+        mask=None if phase == "decode" else code.static_roles.get(att.mask),
+        is_causal=att.is_causal and phase != "decode", scale=att.scale,
         sources=(att.q.output, att.k.output, att.v.output, att.sdpa, att.out.output),
         prepares=tuple(fns[f"{kind}_prepare"] for kind in "qkv" if f"{kind}_prepare" in fns),
-        seq_major=att.seq_major)
+        seq_major=att.seq_major, cache=CACHE_BY_PHASE[phase])
     activation = fns["mlp_activation"]
     mlp_code = MLPCode(
         columns=len(columns), first_column=columns.start, total_columns=mlp.intermediate,
@@ -141,6 +158,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
         epilogue_entry_shapes=tuple(shape_of(n) for n in graph.epilogue.inputs if n in last_namer.roles),
         output_names=graph.output_names,
         weight_file=f"weights/rank_{rank}.safetensors",
+        phase=phase, max_len=max_len,
     )
     return LoweredRank(program, weights)
 

@@ -81,3 +81,18 @@ def fuse_parallel(shard: dict[str, torch.Tensor], fuse_inputs: bool) -> dict[str
         if bias is not None:
             out["block.in.bias"] = bias
     return out
+
+
+DECODE_PREFIX = "decode."  # a generation bundle's decode weights that differ from the prefill's
+
+
+def with_decode_weights(prefill: dict[str, torch.Tensor], decode: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One rank's weight file of a generation bundle: its prefill weights, and the decode step's
+    where they differ (a layout that splits layers another way), under DECODE_PREFIX. A decode
+    weight equal to the prefill's is stored once (runtime.generate reads both back)."""
+    merged = dict(prefill)
+    for name, tensor in decode.items():
+        same = name in prefill and prefill[name].shape == tensor.shape and torch.equal(prefill[name], tensor)
+        if not same:
+            merged[DECODE_PREFIX + name] = tensor
+    return merged

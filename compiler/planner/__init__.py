@@ -44,8 +44,10 @@ __all__ = ["OBJECTIVES", "SOLVERS", "make_plan", "plan_from_table"]
 def make_plan(summary: ModelSummary, cluster: Cluster, objective: str = "latency", solver: str = "ilp",
               time_limit_s: float = 60.0, *, wire_dtype: str = "float32", backend: str = "cbc",
               tile_choices: tuple[int, ...] = TILE_CHOICES, sequence_only: bool = True,
-              min_gain: float = MIN_GAIN) -> Plan:
-    table = build_cost_table(summary, cluster, wire_dtype)
+              min_gain: float = MIN_GAIN, cache_tokens: int = 0) -> Plan:
+    """`cache_tokens` > 0 plans a generation bundle's prefill: each rank also keeps the keys and values
+    of that many tokens for the heads and layers it holds (counted in its memory)."""
+    table = build_cost_table(summary, cluster, wire_dtype, cache_tokens=cache_tokens)
     plan = plan_from_table(table, objective, solver, time_limit_s, backend=backend, tile_choices=tile_choices,
                            sequence_only=sequence_only, min_gain=min_gain)
     validate_plan(plan, heads=summary.heads, kv_heads=summary.kv_heads, intermediate=summary.intermediate,

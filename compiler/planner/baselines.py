@@ -23,7 +23,7 @@ from galaxy.compiler.cost.memory import memory_shortfall_bytes, rank_memory_byte
 from galaxy.compiler.cost.table import CostTable
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.plan import Plan
-from galaxy.compiler.ir.schedule import ALGORITHMS, KEY_VALUE_OPS, stage_schedule
+from galaxy.compiler.ir.schedule import KEY_VALUE_OPS, stage_schedule
 from galaxy.compiler.planner.assemble import Split, build_hmp_plan, hmp_plan, ring_order, with_prediction
 from galaxy.compiler.planner.search_space import KEY_VALUE_CHOICES, TILE_CHOICES
 from galaxy.compiler.planner.explain import block_note, device_notes, fmt_bytes, overlap_note
@@ -159,7 +159,7 @@ def sequence_choices(ranks: int, fewest_tokens: int, tile_choices: tuple[int, ..
     if ranks < 2:
         return [(key_value_ops[0], 1, "ring")]
     gathers = [("KVAG", t, "ring") for t in tile_choices if 1 <= t <= fewest_tokens] if "KVAG" in key_value_ops else []
-    attends = [("KVATT", 1, algorithm) for algorithm in ALGORITHMS] if "KVATT" in key_value_ops else []
+    attends = [("KVATT", 1, algorithm) for algorithm in ("ring", "direct")] if "KVATT" in key_value_ops else []
     return gathers + attends or [("KVAG", 1, "ring")]
 
 

@@ -7,6 +7,9 @@
                  (the two matrix products; softmax and scaling are in the time, not the count)
     elementwise  layer_norm and residual add over [tokens, hidden], GELU over [tokens, intermediate]:
                  bytes read + written / time
+    GEMV         a decode step's one token through one layer's weights, cycling over enough copies
+                 (GEMV_BYTES in all) that they stream from memory, not cache: weight bytes / time
+    dispatch     one tiny op ([1, 64] x scalar): its fixed cost, which a decode step pays per op
 
 Every figure is the median over `repeats` timed repeats (wall clock, perf_counter) after
 `warmup` untimed calls; one repeat loops the op until it lasts at least `min_repeat_s`, so
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 FLOAT_BYTES = 4  # the profile measures fp32, the dtype Galaxy compiles for
+GEMV_BYTES = 256 << 20  # weights the GEMV pass cycles over: well beyond any CPU's last-level cache
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,16 @@ class DeviceRates:
     # GEMM speed by rows per GEMM relative to the whole sequence: ((rows, speed), ...), what token
     # tiles cost (cost/tiling.py)
     rows_speed: tuple[tuple[int, float], ...] = ()
+    gemv: Measured | None = None
+    dispatch: Measured | None = None
+
+    @property
+    def gemv_bytes_per_s(self) -> float | None:
+        return self.gemv.rate if self.gemv else None
+
+    @property
+    def dispatch_s_per_op(self) -> float | None:
+        return self.dispatch.timing.median_s if self.dispatch else None
 
     @property
     def flops_per_s(self) -> float:
@@ -215,6 +229,27 @@ def measure_elementwise(shapes: Shapes, method: Method) -> tuple[Measured, ...]:
                  for name, key, elements, fn in ops)
 
 
+def measure_gemv(shapes: Shapes, method: Method) -> Measured:
+    """One token through copies of one layer's weights, GEMV_BYTES of them in all (weight bytes / time)."""
+    layer = [torch.randn(g.out * g.count, g.inner) for g in shapes.gemms()]
+    layer_bytes = sum(w.numel() for w in layer) * FLOAT_BYTES
+    copies = max(1, math.ceil(GEMV_BYTES / layer_bytes))
+    weights = [w.clone() for _ in range(copies) for w in layer]
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+
+    def one_pass() -> None:
+        for w in weights:
+            F.linear(inputs[w.shape[1]], w)
+    timing = time_median(one_pass, Method(max(3, method.repeats // 2), 1, 0.0))
+    return Measured("gemv", f"{copies} copies of a layer", f"1 token, {copies * layer_bytes >> 20} MiB",
+                    float(copies * layer_bytes), timing)
+
+
+def measure_dispatch(method: Method) -> Measured:
+    x = torch.randn(1, 64)
+    return Measured("dispatch", "x * 2.0", "1x64", 1.0, time_median(lambda: x * 2.0, method))
+
+
 def measure_device(shapes: Shapes, method: Method, threads: int | None = None) -> DeviceRates:
     """Measure every compute rate of the profile with `threads` intra-op threads (None: torch's)."""
     if threads:
@@ -234,7 +269,9 @@ def measure_device(shapes: Shapes, method: Method, threads: int | None = None) -
                  / sum(e.timing.median_s for e in elementwise) / 1e9)
         rows_speed = measure_rows_speed(shapes, method, gemms)
         log.info("GEMM speed by rows: %s", ", ".join(f"{r}: {s:.2f}" for r, s in rows_speed))
-    rates = DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise, rows_speed)
+        gemv, dispatch = measure_gemv(shapes, method), measure_dispatch(method)
+        log.info("GEMV %8.2f GB/s, dispatch %.1f us per op", gemv.rate / 1e9, dispatch.timing.median_s * 1e6)
+    rates = DeviceRates(shapes, method, threads, tuple(gemms), attention, elementwise, rows_speed, gemv, dispatch)
     if rates.busy_ratio is not None and rates.busy_ratio > BUSY_RATIO:
         log.warning("the machine was busy: GEMM wall time was %.2fx its CPU time, so the rates are about "
                     "%.0f%% low; profile an idle device for figures to plan with", rates.busy_ratio,

@@ -11,6 +11,8 @@ Profile (format_version 1; `ir/cluster_file.py` reads it, PROFILE_KEYS lists eve
     gemm_rows_speed          [[rows, speed], ...]: the layer's GEMMs on 16-128 rows, FLOP rate relative
                              to the whole sequence (what token tiles cost, cost/tiling.py)
     comm_cpu_s_per_byte      CPU seconds per byte sent + received (gloo over loopback)
+    gemv_bytes_per_s         a decode step's GEMVs: weight bytes streamed from memory per second
+    dispatch_s_per_op        a decode step's fixed cost per op
     measured_at              ISO 8601, UTC
     shapes, method           what was measured and how (repeats, warmup, statistic)
 """
@@ -45,6 +47,8 @@ def device_profile(rates: DeviceRates, comm: LinkResult) -> dict:
         "elementwise_bytes_per_s": rates.elementwise_bytes_per_s,
         "gemm_rows_speed": [list(point) for point in rates.rows_speed],
         "comm_cpu_s_per_byte": statistics.fmean(comm.comm_cpu_s_per_byte),
+        "gemv_bytes_per_s": rates.gemv_bytes_per_s,
+        "dispatch_s_per_op": rates.dispatch_s_per_op,
         "measured_at": now(),
         "shapes": rates.shapes.to_json(),
         "method": {**rates.method.to_json(), "gemm_wall_over_cpu_time": rates.busy_ratio,
@@ -110,6 +114,10 @@ def profile_table(rates: DeviceRates, comm: LinkResult, document: dict) -> str:
         rows.append(_row("elementwise", e.name, e.key, f"{e.rate / 1e9:.2f} GB/s", e.timing.median_s))
     rows.append(_row("elementwise", "all -> bytes_per_s", "", f"{rates.elementwise_bytes_per_s / 1e9:.2f} GB/s",
                      None))
+    if rates.gemv is not None:
+        rows.append(_row("GEMV", "decode step", rates.gemv.key, f"{rates.gemv.rate / 1e9:.2f} GB/s",
+                         rates.gemv.timing.median_s))
+        rows.append(_row("dispatch", "one op", rates.dispatch.key, f"{rates.dispatch_s_per_op * 1e6:.1f} us/op", None))
     sizes = f"{comm.config.sizes_bytes[0] // MB}-{comm.config.sizes_bytes[-1] // MB} MB"
     r0, r1 = comm.comm_cpu_s_per_byte
     rows.append(_row("comm CPU", "gloo loopback", sizes, f"{document['comm_cpu_s_per_byte'] * 1e9:.2f} ns/B",
@@ -129,7 +137,7 @@ def device_toml(document: dict, profile_path: str) -> str:
         "[[devices]]",
         f'name = "{_toml_name(document["device"])}"',
         'memory = "8 GiB"                 # the memory Galaxy may use on this device: set it',
-        f'profile = "{profile_path}"  # flops_per_s, attention_flops_per_s, comm_cpu_s_per_byte'])
+        f'profile = "{profile_path}"  # flops_per_s, attention_flops_per_s, comm_cpu_s_per_byte, decode rates'])
 
 
 def link_table(result: LinkResult) -> str:

@@ -1,11 +1,14 @@
 """Plan documents: a plan together with the model summary and cluster it was made for.
 
     {"format_version": 1, "plan": Plan, "model": ModelSummary, "cluster": Cluster,
-     "expected_max_abs_error": {output: error}}
+     "expected_max_abs_error": {output: error},
+     "generation": Generation, "decode_model": ModelSummary}
 
 is what `galaxy-compile --save-plan` writes, and the first keys of a bundle's plan.json. The
 expected error is there when the plan sends activations in less than float32
-(passes/wire_error.py measured it at compile time). A bare
+(passes/wire_error.py measured it at compile time). A generation bundle (galaxy-compile
+--max-len) adds its decode plan and predictions (ir/generation.py) and the summary of the
+one-token capture the decode plan was priced on. A bare
 Plan JSON (hand-written, or saved before plans carried their model) is read too; it has no
 summary or cluster, so its memory per device and its re-predicted times are unknown.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import PlanFileError
 from galaxy.compiler.ir.cluster import Cluster
+from galaxy.compiler.ir.generation import Generation
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.summary import ModelSummary
 
@@ -31,6 +35,8 @@ class PlanDocument:
     cluster: Cluster | None = None
     path: str = ""  # where it was read from ("" if built in memory)
     wire_error: dict[str, float] | None = None  # expected max abs error of each output (reduced wire dtype)
+    generation: Generation | None = None  # a generation bundle's decode plan and predictions
+    decode_summary: ModelSummary | None = None  # the one-token capture the decode plan was priced on
 
     @property
     def label(self) -> str:
@@ -42,7 +48,9 @@ class PlanDocument:
             raise ValueError("a plan document needs the model summary")
         return {"format_version": DOCUMENT_VERSION, "plan": self.plan.to_json(), "model": self.summary.to_json(),
                 **({"cluster": self.cluster.to_json()} if self.cluster else {}),
-                **({"expected_max_abs_error": self.wire_error} if self.wire_error else {})}
+                **({"expected_max_abs_error": self.wire_error} if self.wire_error else {}),
+                **({"generation": self.generation.to_json()} if self.generation else {}),
+                **({"decode_model": self.decode_summary.to_json()} if self.decode_summary else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -66,9 +74,12 @@ def document_from_json(data: dict, path: str = "") -> PlanDocument:
     try:
         summary = ModelSummary.from_json(data["model"]) if data.get("model") else None
         cluster = Cluster.from_json(data["cluster"]) if data.get("cluster") else None
+        generation = Generation.from_json(data["generation"]) if data.get("generation") else None
+        decode_summary = ModelSummary.from_json(data["decode_model"]) if data.get("decode_model") else None
     except (KeyError, TypeError) as exc:
-        raise PlanFileError(f"{path or 'plan document'}: malformed model or cluster: {exc}") from exc
-    return PlanDocument(_plan(data["plan"], path), summary, cluster, path, data.get("expected_max_abs_error"))
+        raise PlanFileError(f"{path or 'plan document'}: malformed model, cluster or generation: {exc}") from exc
+    return PlanDocument(_plan(data["plan"], path), summary, cluster, path, data.get("expected_max_abs_error"),
+                        generation, decode_summary)
 
 
 def _plan(data: dict, path: str) -> Plan:

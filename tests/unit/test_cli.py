@@ -181,3 +181,25 @@ def test_diff_of_the_same_plan(capsys):
     path = str(DATA / "bert-base__four-uneven.json")
     assert cli.plan_main(["diff", path, path]) == 0
     assert capsys.readouterr().out.strip().endswith("the plans are identical")
+
+
+def test_max_len_compiles_for_generation_and_show_prints_both_plans(tmp_path, capsys):
+    saved = tmp_path / "generate.json"
+    assert compile_("--cluster", str(ROOT / HOME), "--solver", "even", "--max-len", "48",
+                    "--save-plan", str(saved)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"predicted time to first token [\d.]+ ms, time per token [\d.]+ ms", out)
+    assert cli.plan_main(["show", str(saved)]) == 0
+    shown = capsys.readouterr().out
+    for expected in ("for the prefill (a whole prompt)", "memory includes the key/value cache of 48 tokens",
+                     "decode plan (one token a step", "kv cache", "decode layouts priced", "why this decode layout:"):
+        assert expected in shown, expected
+    assert read_plan_document(saved).generation.max_len == 48
+
+
+def test_generation_errors_name_the_fix(capsys):
+    assert compile_("--max-len", "100000") == 2
+    assert "--max-len 100000 is beyond the model's 128 positions; choose at most 128" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compile_("--decode", "keep")
+    assert "--decode applies to generation bundles: give --max-len N too" in capsys.readouterr().err

@@ -40,7 +40,9 @@ def test_sequence_parallel_only_holds_every_head_and_column_on_every_rank():
 @pytest.mark.parametrize("schedule,tokens,message", [
     ("REP | attn:AR mlp:AR | -", (6, 6), None),
     ("REP | attn:AR mlp:AR | -", (4, 2), "every rank holds all 6 tokens"),
-    ("SCATTER | attn:AR mlp:AR | -", (6, 6), "enters with REP and exits with -"),
+    ("SCATTER | attn:AR mlp:AR | -", (6, 6), "first stage enters with REP or BCAST"),
+    ("BCAST | attn:AR(direct) mlp:AR(star) | -", (6, 6), None),
+    ("BCAST | attn:AG>RS mlp:AG>RS | GATHER", (4, 2), "BCAST sends rank 0's layer inputs whole"),
     ("SCATTER | attn:AG>RS mlp:AG>RS | -", (4, 2), "exit with GATHER"),
     ("REP | attn:AG>RS mlp:AG>RS | GATHER", (4, 2), "enter with SCATTER"),
     ("SCATTER | attn:AG>RS mlp:AG>RS | SEND", (4, 2), "no next stage to SEND to"),

@@ -47,7 +47,7 @@ def test_an_action_carries_its_tiles_wire_dtype_and_algorithm():
     ("SCATTER | mlp:- attn:- | GATHER", "lists attn and mlp, in that order"),
     ("SCATTER | attn:- mlp:KVAG | GATHER", "only attention has it"),
     ("SCATTER | attn:AG>RS par:AG>RS | GATHER", "or par alone"),
-    ("GATHER | attn:- mlp:- | -", "enters with SCATTER, REP, RECV"),
+    ("GATHER | attn:- mlp:- | -", "enters with SCATTER, REP, BCAST, RECV"),
 ])
 def test_bad_strings_say_what_is_expected(text, message):
     with pytest.raises(PlanFileError, match=message):
