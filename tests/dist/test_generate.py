@@ -20,6 +20,7 @@ import torch
 from galaxy.compiler.pipeline import CompileOptions, compile_model
 from galaxy.host.generate import generate_emulated, generate_local
 from galaxy.runtime.generate import GenerationRequest
+from _emulation import needs_emulation
 from helpers import MODELS, REPO
 
 pytestmark = pytest.mark.dist
@@ -113,14 +114,11 @@ CLUSTER = {"devices": [{"name": "desktop", "cpu_share": 1.0}, {"name": "laptop",
            "default_link": {"bandwidth_bytes_per_s": 500e6 / 8, "latency_s": LATENCY_S}, "link_overrides": []}
 
 
+@needs_emulation
 @pytest.mark.timeout(240)
 def test_llama_under_the_emulator_equals_hugging_face_and_pays_the_link_latency(bundles, llama_reference):
     """Tensor-parallel decode on 3 emulated devices with 2 ms links: the same tokens, and each step
     pays at least its messages in a row (one broadcast, then an all-reduce per block) times 2 ms."""
-    from test_emulate import needs_emulation  # noqa: F401  (skip reason shared with the emulator tests)
-    from test_emulate import _NO_EMULATION
-    if _NO_EMULATION is not None:
-        pytest.skip(f"cannot emulate here: {_NO_EMULATION}")
     bundle = bundles("llama", "keep")
     generated = generate_emulated(bundle, GenerationRequest(PROMPT, NEW_TOKENS), cluster=CLUSTER, timeout_s=60)
     assert generated.new_token_ids == llama_reference
