@@ -30,6 +30,8 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
     n = len(tokens_weights)
     group = summary.heads // summary.kv_heads
     shape = "sequence" if heads_weights is None else shape
+    if summary.parallel_block_inputs > 1 and shape == "hybrid":
+        tiles = 0  # a parallel block reading two inputs gathers both plainly (no GEMM to fuse with)
     kv = split_sizes(summary.kv_heads, heads_weights) if shape != "sequence" else [summary.kv_heads] * n
     columns = split_sizes(summary.intermediate, columns_weights) if shape != "sequence" else [summary.intermediate] * n
     tokens = split_sizes(summary.seq_len, tokens_weights) if shape != "tensor" else [summary.seq_len] * n
