@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.emulated import run_processes
-from benchmarks.output import finish, parser, save_figure, save_rows, start
+from benchmarks.output import finish, parser, pyplot, save_figure, save_rows, start
 from galaxy.host.emulate import EmulatedCluster
 from galaxy.runtime.splits import split_sizes
 
@@ -123,9 +123,7 @@ def table(rows: list[dict], repeat: int) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = sorted({(r["cpu_mode"], r["nic"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)

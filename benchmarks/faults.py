@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.output import finish, parser, save_figure, save_rows, start
+from benchmarks.output import finish, parser, pyplot, save_figure, save_rows, start
 from benchmarks.run import REPO
 from galaxy.compiler.ir.cluster import Cluster, Device, Link
 from galaxy.compiler.pipeline import capture_model, write_plan_bundle
@@ -183,10 +183,7 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (kill, slow, link) = plt.subplots(1, 3, figsize=(16, 4.5))
     records = [(f"{row['variant']}", rec) for row in rows if row["kind"] == "kill" for rec in row["recoveries"]]

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.calibrate import calibrated, measure_host
-from benchmarks.output import finish, parser, save_figure, save_rows, start
+from benchmarks.output import finish, parser, pyplot, save_figure, save_rows, start
 from galaxy.compiler.cost.table import build_cost_table
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.cluster_file import load_cluster
@@ -283,9 +283,7 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(dict.fromkeys((r["model"], r["cluster"]) for r in rows))
     fig, axes = plt.subplots(len(groups), 2, figsize=(12, 3.6 * len(groups)), squeeze=False)

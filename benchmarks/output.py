@@ -34,6 +34,16 @@ def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as a PNG and free it."""
     import matplotlib.pyplot as plt

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.output import pyplot
+
 
 def _setting(row: dict) -> tuple:
     """What a row's variants are compared within: model, cluster, link, CPU mode."""
@@ -58,9 +60,7 @@ def table(rows: list[dict], repeat: int) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = defaultdict(list)
     for r in rows:

@@ -44,6 +44,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from benchmarks.output import pyplot
 from benchmarks.run import REPO
 from galaxy.compiler.capture.load import load_model
 from galaxy.compiler.capture.trace import capture, flatten_outputs
@@ -352,10 +353,7 @@ def table(results: dict, args) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ((medians, paired), (rates, tails)) = plt.subplots(2, 2, figsize=(11, 7.5))
     rounds = results["overhead"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.run import REPO, capture_model
 from benchmarks.variants import with_bandwidth
+from benchmarks.output import pyplot
 from galaxy.compiler.cost.throughput import s_per_request
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import write_plan_bundle
@@ -94,9 +95,7 @@ def predicted_rate(row: dict) -> float:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bandwidths = sorted({r["mbit"] for r in rows})
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.output import finish, parser, save_figure, start
+from benchmarks.output import finish, parser, pyplot, save_figure, start
 from galaxy.runtime.splits import offsets, split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,9 +126,7 @@ def _efficiency(rows: list[dict], model: str, threads: int, tile_rows: int) -> f
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = sorted({(r["model"], r["threads"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
