@@ -49,6 +49,9 @@ def compile_parser() -> argparse.ArgumentParser:
                         help="dtype of activations on the wire (default float32, exact): bfloat16 and float16 "
                              "halve the bytes; the planner prices them and galaxy-plan show states the error "
                              "this costs, measured at compile time")
+    parser.add_argument("--min-gain", type=float, default=None, metavar="PCT",
+                        help="use several devices only when predicted at least PCT percent faster than the "
+                             "fastest device alone (default 5: the cost model's error on most benchmark rows)")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
     parser.add_argument("--max-len", type=int, metavar="N",
@@ -75,6 +78,10 @@ def compile_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_regression != 0.0 and not args.check_against:
         parser.error("--max-regression needs --check-against")
+    if args.min_gain is not None and not 0 <= args.min_gain < 100:
+        parser.error(f"--min-gain must be a percentage in [0, 100), not {args.min_gain:g}")
+    if args.plan and args.min_gain is not None:
+        parser.error("--min-gain applies when planning; a --plan file is already planned")
     if args.plan and args.wire != "float32":
         parser.error("--wire applies when planning; a --plan file already fixes each action's wire dtype")
     if args.decode and args.max_len is None:
@@ -91,7 +98,8 @@ def compile_main(argv: list[str] | None = None) -> int:
             options = CompileOptions(cluster=args.cluster, out_dir=None if args.plan_only else args.output,
                                      plan_only=args.plan_only, plan=plan_path, objective=args.objective,
                                      solver=args.solver, wire=args.wire, size=args.size, seq_len=args.seq_len,
-                                     capture=args.capture, max_len=args.max_len, decode=args.decode)
+                                     capture=args.capture, max_len=args.max_len, decode=args.decode,
+                                     min_gain=CompileOptions.min_gain if args.min_gain is None else args.min_gain / 100)
             result = compile_model(args.model, options)
     except GalaxyError as exc:
         print(f"galaxy-compile: error: {exc}", file=sys.stderr)

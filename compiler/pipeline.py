@@ -25,6 +25,7 @@ from galaxy.compiler.passes.recognise import recognise
 from galaxy.compiler.passes.summarise import summarise
 from galaxy.compiler.passes.wire_error import expected_wire_error
 from galaxy.compiler.planner import make_plan
+from galaxy.compiler.planner.choose import MIN_GAIN
 from galaxy.compiler.planner.decode import plan_generation
 from galaxy.compiler.planner.explain import fmt_bytes
 from galaxy.compiler.report.document import PlanDocument
@@ -46,6 +47,7 @@ class CompileOptions:
     capture: str = "export"  # export | symbolic
     max_len: int | None = None  # generation: the tokens a sequence may reach (prompt + new tokens)
     decode: str | None = None  # generation: force the decode layout (keep | single | pipeline)
+    min_gain: float = MIN_GAIN  # a multi-device plan must be predicted this much faster than one device
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def _plan(summary: ModelSummary, cluster: Cluster, options: CompileOptions) -> P
         plan = Plan.load(options.plan)
     else:
         plan = make_plan(summary, cluster, objective=options.objective, solver=options.solver,
-                         wire_dtype=options.wire, cache_tokens=options.max_len or 0)
+                         wire_dtype=options.wire, cache_tokens=options.max_len or 0, min_gain=options.min_gain)
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, summary.seq_len,
                   summary.n_layers)
     return plan

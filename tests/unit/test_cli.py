@@ -203,3 +203,10 @@ def test_generation_errors_name_the_fix(capsys):
     with pytest.raises(SystemExit):
         compile_("--decode", "keep")
     assert "--decode applies to generation bundles: give --max-len N too" in capsys.readouterr().err
+
+
+def test_min_gain_is_a_percentage(capsys):
+    from galaxy.compiler.cli import compile_main
+    with pytest.raises(SystemExit):
+        compile_main(["models/gpt2.py", "--min-gain", "100"])
+    assert "--min-gain must be a percentage in [0, 100)" in capsys.readouterr().err

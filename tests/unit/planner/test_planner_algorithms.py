@@ -33,3 +33,13 @@ def test_two_devices_keep_the_ring(bert):
     """At n = 2 a direct collective is the same single transfer: ring stays."""
     plan = make_plan(bert, make_cluster([("a", 4, 40), ("b", 4, 20)], mbit_per_s=500), sequence_only=False)
     assert all(a.algorithm == "ring" for s in plan.stages for b in s.schedule.layer for a in b.actions)
+
+
+def test_several_devices_must_gain_min_gain_over_the_fastest_alone(bert):
+    """A multi-device plan is kept only when predicted min_gain faster than one device; otherwise
+    the plan is that device, with a note giving both predictions."""
+    cluster = make_cluster([(f"d{i}", 4, 40) for i in range(3)], mbit_per_s=1000)
+    several = make_plan(bert, cluster, min_gain=0.0)
+    assert several.world_size > 1
+    alone = make_plan(bert, cluster, min_gain=0.99)
+    assert alone.world_size == 1 and "less than the 99% a multi-device plan must gain" in alone.notes[0]
