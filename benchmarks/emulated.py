@@ -1,6 +1,5 @@
-"""Running things inside emulated devices for the benchmarks: bundles, and plain processes
-(the reference HMP, the collective micro-benchmarks), with the emulator's CPU mode and
-network-card option chosen per run.
+"""Running plain processes inside emulated devices for the benchmarks (the reference HMP, the
+collective micro-benchmarks); bundles run through galaxy.host.launcher.run_emulated.
 """
 from __future__ import annotations
 
@@ -9,31 +8,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from galaxy.host.emulate import EmulatedCluster
-from galaxy.host.launcher import RunResult, run_ranks
-from galaxy.runtime import bundle as bundle_files
-
-
-def emulator_for_bundle(bundle_dir: Path, cpu_mode: str = "auto", shared_nic: bool = False) -> EmulatedCluster:
-    """The devices of the bundle's own cluster (plan.json), one per rank, not yet started."""
-    document = bundle_files.load_plan(bundle_dir)
-    return EmulatedCluster.from_cluster_json(document["cluster"], document["plan"]["devices"],
-                                             cpu_mode=cpu_mode, shared_nic=shared_nic)
-
-
-def run_bundle(bundle_dir: Path, emulator: EmulatedCluster, *, repeat: int, warmup: int, timeout_s: float,
-               env: Mapping[str, str] | None = None,
-               on_line: Callable[[int, str], None] | None = None) -> RunResult:
-    """Every rank of the bundle in its device of `emulator` (started), with the device's threads;
-    what `galaxy-run --emulate` does, with the emulator chosen by the caller."""
-    def wrap(rank: int, argv: list[str]) -> list[str]:
-        return emulator.wrap_command(rank, [*argv, "--threads", str(emulator.threads(rank))])
-
-    return run_ranks(bundle_dir, master_addr=emulator.master_addr, master_port=emulator.master_port,
-                     wrap_command=wrap, rank_env=emulator.rank_env, repeat=repeat, warmup=warmup,
-                     timeout_s=timeout_s, env=env, on_line=on_line)
 
 
 def run_processes(emulator: EmulatedCluster, argv_of_rank: Callable[[int], Sequence[str]], timeout_s: float,

@@ -29,14 +29,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.calibrate import calibrated, measure_host, scaled
-from benchmarks.emulated import emulator_for_bundle, run_bundle
 from benchmarks.reference import REFERENCE_SCRIPT, REFERENCE_VARIANTS, run_reference_variant
 from benchmarks.report import write_report
 from benchmarks.variants import VARIANTS, with_bandwidth
 from galaxy.compiler.errors import GalaxyError
 from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import capture_model as capture_source, write_plan_bundle
-from galaxy.runtime.errors import GalaxyRuntimeError
+from galaxy.host.emulate import EmulationUnavailable
+from galaxy.host.launcher import run_emulated
+from galaxy.runtime.errors import UsageError
 
 log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
@@ -102,14 +103,12 @@ def _run_variant(name, summary, cluster, graph, captured, cpu_mode: str, args) -
             profile[rank] = line.split(": run ", 1)[1]
     with tempfile.TemporaryDirectory(prefix="galaxy-bench-") as scratch:
         bundle = write_plan_bundle(Path(scratch) / "bundle", plan, summary, graph, captured, "benchmark", cluster)
-        try:
-            emulator = emulator_for_bundle(bundle, cpu_mode, shared_nic=args.nic == "shared")
-        except GalaxyRuntimeError as exc:
+        try:  # the links' card comes from the cluster (args.nic set its shared_card)
+            result = run_emulated(bundle, cpu_mode=cpu_mode, repeat=args.repeat, warmup=1, timeout_s=args.timeout,
+                                  env={"GALAXY_PROFILE": "1"} if args.profile else None, on_line=keep_profile)
+        except (EmulationUnavailable, UsageError) as exc:  # e.g. weight mode with more devices than CPUs
             log.warning("%s: %s", name, exc)
             return {"error": str(exc).splitlines()[0]}
-        with emulator:
-            result = run_bundle(bundle, emulator, repeat=args.repeat, warmup=1, timeout_s=args.timeout,
-                                env={"GALAXY_PROFILE": "1"} if args.profile else None, on_line=keep_profile)
     lat = result.latencies_s
     stage_ranks = [len(s.ranks) for s in plan.stages]
     log.info("%-18s %s %s: median %.3f s (predicted %.3f s), max error %s", name, cluster.name, cpu_mode,
