@@ -181,6 +181,11 @@ class Coordinator(Recovering):
             self._cond.notify_all()
         if self.recovery is not None:
             self.recovery.close()
+        # A re-plan for a straggler may be slicing weights or generating modules; the interpreter
+        # must not exit under it (torch's threads abort the process: "terminate called ...").
+        straggler = self._straggler
+        if straggler is not None and straggler is not threading.current_thread():
+            straggler.join(timeout=30)
         self.links.close()
         if self._dispatcher.is_alive() and self._dispatcher is not threading.current_thread():
             self._dispatcher.join(timeout=5)

@@ -55,6 +55,7 @@ class Recovering:
         self._blame: dict[str, int] = {}
         self._recovering: RecoveryRecord | None = None  # a loss the dispatcher is to recover from
         self._straggling = False  # a straggler's switch is being prepared
+        self._straggler: threading.Thread | None = None  # joined on close: it runs torch code
         self._awaiting_answer: RecoveryRecord | None = None
         self._kept: list[dict[str, float]] = []  # straggler verdicts the running plan was kept for
         self.records: list[RecoveryRecord] = []
@@ -118,13 +119,16 @@ class Recovering:
         verdict = self.watch.observe(device, header.get("id"), header)
         if verdict is None or any(_similar(verdict.slowdown, kept, self.settings.watch.margin) for kept in self._kept):
             return
+        if self._closing.is_set():
+            return
         busy = self._straggling or self._recovering is not None or self._wanted is not None
         log.warning("galaxy-serve: watch: %s%s", verdict.detail, "" if self.recovery and not busy else
                     " (not re-planning: " + ("no model copy" if not self.recovery else "a plan change is under way") + ")")
         if self.recovery is not None and not busy:
             self._straggling = True
-            threading.Thread(target=self._replan_for, args=(verdict, now()), name="galaxy-straggler",
-                             daemon=True).start()
+            self._straggler = threading.Thread(target=self._replan_for, args=(verdict, now()),
+                                               name="galaxy-straggler", daemon=True)
+            self._straggler.start()
 
     def _answered(self, at: float) -> None:
         self._blame.clear()
