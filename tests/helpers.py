@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
-from galaxy.compiler.ir.schedule import stage_schedule
+from galaxy.compiler.ir.schedule import gather_can_overlap, stage_schedule
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.pipeline import capture_model, write_plan_bundle
 from galaxy.runtime.splits import split_sizes
@@ -30,8 +30,8 @@ def manual_plan(summary: ModelSummary, heads_weights, columns_weights, tokens_we
     n = len(tokens_weights)
     group = summary.heads // summary.kv_heads
     shape = "sequence" if heads_weights is None else shape
-    if summary.parallel_block_inputs > 1 and shape == "hybrid":
-        tiles = 0  # a parallel block reading two inputs gathers both plainly (no GEMM to fuse with)
+    if shape == "hybrid" and not gather_can_overlap(summary.parallel_block_inputs):
+        tiles = 0
     kv = split_sizes(summary.kv_heads, heads_weights) if shape != "sequence" else [summary.kv_heads] * n
     columns = split_sizes(summary.intermediate, columns_weights) if shape != "sequence" else [summary.intermediate] * n
     tokens = split_sizes(summary.seq_len, tokens_weights) if shape != "tensor" else [summary.seq_len] * n

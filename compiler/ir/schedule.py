@@ -75,6 +75,14 @@ OVERLAPPING_OPS = ("AG", "RS")  # fused with their GEMM unless tiles = 0
 BLOCK_SHAPES = {(): "local", ("AG", "RS"): "hybrid", ("AR",): "tensor", ("KVAG",): "sequence", ("KVATT",): "sequence"}
 
 
+def gather_can_overlap(parallel_block_inputs: int) -> bool:
+    """Whether a block's all-gather may fuse with the GEMM after it (tiles >= 1). Not for a
+    parallel block whose attention and MLP read different inputs (ModelSummary.parallel_block_inputs
+    2): its all-gather carries both and feeds two GEMMs, so it runs plainly (tiles 0). The planner,
+    lowering and hand-written test plans all ask this one question."""
+    return parallel_block_inputs <= 1
+
+
 @dataclass(frozen=True)
 class Action:
     """One communication step: `op` with its tile count, wire dtype and algorithm."""

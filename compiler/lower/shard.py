@@ -13,6 +13,7 @@ from galaxy.compiler.errors import PlanFileError, UntraceableModelError
 from galaxy.compiler.ir.graph import Layer, TransformerGraph
 from galaxy.compiler.ir.plan import Plan
 from galaxy.compiler.ir.program import AttentionCode, FunctionCode, MLPCode, RankProgram, StagePosition
+from galaxy.compiler.ir.schedule import gather_can_overlap
 from galaxy.compiler.lower.layer_code import LayerCode
 from galaxy.compiler.lower.regions import LayerNamer, check_layers_match, relative_weight_name
 from galaxy.compiler.lower.weights import attention_weights, fuse_parallel, mlp_weights
@@ -91,7 +92,7 @@ def _lower_rank(rank: int, graph: TransformerGraph, captured: CapturedModel, pla
     fused_block = code.first.parallel and stage.schedule.shards_weights
     fuse_inputs = fused_block and att.input == mlp.input
     gather = stage.schedule.block("par").find("AG") if code.first.parallel else None
-    if gather is not None and gather.tiles > 0 and att.input != mlp.input:
+    if gather is not None and gather.tiles > 0 and not gather_can_overlap(1 if att.input == mlp.input else 2):
         raise PlanFileError(f"stage {stage_index}: {gather} overlaps the all-gather of parallel blocks whose "
                             "attention and MLP read different inputs (two GEMMs follow it, so it cannot fuse "
                             "with one); plan them with tiles 0")

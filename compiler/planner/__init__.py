@@ -23,6 +23,7 @@ from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import InfeasiblePlanError
 from galaxy.compiler.ir.cluster import Cluster
 from galaxy.compiler.ir.plan import Plan, validate_plan
+from galaxy.compiler.ir.schedule import gather_can_overlap
 from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner.algorithms import choose_algorithms
 from galaxy.compiler.planner.baselines import (even_plan, megatron_plan, proportional_plan, sequence_plan,
@@ -60,7 +61,7 @@ def plan_from_table(table: CostTable, objective: str = "latency", solver: str = 
                     sequence_only: bool = True, min_gain: float = MIN_GAIN) -> Plan:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if table.parallel_block_inputs > 1:  # its all-gather feeds two GEMMs, so no tile hides it
+    if not gather_can_overlap(table.parallel_block_inputs):
         tile_choices = (0,)
     if solver == "ilp":
         single, pipe, single_error = candidates(table, objective, backend, time_limit_s, tile_choices, sequence_only)
