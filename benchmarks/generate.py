@@ -205,9 +205,17 @@ def run_grid(args) -> list[dict]:
                     for row in rows[-len(args.variants.split(",")):]:
                         if row["variant"] in tokens_by_variant:
                             row["same_tokens"] = tokens_by_variant[row["variant"]] == reference
+                    log.info("%s on %s at %g Mbit/s, %g ms: %s", spec, cluster_name, mbit, latency_ms,
+                             _progress(rows[-len(args.variants.split(",")):]))
                 for path in bundles.values():
                     shutil.rmtree(path, ignore_errors=True)
     return rows
+
+
+def _progress(rows: list[dict]) -> str:
+    """One network point's medians, for the log while the grid runs."""
+    return "; ".join(f"{r['variant']} failed" if "error" in r else
+                     f"{r['variant']} TTFT {1e3 * r['ttft_s']:.1f} ms, TBT {1e3 * r['tbt_s']:.1f} ms" for r in rows)
 
 
 def _one(variant, prefill, decode, lm, cluster, emulated, max_len, source, bundles, scratch, request, args) -> dict:
