@@ -27,6 +27,7 @@ from galaxy.compiler.passes.wire_error import expected_wire_error
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.choose import MIN_GAIN
 from galaxy.compiler.planner.decode import plan_generation
+from galaxy.compiler.planner.generation import plan_for_generation
 from galaxy.compiler.planner.explain import fmt_bytes
 from galaxy.compiler.report.document import PlanDocument
 
@@ -124,7 +125,11 @@ def compile_for_generation(source: str, options: CompileOptions, cluster: Cluste
         raise InfeasiblePlanError(f"{exc}; that counts a key/value cache of {options.max_len} tokens "
                                   f"({fmt_bytes(cache)} in all, --max-len): compile with a smaller --max-len, "
                                   "or for a cluster with more memory", exc.shortfall_bytes_by_device) from exc
-    generation = plan_generation(plan, summary, decode[2], cluster, options.max_len, model, options.decode)
+    if options.plan or options.solver != "ilp" or options.objective != "latency":  # the plan asked for
+        generation = plan_generation(plan, summary, decode[2], cluster, options.max_len, model, options.decode)
+    else:
+        plan, generation = plan_for_generation(plan, summary, decode[2], cluster, options.max_len, model,
+                                               options.decode)
     wire_error = expected_wire_error(captured, graph, plan)
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None, wire_error, generation, decode[2])
