@@ -43,6 +43,7 @@ HELLO = "hello"  # {rank, world_size, plan, device, nonce, proof}
 LOADED = "loaded"  # {epoch, rank, world_size, plan, proof, port}: rank 0's port serves the store
 JOINED = "joined"  # {epoch, rank, holds, moved?}: in the new group, ready for requests
 RESULT = "result"  # {id} + outputs: rank 0's answer to one request
+TOKEN = "token"  # {epoch, id, index, token}: a generation request's new token, as rank 0 makes it
 TIMES = "times"  # {epoch, id, rank, wall_s, blocks {block: s}, block_waits {block: s}, sent_bytes}: per request
 FAILED = "failed"  # {epoch, id, error, peer}: a request or a join failed on this rank
 # both ways

@@ -135,13 +135,14 @@ def result_from_tensors(tensors: dict[str, torch.Tensor]) -> GenerationResult:
                             [float(t) for t in tensors["tbt_s"].tolist()], prompt_tokens, bool(stopped))
 
 
-def serving_stream(state: "GenerationRank") -> Callable:
+def serving_stream(state: "GenerationRank", on_token: Callable[[int, int], None] | None = None) -> Callable:
     """A serving rank's `stream` for a generation bundle: each request's tensors (every rank gets
-    them) -> one generation; rank 0 yields its result as tensors, the others None."""
+    them) -> one generation; rank 0 yields its result as tensors, the others None. Rank 0 calls
+    `on_token(index, token)` for the request in progress as each new token is made."""
     def stream(requests, weights, ctx):
         for tensors in requests:
             request = request_from_tensors(tensors)  # checked by galaxy-serve, again by generate on rank 0
-            result = generate(state, request if ctx.rank == 0 else None, ctx)
+            result = generate(state, request if ctx.rank == 0 else None, ctx, on_token if ctx.rank == 0 else None)
             yield result_tensors(result) if result is not None else None
     return stream
 
@@ -231,8 +232,10 @@ def import_module_file(path: Path, stem: str):
 
 # --- one request --------------------------------------------------------------------------------
 
-def generate(state: GenerationRank, request: GenerationRequest | None, ctx: RankContext) -> GenerationResult | None:
-    """Run one request (rank 0 passes it, the others None). Returns the result on rank 0."""
+def generate(state: GenerationRank, request: GenerationRequest | None, ctx: RankContext,
+             on_token: Callable[[int, int], None] | None = None) -> GenerationResult | None:
+    """Run one request (rank 0 passes it, the others None). Returns the result on rank 0, which
+    also calls `on_token(index, token)` for each new token as it is made (streaming)."""
     started = time.perf_counter()
     generation = state.generation
     world = ctx.world()
@@ -253,6 +256,8 @@ def generate(state: GenerationRank, request: GenerationRequest | None, ctx: Rank
         sampler = _Sampler(request)
         tokens = [sampler(logits)]
         result = GenerationResult(tokens, time.perf_counter() - started, prompt_tokens=prompt_len)
+        if on_token is not None:
+            on_token(0, tokens[0])
         eos = generation.get("eos_token_id") if request.stop_at_eos else None
         last = time.perf_counter()
         while len(tokens) < max_new and tokens[-1] != eos:
@@ -262,6 +267,8 @@ def generate(state: GenerationRank, request: GenerationRequest | None, ctx: Rank
             now = time.perf_counter()
             result.tbt_s.append(now - last)
             last = now
+            if on_token is not None:
+                on_token(len(tokens) - 1, tokens[-1])
         _step(state, tokens[-1], prompt_len + len(tokens) - 1, decode_ctx, go=False)
     result.stopped_at_eos = eos is not None and tokens[-1] == eos
     return result

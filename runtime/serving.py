@@ -422,7 +422,9 @@ class _Rank:
                 module = sys.modules[self.plan.forward.__module__]
                 self.plan.generation = generate.load_generation_rank(self.plan.rank, self.plan.plan,
                                                                      self.plan.bundle_dir, module, self.plan.weights)
-            stream = generate.serving_stream(self.plan.generation)
+            def send_token(index: int, token: int) -> None:  # the request in progress is the oldest taken
+                self.session.send(control.TOKEN, {"epoch": epoch, "id": ids[0], "index": index, "token": token})
+            stream = generate.serving_stream(self.plan.generation, send_token if self.plan.rank == 0 else None)
         else:
             stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
         request_id = None

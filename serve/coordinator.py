@@ -65,6 +65,7 @@ class Pending:
     dispatched: float | None = None
     rank0_s: float = 0.0  # rank 0's own time for this request, from taking it on to its outputs
     attempts: int = 0  # times dispatched
+    on_token: Callable[[int, int], None] | None = None  # a generation's tokens as they come (index, token)
 
 
 @dataclass
@@ -120,10 +121,13 @@ class Coordinator(Recovering):
         self._dispatcher.start()
         return forming
 
-    def submit(self, inputs: dict[str, torch.Tensor]) -> Future:
-        """Queue one request (inputs already checked); the future gets its outputs by name."""
+    def submit(self, inputs: dict[str, torch.Tensor], on_token: Callable[[int, int], None] | None = None) -> Future:
+        """Queue one request (inputs already checked); the future gets its outputs by name. A
+        generation request's `on_token(index, token)` is called, on a link's thread and under the
+        coordinator's lock (so it must only hand the token on), as rank 0 makes each new token; a
+        request answered again after a fault repeats its indices from 0."""
         now = time.monotonic()
-        pending = Pending(next(self._ids), inputs, Future(), now, now + self.request_timeout_s)
+        pending = Pending(next(self._ids), inputs, Future(), now, now + self.request_timeout_s, on_token=on_token)
         with self._cond:
             if self._closing.is_set():
                 raise ServiceUnavailable("galaxy-serve is shutting down")
@@ -226,6 +230,10 @@ class Coordinator(Recovering):
                 pending = self._in_flight.pop(header.get("id"), None) if header.get("epoch") == self._epoch else None
                 if pending is not None:
                     self._complete(pending, message.tensors)
+            elif message.kind == control.TOKEN:
+                pending = self._in_flight.get(header.get("id")) if header.get("epoch") == self._epoch else None
+                if pending is not None and pending.on_token is not None:
+                    pending.on_token(int(header["index"]), int(header["token"]))
             elif message.kind == control.TIMES:
                 if self._plan is not None and header.get("epoch") == self._epoch:
                     self.metrics.record_times(link.device, header, self._plan.devices)

@@ -13,10 +13,14 @@
 
 The completions format follows OpenAI's legacy completions endpoint as exo, llama.cpp's server
 and vLLM serve it (their defaults: temperature 1.0, max_tokens 16); `top_k` is vLLM's extension.
-Text prompts need a tokenizer (galaxy-serve --tokenizer DIR, a local checkpoint folder); without
-one a prompt is a list of token ids, and `text` is empty: the new tokens are in `token_ids`.
-What the format has and Galaxy does not (streaming, several prompts or choices, logprobs, stop
-strings, penalties) is refused with 400 naming the field, never silently ignored.
+With `"stream": true` the answer is server-sent events, one `data: {chunk}` per new token as rank
+0 makes it (the same object with the token's `text` and `token_ids` and `finish_reason` null),
+then one with the `finish_reason`, a usage chunk when `stream_options.include_usage`, and
+`data: [DONE]` (`CompletionChunks`). Text prompts need a tokenizer (galaxy-serve --tokenizer DIR,
+a local checkpoint folder); without one a prompt is a list of token ids, and `text` is empty: the
+new tokens are in `token_ids`. What the format has and Galaxy does not (several prompts or
+choices, logprobs, stop strings, penalties) is refused with 400 naming the field, never silently
+ignored.
 """
 from __future__ import annotations
 
@@ -32,9 +36,10 @@ from .codec import BadRequest
 
 OPENAI_DEFAULTS = {"max_tokens": 16, "temperature": 1.0}
 # Fields of the completions format whose default is the only value Galaxy takes.
-_ONLY_DEFAULT = {"stream": False, "n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None,
+_ONLY_DEFAULT = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None,
                  "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None}
-_ACCEPTED = {"model", "prompt", "max_tokens", "temperature", "top_k", "seed", "user", "stop", "top_p"}
+_ACCEPTED = {"model", "prompt", "max_tokens", "temperature", "top_k", "seed", "user", "stop", "top_p", "stream",
+             "stream_options"}
 _ids = itertools.count(1)
 
 
@@ -54,9 +59,10 @@ def completions_request(body: Any, generation: Mapping, tokenizer: Tokenizer | N
     """An OpenAI-style /v1/completions body as a request; BadRequest naming the fault otherwise."""
     fields = _object(body)
     for name, default in _ONLY_DEFAULT.items():
-        if name in fields and fields[name] != default and not (name == "stream" and fields[name] is None):
+        if name in fields and fields[name] != default:
             raise BadRequest(400, f"'{name}': {fields[name]!r} is not supported by galaxy-serve "
-                                  f"(only {default!r}); one prompt, one choice, no streaming")
+                                  f"(only {default!r}); one prompt, one choice")
+    streaming(fields)
     unknown = sorted(set(fields) - _ACCEPTED - set(_ONLY_DEFAULT))
     if unknown:
         raise BadRequest(400, f"unknown fields {unknown}; galaxy-serve takes {sorted(_ACCEPTED)}")
@@ -85,6 +91,75 @@ def completions_request(body: Any, generation: Mapping, tokenizer: Tokenizer | N
     if request.max_new_tokens < 1 or request.temperature < 0 or request.top_k < 0:
         raise BadRequest(400, "max_tokens must be >= 1, temperature and top_k >= 0")
     return _checked(request, generation)
+
+
+def streaming(body: Any) -> tuple[bool, bool]:
+    """(stream, include usage) of a completions body; BadRequest when they are not booleans."""
+    stream, options = body.get("stream"), body.get("stream_options")
+    if stream is not None and not isinstance(stream, bool):  # JSON 1 is not true here (1 == True in Python)
+        raise BadRequest(400, f"'stream' must be true or false, not {stream!r}")
+    if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}
+                                    and isinstance(options.get("include_usage", False), bool)):
+        raise BadRequest(400, f"'stream_options' takes only {{\"include_usage\": true|false}}, not {options!r}")
+    if options is not None and not stream:
+        raise BadRequest(400, "'stream_options' is only for \"stream\": true")
+    return bool(stream), bool((options or {}).get("include_usage"))
+
+
+class CompletionChunks:
+    """The chunks of one streamed completion: `token(index, id)` for each token as it comes (a
+    repeated index, from a request answered again after a fault, gives nothing), `finish(result)`
+    for the rest and the last chunks. With a tokenizer, a chunk's text is what the new token adds
+    to the decoded text; a token that ends inside a character waits for the next. The last chunk
+    carries the finish reason and any tokens no event brought."""
+
+    def __init__(self, tokenizer: Tokenizer | None, model: str):
+        self.tokenizer, self.model = tokenizer, model
+        self.id, self.created = f"cmpl-galaxy-{next(_ids)}", int(time.time())
+        self.ids: list[int] = []
+        self.sent_text = ""
+        self._waiting: list[int] = []  # tokens whose text is not out yet
+
+    def token(self, index: int, token: int) -> dict | None:
+        if index != len(self.ids):
+            return None
+        self.ids.append(token)
+        self._waiting.append(token)
+        text = self._new_text(final=False)
+        if text is None:
+            return None
+        waiting, self._waiting = self._waiting, []
+        return self._chunk(text, waiting, None)
+
+    def finish(self, result: GenerationResult, include_usage: bool) -> list[dict]:
+        rest = result.new_token_ids[len(self.ids):]  # tokens no event brought (normally none)
+        self.ids += rest
+        self._waiting += rest
+        text = self._new_text(final=True) or ""
+        waiting, self._waiting = self._waiting, []
+        chunks = [self._chunk(text, waiting, "stop" if result.stopped_at_eos else "length")]
+        if include_usage:
+            completion = len(result.new_token_ids)
+            chunks.append({**self._head(), "choices": [],
+                           "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": completion,
+                                     "total_tokens": result.prompt_tokens + completion}})
+        return chunks
+
+    def _new_text(self, final: bool) -> str | None:
+        if self.tokenizer is None:
+            return ""
+        full = self.tokenizer.decode(self.ids)
+        if not full.startswith(self.sent_text) or (full.endswith("\ufffd") and not final):
+            return None  # the last token ends inside a character, or re-spells what came before
+        new, self.sent_text = full[len(self.sent_text):], full
+        return new
+
+    def _head(self) -> dict:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+
+    def _chunk(self, text: str, token_ids: list[int], finish_reason: str | None) -> dict:
+        return {**self._head(), "choices": [{"index": 0, "text": text, "token_ids": token_ids, "logprobs": None,
+                                             "finish_reason": finish_reason}]}
 
 
 def generate_response(result: GenerationResult, tokenizer: Tokenizer | None) -> dict:

@@ -3,7 +3,8 @@
     POST /v1/infer   inputs -> outputs (serve/codec.py); 4xx for what the bundle cannot take,
                      503 when the cluster cannot serve (the reason names the rank), 504 on timeout
     POST /v1/generate     a generation bundle (galaxy-compile --max-len): prompt -> new tokens
-    POST /v1/completions  the same in the OpenAI-style completions format (serve/generation.py)
+    POST /v1/completions  the same in the OpenAI-style completions format (serve/generation.py);
+                     `"stream": true` sends each token as a server-sent event as it is made
     GET  /healthz    200 when every rank is alive, on the plan in force and serving; else 503
     GET  /metrics    Prometheus text (serve/metrics.py)
     POST /v1/plan    {"bundle": "DIR"}: serve another bundle from the next request on; needs
@@ -21,7 +22,7 @@ import json
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from galaxy.host.tokenizer import Tokenizer
@@ -32,7 +33,8 @@ from .bundles import HostBundle
 from .codec import BadRequest, decode_inputs, encode_outputs, expected_inputs
 from .coordinator import Coordinator
 from .errors import RequestFailed, RequestTimeout, ServiceUnavailable
-from .generation import completions_request, completions_response, generate_request, generate_response
+from .generation import (CompletionChunks, completions_request, completions_response, generate_request,
+                         generate_response, streaming)
 
 _STATUS = {ServiceUnavailable: 503, RequestTimeout: 504, RequestFailed: 502}
 
@@ -87,6 +89,8 @@ def make_app(coordinator: Coordinator, tokenizer: Tokenizer | None = None) -> St
             return error(request, 400, f"the body must be JSON ({exc})")
         except BadRequest as exc:
             return error(request, exc.status, str(exc))
+        if openai and streaming(body)[0]:
+            return await stream_completion(request, wanted, plan, streaming(body)[1])
         try:
             future = coordinator.submit(request_tensors(wanted))
             result = result_from_tensors(await asyncio.wrap_future(future))
@@ -98,6 +102,41 @@ def make_app(coordinator: Coordinator, tokenizer: Tokenizer | None = None) -> St
         headers = {"Server-Timing": ", ".join(f"{k};dur={1e3 * v:.3f}" for k, v in timing.items()),
                    "X-Galaxy-Plan": plan.sha[:12]}
         return answer(request, JSONResponse(body, headers=headers))
+
+    async def stream_completion(request: Request, wanted, plan: HostBundle, include_usage: bool) -> Response:
+        """Server-sent events: a chunk per token as rank 0 makes it, then the last ones and [DONE].
+        A failure after the first byte cannot change the status: it comes as an `error` event."""
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        chunks = CompletionChunks(tokenizer, plan.plan["plan"]["model"])
+        try:
+            future = coordinator.submit(request_tensors(wanted),
+                                        on_token=lambda i, t: loop.call_soon_threadsafe(tokens.put_nowait, (i, t)))
+        except GalaxyRuntimeError as exc:
+            return error(request, _STATUS.get(type(exc), 500), " ".join(str(exc).split()))
+        done = asyncio.wrap_future(future)
+
+        async def events():
+            while not done.done() or not tokens.empty():
+                next_token = asyncio.ensure_future(tokens.get())
+                await asyncio.wait({next_token, done}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_token.done():
+                    next_token.cancel()
+                    continue
+                chunk = chunks.token(*next_token.result())
+                if chunk is not None:
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            try:
+                result = result_from_tensors(done.result())
+            except GalaxyRuntimeError as exc:
+                yield f"data: {json.dumps({'error': ' '.join(str(exc).split())})}\n\n"
+            else:
+                for chunk in chunks.finish(result, include_usage):
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return answer(request, StreamingResponse(events(), media_type="text/event-stream",
+                                                 headers={"X-Galaxy-Plan": plan.sha[:12], "Cache-Control": "no-cache"}))
 
     async def generate(request: Request) -> Response:
         return await run_generation(request, openai=False)

@@ -76,6 +76,25 @@ def test_openai_completions_with_a_text_prompt(server, reference):
 
 
 @pytest.mark.timeout(300)
+def test_streamed_completions_come_token_by_token_as_server_sent_events(server, reference):
+    import json
+
+    body = {"model": "llama", "prompt": _words(PROMPT), "max_tokens": NEW_TOKENS, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    with server.stream("POST", "/v1/completions", json=body) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in answer.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    tokens = [c["choices"][0] for c in chunks if c["choices"]]
+    assert [t for c in tokens for t in c["token_ids"]] == reference
+    assert "".join(c["text"] for c in tokens) == _words(reference)
+    assert [len(c["token_ids"]) for c in tokens] == [1] * NEW_TOKENS + [0]  # one event a token, then the end
+    assert [c["finish_reason"] for c in tokens] == [None] * NEW_TOKENS + ["length"]
+    assert chunks[-1]["usage"]["completion_tokens"] == NEW_TOKENS
+
+
+@pytest.mark.timeout(300)
 def test_seeded_sampling_repeats_over_http(server):
     def sample(seed: int) -> list[int]:
         answer = server.post("/v1/completions", json={"prompt": list(PROMPT), "max_tokens": 8, "seed": seed})
@@ -88,7 +107,7 @@ def test_seeded_sampling_repeats_over_http(server):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path,body,status,message", [
-    ("/v1/completions", {"prompt": [1, 2], "stream": True}, 400, "'stream'.*not supported"),
+    ("/v1/completions", {"prompt": [1, 2], "stream": 1}, 400, "'stream' must be true or false"),
     ("/v1/completions", {"prompt": [1, 2], "max_tokens": MAX_LEN}, 400, "context does not fit"),
     ("/v1/generate", {"prompt_ids": [1, VOCAB], "max_new_tokens": 2}, 400, "vocabulary"),
     ("/v1/generate", {"prompt_ids": list(range(SEQ_LEN + 1)), "max_new_tokens": 2}, 400, "prefill takes at most"),

@@ -7,7 +7,7 @@ import pytest
 
 from galaxy.runtime.generate import GenerationRequest, GenerationResult
 from galaxy.serve.codec import BadRequest
-from galaxy.serve.generation import completions_request, completions_response, generate_request
+from galaxy.serve.generation import CompletionChunks, completions_request, completions_response, generate_request
 
 BUNDLE = {"max_len": 40, "prefill_len": 16, "vocab_size": 512}
 
@@ -34,6 +34,9 @@ def test_the_completion_answer_has_choices_and_usage():
     ({"prompt": [[1], [2]]}, "one prompt per request"),
     ({"max_tokens": 3}, "'prompt' is required"),
     ({"prompt": [1], "max_tokens": 40}, "context does not fit"),
+    ({"prompt": [1], "stream": "yes"}, "'stream' must be true or false"),
+    ({"prompt": [1], "stream": True, "stream_options": {"include_usage": 1, "x": 2}}, "'stream_options' takes only"),
+    ({"prompt": [1], "stream_options": {"include_usage": True}}, "only for \"stream\": true"),
 ])
 def test_what_galaxy_does_not_do_is_refused_by_name(body, message):
     with pytest.raises(BadRequest, match=message) as raised:
@@ -45,3 +48,28 @@ def test_generate_takes_prompt_ids_and_refuses_text_without_a_tokenizer():
     assert generate_request({"prompt_ids": [1, 2], "max_new_tokens": 3}, BUNDLE, None).prompt_ids == (1, 2)
     with pytest.raises(BadRequest, match="no tokenizer"):
         generate_request({"prompt": "hello", "max_new_tokens": 3}, BUNDLE, None)
+
+
+class _Letters:
+    """A tokenizer whose token k is letter k of `text`; token 99 is half a character (decodes to
+    U+FFFD until token 98 follows it)."""
+
+    def decode(self, ids):
+        text = "".join("?" if t == 99 else chr(ord("a") + t) for t in ids)
+        return text.replace("?x", "é").replace("?", "\ufffd")
+
+
+def test_streamed_chunks_add_up_to_the_whole_answer():
+    chunks = CompletionChunks(_Letters(), "m")
+    streamed = [chunks.token(0, 0), chunks.token(1, 99), chunks.token(2, 23), chunks.token(1, 99)]
+    assert [c and c["choices"][0]["text"] for c in streamed] == ["a", None, "é", None]  # a repeat gives nothing
+    assert streamed[2]["choices"][0]["token_ids"] == [99, 23]
+    result = GenerationResult([0, 99, 23, 1], 0.1, [0.01] * 3, prompt_tokens=2)
+    last = chunks.finish(result, include_usage=True)
+    assert len(last) == 2 and last[0]["choices"][0]["text"] == "b"  # the token no event brought, with the end
+    assert last[0]["choices"][0]["finish_reason"] == "length" and last[-1]["choices"] == []
+    assert last[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    every = [c for c in streamed + last if c and c["choices"]]
+    assert "".join(c["choices"][0]["text"] for c in every) == "aéb"
+    assert [t for c in every for t in c["choices"][0]["token_ids"]] == [0, 99, 23, 1]
+    assert len({c["id"] for c in every}) == 1
