@@ -123,7 +123,9 @@ def test_a_rank_killed_mid_stream(bundles, tmp_path, mode, prepare):
     # the broken group's failures are the loss's symptoms, not a reason to form the new group again
     assert "forming the group again" not in done.stderr
     plans = [row.split()[3] for row in _rows(done.stdout)]
-    assert plans[0] == plans[1] != plans[2] == plans[5]  # request 3 was retried on the new plan
+    # Request 3 is retried on the new plan, unless it was answered before the kill (which comes
+    # just after its run words) landed: then request 4 is the first on it.
+    assert plans[0] == plans[1] != plans[5] and plans.index(plans[5]) in (2, 3)
     assert re.search(r"weights: [\d.]+ MiB moved .* a full reload is [\d.]+ MiB", done.stdout)
     _check_output(tmp_path / "out.safetensors", bundles["tiny"])
 
@@ -161,8 +163,14 @@ def test_devices_left_that_cannot_hold_the_model_answer_with_the_shortfall(bundl
         requests = tiny.requests(3)
         with Client(server.url) as client:
             tiny.check(requests[0], client.infer(requests[0]))
+            answered = 0
             with pytest.raises(ServeError) as info:
-                client.infer(requests[1])
+                # The kill comes just after request 2's run words, so that request may still be
+                # answered (correctly) before b dies; the one after cannot be.
+                for inputs in requests[1:]:
+                    tiny.check(inputs, client.infer(inputs))
+                    answered += 1
+        assert answered <= 1
         assert info.value.status == 503
         message = str(info.value)
         assert "cannot recover from lost b" in message and "cannot hold the model" in message
