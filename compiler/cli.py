@@ -51,7 +51,9 @@ def compile_parser() -> argparse.ArgumentParser:
                              "this costs, measured at compile time")
     parser.add_argument("--min-gain", type=float, default=None, metavar="PCT",
                         help="use several devices only when predicted at least PCT percent faster than the "
-                             "fastest device alone (default 5: the cost model's error on most benchmark rows)")
+                             "fastest device alone, and (--max-len) another prefill split than the ILP's only when "
+                             "a request is predicted that much faster (default 5: the cost model's error on most "
+                             "benchmark rows)")
     parser.add_argument("--size", help="size knob passed to model.py (e.g. tiny, base, large)")
     parser.add_argument("--seq-len", type=int, help="sequence length of the example inputs")
     parser.add_argument("--max-len", type=int, metavar="N",

@@ -49,6 +49,7 @@ class CompileOptions:
     max_len: int | None = None  # generation: the tokens a sequence may reach (prompt + new tokens)
     decode: str | None = None  # generation: force the decode layout (keep | single | pipeline)
     min_gain: float = MIN_GAIN  # a multi-device plan must be predicted this much faster than one device
+    # (and, generating, a head split than the ILP's plan over a full request)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def compile_for_generation(source: str, options: CompileOptions, cluster: Cluste
         generation = plan_generation(plan, summary, decode[2], cluster, options.max_len, model, options.decode)
     else:
         plan, generation = plan_for_generation(plan, summary, decode[2], cluster, options.max_len, model,
-                                               options.decode)
+                                               options.decode, options.min_gain)
     wire_error = expected_wire_error(captured, graph, plan)
     if options.plan_only or options.out_dir is None:
         return CompileResult(plan, summary, cluster, graph, None, wire_error, generation, decode[2])

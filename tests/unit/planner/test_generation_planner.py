@@ -9,6 +9,7 @@ from galaxy.compiler.cost.table import build_cost_table
 from galaxy.compiler.errors import GenerationError, InfeasiblePlanError
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.algorithms import choose_algorithms
+from galaxy.compiler.planner.choose import MIN_GAIN
 from galaxy.compiler.planner.decode import plan_generation
 from galaxy.compiler.planner.generation import HEAD_SPLITS, plan_for_generation, request_s
 from planner_fixtures import make_cluster
@@ -33,16 +34,29 @@ def _every_candidate(cluster, max_len: int) -> dict[str, float]:
     return times
 
 
-@pytest.mark.parametrize("mbit,latency_s,max_len", [(100, 5e-3, 264), (1000, 5e-4, 512), (10_000, 1e-5, 264)])
-def test_the_pair_with_the_least_request_time_wins(mbit, latency_s, max_len):
+@pytest.mark.parametrize("min_gain", [0.0, MIN_GAIN])
+@pytest.mark.parametrize("mbit,latency_s,max_len", [(100, 5e-3, 264), (100, 5e-3, 512), (1000, 5e-4, 512),
+                                                    (10_000, 1e-5, 264)])
+def test_a_head_split_replaces_the_ilp_plan_only_when_a_request_is_min_gain_faster(mbit, latency_s, max_len,
+                                                                                    min_gain):
     cluster = make_cluster(ROOMY, mbit_per_s=mbit, latency_s=latency_s)
     ilp = make_plan(PREFILL, cluster, cache_tokens=max_len)
-    plan, generation = plan_for_generation(ilp, PREFILL, DECODE, cluster, max_len, MODEL)
+    plan, generation = plan_for_generation(ilp, PREFILL, DECODE, cluster, max_len, MODEL, min_gain=min_gain)
     times = _every_candidate(cluster, max_len)
-    assert request_s(generation) == pytest.approx(min(times.values()))
-    winner = "ilp" if plan is ilp else plan.solver
-    assert times[winner] == pytest.approx(min(times.values()))
-    assert generation.notes[0].startswith(f"prefill: the {winner}")
+    split = min((t, name) for name, t in times.items() if name != "ilp")
+    winner = split[1] if split[0] < (1 - min_gain) * times["ilp"] else "ilp"
+    assert (plan is ilp) == (winner == "ilp") and request_s(generation) == pytest.approx(times[winner])
+    assert generation.notes[0].startswith(f"prefill: the {ilp.solver if winner == 'ilp' else winner}")
+
+
+def test_a_gain_within_the_cost_models_error_keeps_the_ilp_plan():
+    """A 2% faster request at twice the time to first token is not worth the ILP's plan."""
+    cluster = make_cluster(ROOMY, mbit_per_s=100, latency_s=5e-3)
+    ilp = make_plan(PREFILL, cluster, cache_tokens=512)
+    times = _every_candidate(cluster, 512)
+    assert 1 - MIN_GAIN < min(t for n, t in times.items() if n != "ilp") / times["ilp"] < 1
+    assert plan_for_generation(ilp, PREFILL, DECODE, cluster, 512, MODEL)[0] is ilp
+    assert plan_for_generation(ilp, PREFILL, DECODE, cluster, 512, MODEL, min_gain=0.0)[0] is not ilp
 
 
 def test_a_long_request_takes_a_head_split_its_decode_can_keep():
