@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from galaxy.compiler.capture.decode import LanguageModel
 from galaxy.compiler.cost.decode import (CacheMove, build_decode_table, cache_layout, cache_moves,
                                          generation_memory, handoff_s)
-from galaxy.compiler.cost.latency import block_s, predict
+from galaxy.compiler.cost.latency import stage_layer_s
 from galaxy.compiler.cost.table import CostTable, build_cost_table
 from galaxy.compiler.errors import GenerationError
 from galaxy.compiler.ir.cluster import Cluster
@@ -35,6 +35,7 @@ from galaxy.compiler.ir.generation import DecodeCandidate, Generation, keep_name
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
 from galaxy.compiler.ir.schedule import stage_schedule
 from galaxy.compiler.ir.summary import ModelSummary
+from galaxy.compiler.planner.assemble import with_prediction
 from galaxy.compiler.planner.explain import fmt_bytes, fmt_s
 from galaxy.runtime.splits import split_sizes
 
@@ -147,7 +148,8 @@ def _pipeline(prefill: Plan, summary: ModelSummary, decode_summary: ModelSummary
     `spread`: every device takes layers in proportion to its speed (the pipeline baseline) instead."""
     if prefill.world_size == 1 or summary.n_layers == 1:
         return None
-    layer_s = {r: _whole_layer_s(table, table.index(prefill.devices[r])) for r in range(prefill.world_size)}
+    layer_s = {r: _whole_layer_s(table, table.index(prefill.devices[r]), decode_summary, prefill.wire_dtype)
+               for r in range(prefill.world_size)}
     order = [0] + sorted((r for r in range(1, prefill.world_size)), key=lambda r: (layer_s[r], r))
     if spread:  # at least one layer each, on as many devices (fastest first) as there are layers
         order = order[:summary.n_layers]
@@ -199,14 +201,12 @@ def _priced_plan(prefill: Plan, stages: tuple[StageSplit, ...], summary: ModelSu
     """A decode plan over the prefill's devices (ranks not in `stages` sit out), with its prediction."""
     plan = Plan(model=summary.name, cluster=prefill.cluster, devices=prefill.devices, stages=stages, solver=solver)
     validate_plan(plan, summary.heads, summary.kv_heads, summary.intermediate, 1, summary.n_layers, every_rank=False)
-    latency, blocks = predict(plan, table)
-    return replace(plan, predicted_latency_s=latency, predicted_blocks=blocks)
+    return with_prediction(plan, table)
 
 
-def _whole_layer_s(table: CostTable, device: int) -> float:
-    """A decode step's seconds for one whole layer on `device` (its three blocks)."""
-    return (table.kv_groups * table.attention_s_per_group[device] + table.columns * table.mlp_s_per_column[device]
-            + table.connective_s_per_token[device] + 3 * table.overhead_s(device))
+def _whole_layer_s(table: CostTable, device: int, summary: ModelSummary, wire: str) -> float:
+    """A decode step's seconds for one whole layer on `device`, as `predict` prices it."""
+    return stage_layer_s(table, _whole_layers_stage(device, 0, 1, summary, wire, first=True, last=True), (device,))
 
 
 def _hop_s(table: CostTable) -> float:
