@@ -89,8 +89,9 @@ def make_app(coordinator: Coordinator, tokenizer: Tokenizer | None = None) -> St
             return error(request, 400, f"the body must be JSON ({exc})")
         except BadRequest as exc:
             return error(request, exc.status, str(exc))
-        if openai and streaming(body)[0]:
-            return await stream_completion(request, wanted, plan, streaming(body)[1])
+        stream, include_usage = streaming(body) if openai else (False, False)
+        if stream:
+            return await stream_completion(request, wanted, plan, include_usage)
         try:
             future = coordinator.submit(request_tensors(wanted))
             result = result_from_tensors(await asyncio.wrap_future(future))
