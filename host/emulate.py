@@ -176,10 +176,13 @@ class EmulatedCluster:
 
     @classmethod
     def from_cluster_json(cls, cluster: Mapping, devices: Sequence[str], control: bool = False,
-                          cpu_mode: str = "auto", shared_nic: bool = False) -> "EmulatedCluster":
-        """From plan.json's `cluster` (devices, default_link, link_overrides) and the device
-        name of each rank (plan.json's plan.devices). `shared_nic`: each device's network card
-        runs at the fastest of its links, shared by all its transfers."""
+                          cpu_mode: str = "auto", shared_nic: bool | None = None) -> "EmulatedCluster":
+        """From plan.json's `cluster` (devices, default_link, link_overrides, shared_card) and the
+        device name of each rank (plan.json's plan.devices). `shared_nic` (default: the cluster's
+        `shared_card`): each device's network card runs at the fastest of its links, shared by all
+        its transfers."""
+        if shared_nic is None:
+            shared_nic = bool(cluster.get("shared_card", False))
         by_name = {d["name"]: d for d in cluster.get("devices", [])}
         missing = [name for name in devices if name not in by_name]
         if missing:

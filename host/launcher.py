@@ -130,9 +130,8 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
     if cluster is None:
         raise UsageError(f"{bundle_dir}/plan.json has no 'cluster' to emulate; pass one "
                          "(--cluster-json, or cluster= in Python)")
-    shared = cluster.get("shared_card", False) if shared_nic is None else shared_nic
     emulator = EmulatedCluster.from_cluster_json(cluster, document["plan"]["devices"], cpu_mode=cpu_mode,
-                                                 shared_nic=shared)
+                                                 shared_nic=shared_nic)
 
     def wrap(rank: int, argv: list[str]) -> list[str]:
         own_threads = ["--threads", str(emulator.threads(rank))] if threads is None else []
