@@ -29,8 +29,7 @@ from galaxy.runtime.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("kill", "slow", "linkdown")
-_SPEC = re.compile(r"^(?P<kind>kill|slow|linkdown):(?P<target>[^:@]+)(?::(?P<factor>[0-9.]+))?@"
+_SPEC = re.compile(r"^(?P<kind>kill|slow|linkdown):(?P<target>[^:@]+)(?::(?P<factor>[0-9]+(?:\.[0-9]+)?))?@"
                    r"(?P<at>[0-9]+|recovery)$")
 _DUTY_PERIOD_S = 0.02
 

@@ -83,7 +83,9 @@ def completions_request(body: Any, generation: Mapping, tokenizer: Tokenizer | N
     else:
         raise BadRequest(400, "'prompt' must be one string or one non-empty list of token ids (one prompt per request)")
     try:
-        request = GenerationRequest(tuple(ids), int(fields.get("max_tokens") or OPENAI_DEFAULTS["max_tokens"]),
+        max_tokens = fields.get("max_tokens")
+        max_tokens = OPENAI_DEFAULTS["max_tokens"] if max_tokens is None else max_tokens  # 0 is refused below
+        request = GenerationRequest(tuple(ids), int(max_tokens),
                                     float(fields.get("temperature", OPENAI_DEFAULTS["temperature"])),
                                     int(fields.get("top_k") or 0), int(fields.get("seed") or 0))
     except (TypeError, ValueError) as exc:

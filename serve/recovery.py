@@ -135,10 +135,6 @@ class Recovery:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """The model copy is captured and checked (or recovery is off: see why_not)."""
-        return self._ready.wait(timeout_s)
-
     def wait_idle(self, timeout_s: float) -> bool:
         """Every switch the plan in force may need is prepared ahead (the background is idle)."""
         return self._idle.wait(timeout_s)

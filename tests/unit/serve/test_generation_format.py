@@ -35,6 +35,7 @@ def test_the_completion_answer_has_choices_and_usage():
     ({"max_tokens": 3}, "'prompt' is required"),
     ({"prompt": [1], "max_tokens": 40}, "context does not fit"),
     ({"prompt": [1], "stream": "yes"}, "'stream' must be true or false"),
+    ({"prompt": [1], "max_tokens": 0}, "max_tokens must be >= 1"),
     ({"prompt": [1], "stream": True, "stream_options": {"include_usage": 1, "x": 2}}, "'stream_options' takes only"),
     ({"prompt": [1], "stream_options": {"include_usage": True}}, "only for \"stream\": true"),
 ])

@@ -19,7 +19,8 @@ def test_specs_parse():
 
 @pytest.mark.parametrize("spec, says", [
     ("kill:1", "not kill:RANK@REQ"), ("slow:1@3", "not kill:RANK@REQ"), ("kill:1:2@3", "not kill:RANK@REQ"),
-    ("crash:1@3", "not kill:RANK@REQ"), ("slow:1:0.5@3", "must be > 1"), ("kill:1@0", "count from 1")])
+    ("crash:1@3", "not kill:RANK@REQ"), ("slow:1:0.5@3", "must be > 1"), ("kill:1@0", "count from 1"),
+    ("slow:1:1.2.3@2", "not kill:RANK@REQ")])
 def test_bad_specs_say_what_is_expected(spec, says):
     with pytest.raises(UsageError, match=says):
         Fault.parse(spec)
