@@ -117,7 +117,10 @@ class Recovering:
 
     def _watch_times(self, device: str, header: dict) -> None:
         verdict = self.watch.observe(device, header.get("id"), header)
-        if verdict is None or any(_similar(verdict.slowdown, kept, self.settings.watch.margin) for kept in self._kept):
+        if verdict is None:
+            return
+        if any(_similar(verdict.slowdown, kept, self.settings.watch.margin) for kept in self._kept):
+            log.debug("galaxy-serve: watch: %s (the plan was kept for about these factors)", verdict.detail)
             return
         if self._closing.is_set():
             return

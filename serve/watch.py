@@ -112,6 +112,8 @@ class Watch:
         for d, ratio in ratios.items():
             factor = ratio / reference
             self._streak[d] = self._streak[d] + 1 if (factor > bound or factor < 1 / bound) else 0
+        log.debug("watch: request %s: %s", request_id, ", ".join(
+            f"{d} x{r:.2f} (x{r / reference:.2f}, streak {self._streak[d]})" for d, r in sorted(ratios.items())))
         if max(self._streak.values(), default=0) < self.settings.requests:
             return None
         recent = self.ratios(self.settings.requests)  # the requests of the streak, without those before

@@ -100,7 +100,8 @@ def _check_trial(done: subprocess.CompletedProcess, requests: int, recoveries: i
     rows = _rows(done.stdout)
     assert len(rows) == requests and all("matches the reference" in row for row in rows), done.stdout
     recoveries = range(recoveries, recoveries + 1) if isinstance(recoveries, int) else recoveries
-    assert done.stdout.count("\n  phases: detect") in recoveries, done.stdout
+    decisions = "\n".join(line for line in done.stderr.splitlines() if "galaxy-serve:" in line)
+    assert done.stdout.count("\n  phases: detect") in recoveries, done.stdout + decisions
     assert "every output matched the reference (atol=0.0001, rtol=0.0001, " in done.stdout
     assert done.stdout.rstrip().endswith(": yes")
 
@@ -148,13 +149,24 @@ def test_a_second_fault_during_the_recovery_is_handled_the_same_way(bundles):
 
 @pytest.mark.parametrize("mode", ["--local", pytest.param("--emulate", marks=needs_emulation)])
 def test_a_straggler_is_replanned_around(bundles, mode):
-    done = _trial(bundles["small"], mode, 18, "slow:2:4@4", extra=("--straggler-requests", "2"))
-    _check_trial(done, 18, recoveries=range(1, 4))  # a first estimate may be refined by a second switch
+    # Minimum gain 0: this checks the mechanism; the next test, the policy. On so small a model
+    # a re-plan for a slowdown near x2 is predicted only 5-15% faster, so the default 10% would keep
+    # the plan or not by chance.
+    done = _trial(bundles["small"], mode, 18, "slow:2:4@4", extra=("--straggler-requests", "2", "--min-gain", "0"))
+    _check_trial(done, 18, recoveries=range(1, 5))  # a first estimate may be refined by later switches
     # under CPU quotas a peer busy for a moment may be re-planned around first, then c
     assert re.search(r"recovery \d: straggler c x[\d.]+ -> plan", done.stdout), done.stdout
     assert "lost" not in done.stdout
     first, last = _rows(done.stdout)[0].split()[3], _rows(done.stdout)[-1].split()[3]
     assert first != last
+
+
+def test_a_straggler_is_not_replanned_around_for_too_little_gain(bundles):
+    done = _trial(bundles["small"], "--local", 10, "slow:2:4@3", extra=("--straggler-requests", "2", "--min-gain", "0.9"))
+    _check_trial(done, 10, recoveries=0)
+    assert re.search(r"galaxy-serve: keeping plan \w+ .*: at the measured rates it is predicted [\d.]+ ms, the "
+                     r"re-plan [\d.]+ ms \(less than 90% better\)", done.stderr), done.stderr[-4000:]
+    assert len({row.split()[3] for row in _rows(done.stdout)}) == 1
 
 
 def test_devices_left_that_cannot_hold_the_model_answer_with_the_shortfall(bundles):
