@@ -9,8 +9,9 @@ fastest device alone, an even tensor-parallel decode and a layer pipeline, side 
 
 Variants (each a prefill plan and a decode layout, compiled for the cluster at that network):
 
-    galaxy    the ILP's prefill plan; the decode layout the planner predicts fastest (keep, single
-              or pipeline: planner/decode.py)
+    galaxy    what `galaxy-compile --max-len` makes: the ILP's prefill plan and the decode layout the
+              planner predicts fastest (keep, single or pipeline: planner/decode.py), or a head split
+              whose decode makes the whole request faster (planner/generation.py)
     fastest   the fastest device that holds the model, alone, for both phases
     even-tp   the even hybrid split for the prefill; decode tensor-parallel over it (keep)
     pipeline  whole layers per device in proportion to speed, for both phases (Jupiter-style)
@@ -56,6 +57,7 @@ from galaxy.compiler.ir.cluster_file import load_cluster
 from galaxy.compiler.pipeline import capture_for_generation, model_label, write_generation_bundle
 from galaxy.compiler.planner import make_plan
 from galaxy.compiler.planner.decode import plan_generation
+from galaxy.compiler.planner.generation import plan_for_generation
 from galaxy.compiler.cost.latency import predict
 from galaxy.compiler.ir.plan import Plan, StageSplit, validate_plan
 from galaxy.compiler.ir.schedule import stage_schedule
@@ -223,7 +225,10 @@ def _one(variant, prefill, decode, lm, cluster, emulated, max_len, source, bundl
     emulated devices of `emulated` (the same devices; links without the quota term)."""
     captured, graph, summary = prefill
     plan = prefill_plan(variant, summary, cluster, max_len)
-    generation = plan_generation(plan, summary, decode[2], cluster, max_len, lm, DECODE[variant])
+    if variant == "galaxy":
+        plan, generation = plan_for_generation(plan, summary, decode[2], cluster, max_len, lm)
+    else:
+        generation = plan_generation(plan, summary, decode[2], cluster, max_len, lm, DECODE[variant])
     key = _structure(plan, generation)
     if key not in bundles:
         out = scratch / f"bundle-{len(bundles)}"
@@ -233,7 +238,7 @@ def _one(variant, prefill, decode, lm, cluster, emulated, max_len, source, bundl
     generated = generate_emulated(bundles[key], request, cluster=cluster_json, repeat=args.repeat, warmup=1,
                                   timeout_s=args.timeout)
     used = sorted({plan.devices[r] for s in generation.decode.stages for r in s.ranks})
-    return {"prefill_devices": plan.world_size, "prefill_stages": len(plan.stages),
+    return {"prefill_solver": plan.solver, "prefill_devices": plan.world_size, "prefill_stages": len(plan.stages),
             "prefill_schedule": str(plan.stages[0].schedule), "decode_layout": generation.layout,
             "decode_devices": used, "decode_schedule": str(generation.decode.stages[0].schedule),
             "predicted_ttft_s": generation.predicted_ttft_s, "predicted_tbt_s": generation.predicted_tbt_s,
@@ -255,13 +260,15 @@ def markdown(rows: list[dict], args) -> str:
              f"Prompt {args.prompt} tokens (tiny: at most 64), {args.new_tokens} new tokens, greedy; medians of "
              f"{args.repeat} runs after one warm-up; TTFT = time to first token, TBT = median time between "
              "tokens, in ms. `x fastest` = the fastest device alone's time / Galaxy's (above 1: Galaxy is "
-             "faster). Galaxy's decode layout is the planner's choice for that cluster and network.", ""]
+             "faster). Galaxy's plans are the planner's choice for that cluster and network: the prefill's "
+             "solver (the ILP's, or a head split that makes the whole request faster), then the decode "
+             "layout and its devices.", ""]
     variants = args.variants.split(",")
     for (model, cluster) in dict.fromkeys((r["model"], r["cluster"]) for r in rows):
         group = [r for r in rows if r["model"] == model and r["cluster"] == cluster]
         lines += [f"## {model} on {cluster} ({group[0]['devices']} devices)", ""]
         header = ["Mbit/s", "latency ms", *(f"TTFT {v}" for v in variants), "TTFT x fastest",
-                  *(f"TBT {v}" for v in variants), "TBT x fastest", "Galaxy decode", "same tokens"]
+                  *(f"TBT {v}" for v in variants), "TBT x fastest", "Galaxy's plans", "same tokens"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for (mbit, latency) in dict.fromkeys((r["mbit"], r["latency_ms"]) for r in group):
             by = {r["variant"]: r for r in group if r["mbit"] == mbit and r["latency_ms"] == latency}
@@ -276,8 +283,8 @@ def markdown(rows: list[dict], args) -> str:
                 g, f = by.get("galaxy", {}).get(key), by.get("fastest", {}).get(key)
                 return f"{f / g:.2f}" if g and f else "-"
             galaxy = by.get("galaxy", {})
-            choice = (f"{galaxy['decode_layout']} ({'+'.join(galaxy['decode_devices'])})"
-                      if "decode_layout" in galaxy else "-")
+            choice = (f"{galaxy['prefill_solver']} prefill, {galaxy['decode_layout']} decode "
+                      f"({'+'.join(galaxy['decode_devices'])})" if "decode_layout" in galaxy else "-")
             same = all(r["same_tokens"] for r in by.values() if "same_tokens" in r)
             lines.append("| " + " | ".join([f"{mbit:g}", f"{latency:g}", *(cell(v, "ttft_s") for v in variants),
                                             ratio("ttft_s"), *(cell(v, "tbt_s") for v in variants),
