@@ -8,7 +8,9 @@ Tensors are only ever read with safetensors, never pickle.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -155,3 +157,16 @@ def layer_weights(weights: Mapping[str, torch.Tensor], n_layers: int) -> list[di
             _, index, name = key.split(".", 2)
             layers[int(index)][name] = tensor
     return layers
+
+
+def import_module_file(path: Path, stem: str):
+    """Import the generated module at `path` once per process, under a name unique to its file
+    (several bundles, or a bundle's rank and decode modules, live side by side in one process)."""
+    name = f"galaxy_bundle_{abs(hash(str(Path(path).resolve())))}_{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -25,9 +25,7 @@ for one step message at a time.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -199,7 +197,7 @@ def load_generation_rank(rank: int, plan: dict, bundle_dir: Path, module, weight
             target[f"layers.{layer}.cache.k"], target[f"layers.{layer}.cache.v"] = keys, values
     decode_module = None
     if (bundle_dir / bundle.decode_module(rank)).is_file():
-        decode_module = import_module_file(bundle_dir / bundle.decode_module(rank), f"decode_{rank}")
+        decode_module = bundle.import_module_file(bundle_dir / bundle.decode_module(rank), f"decode_{rank}")
     return GenerationRank(rank, plan, module.prefill, decode_module, prefill_weights, decode_weights,
                           decode_caches, prefill_caches)
 
@@ -216,18 +214,6 @@ def install_prefill_caches(rank: int, plan: dict, weights: dict) -> dict:
             prefill_weights[f"layers.{layer}.cache.{kind}"] = torch.zeros(
                 (model["batch"], groups, tokens, model["head_dim"]), dtype=dtype)
     return prefill_weights
-
-
-def import_module_file(path: Path, stem: str):
-    """Import the generated module at `path` under a name unique to its bundle."""
-    name = f"galaxy_bundle_{abs(hash(str(path.resolve())))}_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- one request --------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ the one running (same files), since a process cannot unload the modules it impor
 from __future__ import annotations
 
 import collections
-import importlib.util
 import logging
 import os
 import queue
@@ -130,14 +129,7 @@ def write_files(bundle_dir: Path, files: dict[str, str]) -> None:
 
 def _import_rank_module(bundle_dir: Path, rank: int):
     _check_same_runtime(bundle_dir)
-    name = f"galaxy_bundle_{abs(hash(str(bundle_dir)))}_rank_{rank}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, bundle_dir / bundle.rank_module(rank))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return bundle.import_module_file(bundle_dir / bundle.rank_module(rank), f"rank_{rank}")
 
 
 def _check_same_runtime(bundle_dir: Path) -> None:
