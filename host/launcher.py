@@ -39,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
+from galaxy.serve.compare import output_errors
 from galaxy.serve.session import add_arguments, check_arguments
 from galaxy.runtime import auth, bundle, rendezvous
 from galaxy.runtime.entry import EXIT_PEER_FAILED
@@ -225,17 +226,11 @@ def compare_with_reference(result: RunResult, reference: Mapping[str, torch.Tens
                            tolerance: tuple[float, float]) -> None:
     """Fill result.max_abs_error / within_tolerance (torch.allclose with atol, rtol); with several
     requests (all of the example input), the worst request counts."""
-    atol, rtol = tolerance
     errors, within = {}, True
     for outputs in result.request_outputs or [result.outputs]:
-        for name, expected in sorted(reference.items()):
-            actual = outputs.get(name)
-            if actual is None or actual.shape != expected.shape:
-                errors[name], within = float("inf"), False
-                continue
-            error = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
-            errors[name] = max(error, errors.get(name, 0.0))
-            within = within and torch.allclose(actual.double(), expected.double(), atol=atol, rtol=rtol)
+        request_errors, request_within = output_errors(outputs, reference, tolerance)
+        errors = {name: max(error, errors.get(name, 0.0)) for name, error in request_errors.items()}
+        within = within and request_within
     result.max_abs_error, result.within_tolerance, result.tolerance = errors, within, tolerance
 
 

@@ -24,6 +24,7 @@ from galaxy.runtime import bundle as layout
 from galaxy.runtime.errors import GalaxyRuntimeError
 
 from .bundles import HostBundle
+from .compare import output_errors
 from .session import ServeOptions, serving
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def run_trial(bundle_dir: str | Path, options: ServeOptions, requests: int, inpu
             served = coordinator.plan
             row = TrialRequest(number, time.monotonic() - started, served.sha[:12], served.devices, None)
             if expected is not None:
-                row.max_abs_error, row.matched = _compare(outputs, expected, tolerance)
+                errors, row.matched = output_errors(outputs, expected, tolerance)
+                row.max_abs_error = max(errors.values(), default=0.0)
             result.requests.append(row)
             result.last_outputs = outputs
         result.recoveries = [record.to_json() for record in coordinator.records]
@@ -130,19 +132,6 @@ def _await_prepared(coordinator) -> None:
     else:
         log.warning("galaxy-run: recovery ready after %.1f s: prepared %s", time.monotonic() - started,
                     "; ".join(status["prepared"]) or "nothing (no single device can be lost)")
-
-
-def _compare(outputs: dict, expected: dict, tolerance: tuple[float, float]) -> tuple[float, bool]:
-    atol, rtol = tolerance
-    worst, matched = 0.0, True
-    for name, value in expected.items():
-        actual = outputs.get(name)
-        if actual is None or actual.shape != value.shape:
-            return float("inf"), False
-        if value.numel():
-            worst = max(worst, (actual.double() - value.double()).abs().max().item())
-        matched = matched and torch.allclose(actual.double(), value.double(), atol=atol, rtol=rtol)
-    return worst, matched
 
 
 def _mib(count: int) -> str:
