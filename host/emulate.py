@@ -1,8 +1,10 @@
 """The emulated edge cluster: one network namespace and one CPU cgroup per device.
 
     with EmulatedCluster(cpu_shares=[1.0, 0.5], bandwidth_bytes_per_s=12.5e6) as emu:
-        run_ranks(bundle, master_addr=emu.master_addr, master_port=emu.master_port,
-                  wrap_command=emu.wrap_command, rank_env=emu.rank_env)
+        run_ranks(bundle, Placement(emu.master_addr, emu.master_port, wrap_command=emu.wrap_command,
+                                    rank_env=emu.rank_env))
+
+(host/placement.py makes one from a bundle's own cluster.)
 
 Layout of one run, named `gx<pid>-<n>` (n counts clusters made by this process):
 

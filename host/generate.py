@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -32,9 +31,10 @@ from pathlib import Path
 from typing import Mapping
 
 from galaxy.host.launcher import _log_line, supervise, with_token
+from galaxy.host.placement import Placement, loopback_threads, on_emulated_devices, on_loopback
 from galaxy.host.processes import OnLine, child_env, cli_exit_code
 from galaxy.host.tokenizer import Tokenizer
-from galaxy.runtime import bundle, rendezvous
+from galaxy.runtime import bundle
 from galaxy.runtime.errors import UsageError
 from galaxy.runtime.generate import GenerationRequest, check_request
 
@@ -75,14 +75,9 @@ def generate_local(bundle_dir: str | Path, request: GenerationRequest, *, repeat
                    overall_timeout_s: float | None = None, on_line: OnLine | None = None) -> Generated:
     """Every rank on this machine over loopback (threads: the cores shared among the ranks)."""
     plan = _generation_plan(bundle_dir, request)
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // len(plan["plan"]["devices"]))
-    listener = rendezvous.listen("127.0.0.1", 0)
-    try:
-        return _generate(bundle_dir, request, "127.0.0.1", listener.getsockname()[1], listener, None, None,
-                         repeat, warmup, timeout_s, threads, env, overall_timeout_s, on_line)
-    finally:
-        listener.close()
+    with on_loopback() as placement:
+        return _generate(bundle_dir, request, placement, repeat, warmup, timeout_s,
+                         threads or loopback_threads(len(plan["plan"]["devices"])), env, overall_timeout_s, on_line)
 
 
 def generate_emulated(bundle_dir: str | Path, request: GenerationRequest, *, cluster: Mapping | None = None,
@@ -91,21 +86,10 @@ def generate_emulated(bundle_dir: str | Path, request: GenerationRequest, *, clu
                       on_line: OnLine | None = None) -> Generated:
     """Every rank in an emulated device (host/emulate.py: namespaces, shaped links, link latency in the
     transport, CPU shares); `cluster` as in launcher.run_emulated. Needs root."""
-    from galaxy.host.emulate import EmulatedCluster
-
-    plan = _generation_plan(bundle_dir, request)
-    cluster = cluster if cluster is not None else plan.get("cluster")
-    if cluster is None:
-        raise UsageError(f"{bundle_dir}/plan.json has no 'cluster' to emulate; pass one")
-    emulator = EmulatedCluster.from_cluster_json(cluster, plan["plan"]["devices"])
-
-    def wrap(rank: int, argv: list[str]) -> list[str]:
-        own_threads = ["--threads", str(emulator.threads(rank))] if threads is None else []
-        return emulator.wrap_command(rank, [*argv, *own_threads])
-
-    with emulator:
-        return _generate(bundle_dir, request, emulator.master_addr, emulator.master_port, None, wrap,
-                         emulator.rank_env, repeat, warmup, timeout_s, threads, env, overall_timeout_s, on_line)
+    _generation_plan(bundle_dir, request)
+    with on_emulated_devices(bundle_dir, cluster, threads=threads) as placement:
+        return _generate(bundle_dir, request, placement, repeat, warmup, timeout_s, threads, env,
+                         overall_timeout_s, on_line)
 
 
 def _generation_plan(bundle_dir: str | Path, request: GenerationRequest) -> dict:
@@ -116,9 +100,8 @@ def _generation_plan(bundle_dir: str | Path, request: GenerationRequest) -> dict
     return plan
 
 
-def _generate(bundle_dir, request: GenerationRequest, master_addr: str, master_port: int, master_socket, wrap,
-              rank_env, repeat: int, warmup: int, timeout_s: float, threads: int | None, env, overall_timeout_s,
-              on_line) -> Generated:
+def _generate(bundle_dir, request: GenerationRequest, placement: Placement, repeat: int, warmup: int,
+              timeout_s: float, threads: int | None, env, overall_timeout_s, on_line) -> Generated:
     bundle_dir = Path(bundle_dir).resolve()
     plan = bundle.load_plan(bundle_dir)
     devices = list(plan["plan"]["devices"])
@@ -127,19 +110,18 @@ def _generate(bundle_dir, request: GenerationRequest, master_addr: str, master_p
     with tempfile.TemporaryDirectory(prefix="galaxy-generate-") as scratch:
         request_file, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
         request_file.write_text(json.dumps(request.__dict__ | {"prompt_ids": list(request.prompt_ids)}))
-        common = ["--master", f"{master_addr}:{master_port}", "--timeout", f"{timeout_s:g}", "--repeat", str(repeat),
-                  "--warmup", str(warmup), *(["--threads", str(threads)] if threads else [])]
-        commands, fds = [], []
+        common = ["--timeout", f"{timeout_s:g}", "--repeat", str(repeat), "--warmup", str(warmup),
+                  *(["--threads", str(threads)] if threads else [])]
+        commands = []
         for rank in range(len(devices)):
-            argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *common, "--generate"]
+            argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *placement.master_args(rank),
+                    *common, "--generate"]
             if rank == 0:
                 argv += [str(request_file), "--output", str(result_file)]
-                if master_socket is not None:
-                    argv += ["--master-fd", str(master_socket.fileno())]
-            commands.append(wrap(rank, argv) if wrap else argv)
-            fds.append([master_socket.fileno()] if rank == 0 and master_socket is not None else [])
+            commands.append(placement.command(rank, argv))
         env = with_token(env)
-        envs = [child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
+        envs = [child_env(env, placement.env(rank)) for rank in range(len(devices))]
+        fds = [placement.inherited_fds(rank) for rank in range(len(devices))]
         supervise(commands, envs, fds, devices, overall, on_line or _log_line(devices))
         runs = json.loads(result_file.read_text())["runs"]
     generation = plan["generation"]

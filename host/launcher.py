@@ -25,7 +25,6 @@ import collections
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,14 +33,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
+from galaxy.host.placement import Placement, loopback_threads, on_emulated_devices, on_loopback
 from galaxy.host.processes import OnLine, child_env, cli_exit_code, last_words, pump, start_rank, stop_processes
 from galaxy.serve.compare import output_errors
 from galaxy.serve.session import add_arguments, check_arguments
-from galaxy.runtime import auth, bundle, rendezvous
+from galaxy.runtime import auth, bundle
 from galaxy.runtime.entry import EXIT_PEER_FAILED
 from galaxy.runtime.errors import GalaxyRuntimeError, UsageError
 
@@ -55,7 +55,6 @@ EXIT_OK, EXIT_FAILED, EXIT_MISMATCH, EXIT_INTERRUPTED = 0, 2, 3, 130
 _BLAME_GRACE_S = 2.0  # after a first failure, how long to wait for the rank that caused it
 
 InputPaths = str | Path | Sequence[str | Path] | None  # one input file, or one per request
-WrapCommand = Callable[[int, list[str]], list[str]]  # (rank, argv) -> argv to execute
 
 
 class LaunchError(GalaxyRuntimeError):
@@ -93,18 +92,11 @@ def run_local(bundle_dir: str | Path, *, input_path: InputPaths = None,
     ranks do not oversubscribe the CPU.
     """
     if threads is None:
-        world_size = len(bundle.load_plan(bundle_dir)["plan"]["devices"])
-        threads = max(1, (os.cpu_count() or 1) // world_size)
-    # Bind the store's port here and hand the socket to rank 0: no other process can take the
-    # port between choosing it and rank 0 listening on it.
-    listener = rendezvous.listen("127.0.0.1", 0)
-    try:
-        return run_ranks(bundle_dir, master_addr="127.0.0.1", master_port=listener.getsockname()[1],
-                         master_socket=listener, input_path=input_path, output_path=output_path,
+        threads = loopback_threads(len(bundle.load_plan(bundle_dir)["plan"]["devices"]))
+    with on_loopback() as placement:
+        return run_ranks(bundle_dir, placement, input_path=input_path, output_path=output_path,
                          requests=requests, repeat=repeat, warmup=warmup, timeout_s=timeout_s, env=env,
                          threads=threads, overall_timeout_s=overall_timeout_s, on_line=on_line)
-    finally:
-        listener.close()
 
 
 def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
@@ -124,43 +116,25 @@ def run_emulated(bundle_dir: str | Path, *, cluster: Mapping | None = None,
     (how a device gets its CPU share); `shared_nic`: one network card a device (default: the
     cluster's `shared_card`).
     """
-    from galaxy.host.emulate import EmulatedCluster
-
-    document = bundle.load_plan(bundle_dir)
-    cluster = cluster if cluster is not None else document.get("cluster")
-    if cluster is None:
-        raise UsageError(f"{bundle_dir}/plan.json has no 'cluster' to emulate; pass one "
-                         "(--cluster-json, or cluster= in Python)")
-    emulator = EmulatedCluster.from_cluster_json(cluster, document["plan"]["devices"], cpu_mode=cpu_mode,
-                                                 shared_nic=shared_nic)
-
-    def wrap(rank: int, argv: list[str]) -> list[str]:
-        own_threads = ["--threads", str(emulator.threads(rank))] if threads is None else []
-        return emulator.wrap_command(rank, [*argv, *own_threads])
-
-    with emulator:
-        return run_ranks(bundle_dir, master_addr=emulator.master_addr,
-                         master_port=emulator.master_port, wrap_command=wrap,
-                         rank_env=emulator.rank_env, input_path=input_path,
-                         output_path=output_path, requests=requests, repeat=repeat, warmup=warmup,
-                         timeout_s=timeout_s, env=env, threads=threads,
-                         overall_timeout_s=overall_timeout_s, on_line=on_line)
+    with on_emulated_devices(bundle_dir, cluster, threads=threads, cpu_mode=cpu_mode,
+                             shared_nic=shared_nic) as placement:
+        return run_ranks(bundle_dir, placement, input_path=input_path, output_path=output_path,
+                         requests=requests, repeat=repeat, warmup=warmup, timeout_s=timeout_s, env=env,
+                         threads=threads, overall_timeout_s=overall_timeout_s, on_line=on_line)
 
 
-def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
-              master_socket: socket.socket | None = None, wrap_command: WrapCommand | None = None,
-              rank_env: Callable[[int], Mapping[str, str]] | None = None,
-              input_path: InputPaths = None, output_path: str | Path | None = None,
-              requests: int | None = None, repeat: int = 1, warmup: int = 0, timeout_s: float = 120.0,
-              env: Mapping[str, str] | None = None, threads: int | None = None,
-              overall_timeout_s: float | None = None, on_line: OnLine | None = None) -> RunResult:
-    """Start one process per rank, wait for all, kill all if one fails; collect the results.
+def run_ranks(bundle_dir: str | Path, placement: Placement, *, input_path: InputPaths = None,
+              output_path: str | Path | None = None, requests: int | None = None, repeat: int = 1,
+              warmup: int = 0, timeout_s: float = 120.0, env: Mapping[str, str] | None = None,
+              threads: int | None = None, overall_timeout_s: float | None = None,
+              on_line: OnLine | None = None) -> RunResult:
+    """Start one process per rank where `placement` puts them, wait for all, kill all if one
+    fails; collect the results.
 
     `requests` > 1 streams that many requests (the input files in turn; default one per file)
-    `repeat` times. `master_socket` (bound to master_addr:master_port, listening) is inherited
-    by rank 0, which serves the rendezvous on it. The ranks prove the cluster token of `env` or
-    of this process's environment (GALAXY_CLUSTER_TOKEN), else a fresh one made for this run.
-    The overall timeout defaults to timeout_s * (2 + warmup + repeat * requests).
+    `repeat` times. The ranks prove the cluster token of `env` or of this process's environment
+    (GALAXY_CLUSTER_TOKEN), else a fresh one made for this run. The overall timeout defaults to
+    timeout_s * (2 + warmup + repeat * requests).
     """
     bundle_dir = Path(bundle_dir).resolve()
     plan = bundle.load_plan(bundle_dir)
@@ -174,24 +148,20 @@ def run_ranks(bundle_dir: str | Path, *, master_addr: str, master_port: int,
     with tempfile.TemporaryDirectory(prefix="galaxy-run-") as scratch:
         outputs_file = Path(output_path) if output_path else Path(scratch) / "outputs.safetensors"
         timings_file = Path(scratch) / "timings.json"
-        common = ["--master", f"{master_addr}:{master_port}", "--timeout", f"{timeout_s:g}",
-                  "--requests", str(requests), "--repeat", str(repeat), "--warmup", str(warmup)]
-        if threads:
-            common += ["--threads", str(threads)]
+        common = ["--timeout", f"{timeout_s:g}", "--requests", str(requests), "--repeat", str(repeat),
+                  "--warmup", str(warmup), *(["--threads", str(threads)] if threads else [])]
         commands = []
         for rank in range(len(devices)):
-            argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *common]
+            argv = [sys.executable, "-u", str(bundle_dir / bundle.rank_module(rank)), *placement.master_args(rank),
+                    *common]
             if rank == 0:
                 argv += ["--output", str(outputs_file), "--timings-json", str(timings_file)]
                 if inputs:
                     argv += ["--input", *inputs]
-                if master_socket is not None:
-                    argv += ["--master-fd", str(master_socket.fileno())]
-            commands.append(wrap_command(rank, argv) if wrap_command else argv)
+            commands.append(placement.command(rank, argv))
         env = with_token(env)
-        envs = [child_env(env, rank_env(rank) if rank_env else {}) for rank in range(len(devices))]
-        fds = [[master_socket.fileno()] if rank == 0 and master_socket is not None else []
-               for rank in range(len(devices))]
+        envs = [child_env(env, placement.env(rank)) for rank in range(len(devices))]
+        fds = [placement.inherited_fds(rank) for rank in range(len(devices))]
         supervise(commands, envs, fds, devices, overall, on_line or _log_line(devices))
         result = _read_result(bundle.load_tensors(outputs_file), json.loads(timings_file.read_text()), requests)
     reference = bundle_dir / bundle.REFERENCE_OUTPUTS
