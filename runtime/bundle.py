@@ -56,9 +56,13 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, str]:
     return files
 
 
-def write_manifest(bundle_dir: str | Path, files: Iterable[str]) -> dict[str, str]:
-    """Hash `files` (relative paths) and write manifest.json; returns the table."""
+def write_manifest(bundle_dir: str | Path, files: Iterable[str] | None = None) -> dict[str, str]:
+    """Hash `files` (relative paths; default: every file of the folder but the manifest and
+    bytecode caches) and write manifest.json; returns the table."""
     bundle_dir = Path(bundle_dir)
+    if files is None:
+        files = [str(p.relative_to(bundle_dir)) for p in bundle_dir.rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts and p.name != MANIFEST]
     table = {name: sha256_file(bundle_dir / name) for name in sorted(files)}
     text = json.dumps({"format_version": FORMAT_VERSION, "files": table}, indent=2, sort_keys=True)
     (bundle_dir / MANIFEST).write_text(text + "\n")

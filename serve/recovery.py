@@ -333,7 +333,7 @@ class Recovery:
                 shutil.copyfile(self.first.path / name, out / name)
         shutil.copytree(self.first.path / layout.RUNTIME_DIR, out / layout.RUNTIME_DIR,
                         ignore=shutil.ignore_patterns("__pycache__"))
-        _write_manifest(out)
+        layout.write_manifest(out)
         new_bundle = HostBundle.load(out)
         self._bundles[new_bundle.sha] = new_bundle
         self._shards[new_bundle.sha] = {r.program.rank: r.weights for r in lowered}
@@ -345,7 +345,7 @@ class Recovery:
             return
         for rank, shard in self._shards_of(host_bundle).items():
             layout.save_tensors(host_bundle.path / layout.rank_weights(rank), shard)
-        _write_manifest(host_bundle.path)
+        layout.write_manifest(host_bundle.path)
         log.info("galaxy-serve: wrote the weights of %s", host_bundle.describe())
 
     def _shards_of(self, host_bundle: HostBundle) -> dict[int, dict[str, torch.Tensor]]:
@@ -371,8 +371,3 @@ class Recovery:
         return (running.sha, tuple(sorted(holds.get(d, ("", -1)) + (d,) for d in devices)),
                 tuple(sorted((slowdown or {}).items())), ", ".join(sorted(set(running.devices) - set(devices))))
 
-
-def _write_manifest(folder: Path) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                   and p.name != layout.MANIFEST)
-    layout.write_manifest(folder, (str(p.relative_to(folder)) for p in files))

@@ -64,8 +64,7 @@ def write_bundle(out_dir: str | Path, plan_document: dict, sources: dict[int, st
     layout.save_tensors(out / layout.EXAMPLE_INPUTS, example_inputs)
     layout.save_tensors(out / layout.REFERENCE_OUTPUTS, reference_outputs)
     _copy_runtime(out / layout.RUNTIME_DIR)
-    files = sorted(p for p in out.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    layout.write_manifest(out, (str(p.relative_to(out)) for p in files))
-    size = sum(p.stat().st_size for p in files)
-    log.info("wrote bundle %s: %d files, %.1f MiB", out, len(files), size / 2**20)
+    table = layout.write_manifest(out)
+    size = sum((out / name).stat().st_size for name in table)
+    log.info("wrote bundle %s: %d files, %.1f MiB", out, len(table), size / 2**20)
     return out
