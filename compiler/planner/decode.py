@@ -56,8 +56,9 @@ class _Priced:
     def s_per_token(self) -> float:
         return self.plan.predicted_latency_s
 
-    def request_s(self, tokens: int) -> float:
-        return self.handoff_s + tokens * self.s_per_token
+    def request_s(self, steps: int) -> float:
+        """The decode part of a request of `steps` steps: the cache hand-off, then the steps."""
+        return self.handoff_s + steps * self.s_per_token
 
 
 def plan_generation(prefill: Plan, summary: ModelSummary, decode_summary: ModelSummary, cluster: Cluster,
@@ -77,9 +78,9 @@ def plan_generation(prefill: Plan, summary: ModelSummary, decode_summary: ModelS
     fitting = [p for p in priced if not p.shortfall]
     if not fitting:
         raise GenerationError(_no_fit(priced, max_len))
-    new_tokens = max(1, max_len - length)
     order = {"keep": 0, "single": 1, "pipeline": 2}
-    best = min(fitting, key=lambda p: (round(p.request_s(new_tokens), 12), order[p.layout]))
+    steps = decode_steps(max_len, length)
+    best = min(fitting, key=lambda p: (round(p.request_s(steps), 12), order[p.layout]))
     chosen = best
     if layout is not None:
         chosen = next((p for p in fitting if p.layout == layout), None)
@@ -98,8 +99,13 @@ def plan_generation(prefill: Plan, summary: ModelSummary, decode_summary: ModelS
         prefill_caches=tuple(cache_layout(prefill, r, summary) for r in range(prefill.world_size)),
         decode_caches=tuple(cache_layout(chosen.plan, r, summary) for r in range(prefill.world_size)),
         candidates=tuple(_candidate(p) for p in [chosen] + [p for p in priced if p is not chosen]),
-        notes=tuple(explain(chosen, priced, table, new_tokens, best)),
+        notes=tuple(explain(chosen, priced, best)),
         eos_token_id=model.eos_token_id, vocab_size=model.vocab_size)
+
+
+def decode_steps(max_len: int, prefill_len: int) -> int:
+    """The decode steps of a request that fills the context: the prefill gives the first new token."""
+    return max(0, max_len - prefill_len - 1)
 
 
 def check_max_len(max_len: int, prefill_len: int, model: LanguageModel) -> None:
@@ -295,8 +301,7 @@ def _devices(p: _Priced) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names)})"
 
 
-def explain(chosen: _Priced, priced: list[_Priced], table: CostTable, tokens: int,
-            best: _Priced | None = None) -> list[str]:
+def explain(chosen: _Priced, priced: list[_Priced], best: _Priced | None = None) -> list[str]:
     """Why the decode layout won: its time per token and what made up the others'. `best`: the
     planner's own choice when `chosen` was forced (galaxy-compile --decode)."""
     compute, link, messages = _split(chosen.plan)

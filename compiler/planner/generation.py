@@ -30,7 +30,7 @@ from galaxy.compiler.ir.summary import ModelSummary
 from galaxy.compiler.planner.algorithms import choose_algorithms
 from galaxy.compiler.planner.baselines import even_plan, megatron_plan, proportional_plan
 from galaxy.compiler.planner.choose import MIN_GAIN
-from galaxy.compiler.planner.decode import plan_generation
+from galaxy.compiler.planner.decode import decode_steps, plan_generation
 from galaxy.compiler.planner.explain import fmt_s
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ HEAD_SPLITS: dict[str, Callable] = {"even": even_plan, "proportional": proportio
 
 def request_s(generation: Generation) -> float:
     """A request that fills the context: the first token, then one step per further token."""
-    return generation.predicted_ttft_s + max(0, generation.max_len - generation.prefill_len - 1) * \
+    return generation.predicted_ttft_s + decode_steps(generation.max_len, generation.prefill_len) * \
         generation.predicted_tbt_s
 
 
