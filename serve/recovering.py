@@ -54,7 +54,6 @@ class Recovering:
         self._lost: set[str] = set()
         self._blame: dict[str, int] = {}
         self._recovering: RecoveryRecord | None = None  # a loss the dispatcher is to recover from
-        self._straggling = False  # a straggler's switch is being prepared
         self._straggler: threading.Thread | None = None  # joined on close: it runs torch code
         self._awaiting_answer: RecoveryRecord | None = None
         self._kept: list[dict[str, float]] = []  # straggler verdicts the running plan was kept for
@@ -124,11 +123,11 @@ class Recovering:
             return
         if self._closing.is_set():
             return
-        busy = self._straggling or self._recovering is not None or self._wanted is not None
+        straggling = self._straggler is not None and self._straggler.is_alive()  # its switch is being prepared
+        busy = straggling or self._recovering is not None or self._wanted is not None
         log.warning("galaxy-serve: watch: %s%s", verdict.detail, "" if self.recovery and not busy else
                     " (not re-planning: " + ("no model copy" if not self.recovery else "a plan change is under way") + ")")
         if self.recovery is not None and not busy:
-            self._straggling = True
             self._straggler = threading.Thread(target=self._replan_for, args=(verdict, now()),
                                                name="galaxy-straggler", daemon=True)
             self._straggler.start()
@@ -256,9 +255,6 @@ class Recovering:
             self._request_plan(switch.bundle, "straggler", switch, record)
         except (GalaxyError, GalaxyRuntimeError) as exc:
             log.error("galaxy-serve: could not re-plan for %s: %s", record.cause, exc)
-        finally:
-            with self._cond:
-                self._straggling = False
 
 
 def _similar(slowdown: dict[str, float], kept: dict[str, float], margin: float) -> bool:
