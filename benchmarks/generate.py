@@ -12,6 +12,8 @@ Variants (each a prefill plan and a decode layout, compiled for the cluster at t
     galaxy    what `galaxy-compile --max-len` makes: the ILP's prefill plan and the decode layout the
               planner predicts fastest (keep, single or pipeline: planner/decode.py), or a head split
               whose decode makes the whole request faster (planner/generation.py)
+    ilp       the ILP's prefill plan and the decode layout predicted fastest after it, without
+              the joint choice (not in the default list: to see what that choice changes)
     fastest   the fastest device that holds the model, alone, for both phases
     even-tp   the even hybrid split for the prefill; decode tensor-parallel over it (keep)
     pipeline  whole layers per device in proportion to speed, for both phases (Jupiter-style)
@@ -68,6 +70,7 @@ from galaxy.runtime.generate import GenerationRequest
 log = logging.getLogger("benchmarks.generate")
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("galaxy", "fastest", "even-tp", "pipeline")
+OPTIONAL_VARIANTS = ("ilp",)
 QUOTA_STEP_MS = 2.0  # the emulator's effective per-message wait under CPU quotas (docs/EMULATION.md)
 SMALL_LLAMA = {  # ~110 M parameters, Llama 3 architecture (GQA, RoPE, RMSNorm, gated MLP)
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 768, "num_hidden_layers": 12,
@@ -111,7 +114,7 @@ def at_network(cluster: Cluster, mbit: float, latency_ms: float) -> Cluster:
 
 
 def prefill_plan(variant: str, summary, cluster: Cluster, max_len: int):
-    if variant == "galaxy":
+    if variant in ("galaxy", "ilp"):
         return make_plan(summary, cluster, cache_tokens=max_len)
     if variant == "fastest":
         return make_plan(summary, cluster, solver="single", cache_tokens=max_len)
@@ -142,7 +145,7 @@ def layer_pipeline_plan(summary, cluster: Cluster, max_len: int) -> Plan:
     return replace(plan, predicted_latency_s=latency, predicted_blocks=blocks)
 
 
-DECODE = {"galaxy": None, "fastest": None, "even-tp": "keep", "pipeline": "pipeline"}
+DECODE = {"galaxy": None, "ilp": None, "fastest": None, "even-tp": "keep", "pipeline": "pipeline"}
 
 
 def _structure(plan, generation) -> str:
@@ -340,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--scratch", default=None, help="folder for the bundles (default: the system's temp)")
     cli.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "generate")
     args = cli.parse_args(argv)
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    unknown = set(args.variants.split(",")) - set(VARIANTS) - set(OPTIONAL_VARIANTS)
     if unknown:
-        cli.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        cli.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS + OPTIONAL_VARIANTS)}")
     start(args.out)
     rows = run_grid(args)
     if any("ttft_s" in r for r in rows):
