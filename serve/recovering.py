@@ -232,7 +232,7 @@ class Recovering:
 
     def _replan_for(self, verdict: Verdict, detected_at: float) -> None:
         slowed = [self.faults.fault_time(d, ("slow",)) for d in verdict.slowdown] if self.faults else []
-        record = RecoveryRecord("straggler", f"straggler {verdict.detail.split(' for ')[0]}", detected_at,
+        record = RecoveryRecord("straggler", f"straggler {verdict.factors}", detected_at,
                                 max((t for t in slowed if t is not None), default=None))
         try:
             with self._cond:

@@ -11,8 +11,8 @@ per block, per layer of its stage). For each device:
 
 Dividing by the reference takes out what is common to every device: the cost model's absolute
 error and a machine that is busier as a whole, neither of which a new split would fix. A device
-whose slowdown stays above 1 + margin (or below 1 / (1 + margin): it got faster again) for
-`requests` requests in a row is reported, with its factor measured over those requests alone
+whose slowdown stays above 1 + margin (or below 1 / (1 + margin), and its ratio too: it got
+faster again) for `requests` requests in a row is reported, with its factor measured over those requests alone
 (the moving average still remembers the requests before the change): the re-plan divides its
 rates by it (planner/replan.py). Waits are not busy time, so a slow device makes its peers' blocks longer
 (they wait for it at every collective) but not their busy time. Devices whose predicted busy
@@ -47,6 +47,11 @@ class Verdict:
 
     slowdown: dict[str, float]
     detail: str  # the numbers, for the log
+
+    @property
+    def factors(self) -> str:
+        """e.g. "c x2.61": who is off, by how much."""
+        return ", ".join(f"{d} x{f:.2f}" for d, f in sorted(self.slowdown.items()))
 
 
 def predicted_busy_s(document: dict) -> dict[str, float]:
@@ -111,7 +116,10 @@ class Watch:
         reference = _reference(ratios)
         for d, ratio in ratios.items():
             factor = ratio / reference
-            self._streak[d] = self._streak[d] + 1 if (factor > bound or factor < 1 / bound) else 0
+            # Faster only against its own prediction too: when two of three devices are disturbed, the
+            # median is a disturbed one and the undisturbed third looks faster than the reference.
+            off = factor > bound or (factor < 1 / bound and ratio < 1 / bound)
+            self._streak[d] = self._streak[d] + 1 if off else 0
         log.debug("watch: request %s: %s", request_id, ", ".join(
             f"{d} x{r:.2f} (x{r / reference:.2f}, streak {self._streak[d]})" for d, r in sorted(ratios.items())))
         if max(self._streak.values(), default=0) < self.settings.requests:

@@ -70,3 +70,13 @@ def test_short_predictions_and_partial_requests_are_not_judged():
     watch.reset(_document({"a": 0.01, "b": 0.01, "c": 0.01}))
     assert watch.observe("a", 7, _times(0.5)) is None  # the others have not reported request 7 yet
     assert watch.observe("stranger", 7, _times(0.5)) is None
+
+
+def test_the_undisturbed_device_of_three_is_not_called_faster():
+    """b and c slower than planned: the median is b, and a, on plan, is not faster than planned."""
+    watch = Watch(WatchSettings(requests=2, smoothing=2))
+    watch.reset(_document({"a": 0.01, "b": 0.01, "c": 0.01}))
+    verdicts = []
+    for request in range(1, 8):
+        verdicts += _feed(watch, request, {"a": 0.01, "b": 0.018, "c": 0.04})
+    assert verdicts and all(set(v.slowdown) == {"c"} for v in verdicts)
