@@ -142,7 +142,7 @@ class Recovering:
 
     def _formed(self, bundle: HostBundle, joined: dict, record: RecoveryRecord | None) -> None:
         self._serving = bundle
-        self.watch.reset(bundle.plan)
+        self.watch.reset(bundle.plan, self._first.plan)
         self._kept = []
         if self.recovery is not None:
             self.recovery.know(bundle)

@@ -11,8 +11,9 @@ per block, per layer of its stage). For each device:
 
 Dividing by the reference takes out what is common to every device: the cost model's absolute
 error and a machine that is busier as a whole, neither of which a new split would fix. A device
-whose slowdown stays above 1 + margin (or below 1 / (1 + margin), and its ratio too: it got
-faster again) for `requests` requests in a row is reported, with its factor measured over those requests alone
+whose slowdown stays above 1 + margin (or below 1 / (1 + margin): it got faster again; this only
+for a device the plan assumes slowed, or one also faster than its own prediction) for
+`requests` requests in a row is reported, with its factor measured over those requests alone
 (the moving average still remembers the requests before the change): the re-plan divides its
 rates by it (planner/replan.py). Waits are not busy time, so a slow device makes its peers' blocks longer
 (they wait for it at every collective) but not their busy time. Devices whose predicted busy
@@ -69,6 +70,15 @@ def predicted_busy_s(document: dict) -> dict[str, float]:
     return dict(busy)
 
 
+def assumed_slower(document: dict, first: dict) -> set[str]:
+    """Devices whose GEMM rate in `document`'s cluster is below the one in `first`'s: a re-plan
+    divided their rates by a measured slowdown (planner/replan.py)."""
+    def rates(doc: dict) -> dict[str, float]:
+        return {d["name"]: float(d["flops_per_s"]) for d in (doc.get("cluster") or {}).get("devices", ())}
+    now, before = rates(document), rates(first)
+    return {d for d, rate in now.items() if d in before and rate < 0.99 * before[d]}
+
+
 def measured_busy_s(times: dict) -> float:
     """A rank's busy seconds for one request, from its `times` report."""
     walls, waits = times.get("blocks") or {}, times.get("block_waits") or {}
@@ -82,13 +92,16 @@ class Watch:
     def __init__(self, settings: WatchSettings = WatchSettings()):
         self.settings = settings
         self.predicted: dict[str, float] = {}
+        self.assumed_slower: set[str] = set()
         self._samples: dict[str, collections.deque] = {}
         self._streak: collections.Counter = collections.Counter()
         self._last_request: dict[str, int] = {}
 
-    def reset(self, document: dict) -> None:
-        """A new plan is in force: judge against its predictions, from scratch."""
+    def reset(self, document: dict, first: dict | None = None) -> None:
+        """A new plan is in force: judge against its predictions, from scratch. `first`: plan.json
+        of the plan serving began with, to tell which devices this one assumes slower than that."""
         self.predicted = predicted_busy_s(document)
+        self.assumed_slower = assumed_slower(document, first) if first is not None else set()
         window = max(self.settings.smoothing, self.settings.requests)
         self._samples = {d: collections.deque(maxlen=window) for d in self.predicted}
         self._streak.clear()
@@ -116,12 +129,15 @@ class Watch:
         reference = _reference(ratios)
         for d, ratio in ratios.items():
             factor = ratio / reference
-            # Faster only against its own prediction too: when two of three devices are disturbed, the
-            # median is a disturbed one and the undisturbed third looks faster than the reference.
-            off = factor > bound or (factor < 1 / bound and ratio < 1 / bound)
+            # Faster than the reference counts for a device re-planned as slower (it may have recovered),
+            # or one faster than its own prediction as well: when two of three devices are disturbed, the
+            # median is a disturbed one and the undisturbed third looks faster than it.
+            faster = factor < 1 / bound and (d in self.assumed_slower or ratio < 1 / bound)
+            off = factor > bound or faster
             self._streak[d] = self._streak[d] + 1 if off else 0
-        log.debug("watch: request %s: %s", request_id, ", ".join(
-            f"{d} x{r:.2f} (x{r / reference:.2f}, streak {self._streak[d]})" for d, r in sorted(ratios.items())))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("watch: request %s: %s", request_id, ", ".join(
+                f"{d} x{r:.2f} (x{r / reference:.2f}, streak {self._streak[d]})" for d, r in sorted(ratios.items())))
         if max(self._streak.values(), default=0) < self.settings.requests:
             return None
         recent = self.ratios(self.settings.requests)  # the requests of the streak, without those before

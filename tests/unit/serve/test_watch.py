@@ -80,3 +80,22 @@ def test_the_undisturbed_device_of_three_is_not_called_faster():
     for request in range(1, 8):
         verdicts += _feed(watch, request, {"a": 0.01, "b": 0.018, "c": 0.04})
     assert verdicts and all(set(v.slowdown) == {"c"} for v in verdicts)
+
+
+def _with_rates(document: dict, gflops: dict[str, float]) -> dict:
+    return {**document, "cluster": {"devices": [{"name": d, "flops_per_s": g * 1e9} for d, g in gflops.items()]}}
+
+
+def test_a_device_re_planned_as_slower_that_recovers_is_reported_on_a_slow_machine():
+    """The model's absolute error (here every device 1.4x slower than predicted) does not hide it."""
+    first = _with_rates(_document({"a": 0.01, "b": 0.01, "c": 0.01}), {"a": 40, "b": 40, "c": 40})
+    replanned = _with_rates(_document({"a": 0.01, "b": 0.01, "c": 0.016}), {"a": 40, "b": 40, "c": 25})
+    watch = Watch(WatchSettings(requests=2, smoothing=2))
+    watch.reset(replanned, first)
+    assert watch.assumed_slower == {"c"}
+    verdicts = []
+    for request in range(1, 5):  # c is back to full speed: 14 ms busy where the plan expects 16 x 1.4
+        verdicts += _feed(watch, request, {"a": 0.014, "b": 0.014, "c": 0.014})
+    assert verdicts and set(verdicts[0].slowdown) == {"c"} and verdicts[0].slowdown["c"] == pytest.approx(0.625)
+    watch.reset(replanned)  # without knowing the first plan, c's ratio (0.875) is not below 1 / 1.5
+    assert not [v for request in range(1, 5) for v in _feed(watch, request, {"a": 0.014, "b": 0.014, "c": 0.014})]
