@@ -75,9 +75,11 @@ def generate_local(bundle_dir: str | Path, request: GenerationRequest, *, repeat
                    overall_timeout_s: float | None = None, on_line: OnLine | None = None) -> Generated:
     """Every rank on this machine over loopback (threads: the cores shared among the ranks)."""
     plan = _generation_plan(bundle_dir, request)
+    if threads is None:
+        threads = loopback_threads(len(plan["plan"]["devices"]))
     with on_loopback() as placement:
-        return _generate(bundle_dir, request, placement, repeat, warmup, timeout_s,
-                         threads or loopback_threads(len(plan["plan"]["devices"])), env, overall_timeout_s, on_line)
+        return _generate(bundle_dir, request, placement, repeat, warmup, timeout_s, threads, env,
+                         overall_timeout_s, on_line)
 
 
 def generate_emulated(bundle_dir: str | Path, request: GenerationRequest, *, cluster: Mapping | None = None,

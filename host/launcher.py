@@ -11,9 +11,10 @@ example input) through the pipeline stages and reports requests/s. `--inject` ki
 cuts off devices at chosen requests and runs the ranks as galaxy-serve does, so the run re-plans
 around them (serve/trial.py, docs/FAULTS.md).
 
-`run_ranks` is the mechanism both modes share: an emulator (host/emulate.py,
-`--emulate`) supplies its own master address, a `wrap_command` that starts a rank inside
-its network namespace and cgroup, and per-rank environment (GLOO_SOCKET_IFNAME).
+`run_ranks` is the mechanism both modes share, given a Placement (host/placement.py): over
+loopback, or from an emulator (host/emulate.py, `--emulate`) with its own master address, a
+command wrapper that starts a rank inside its network namespace and cgroup, and per-rank
+environment (GLOO_SOCKET_IFNAME).
 
 Exit codes: 0 success; 2 a rank or the launcher failed (one line on stderr names the rank);
 3 outputs differ from the bundle's reference beyond tolerance; 130 interrupted.

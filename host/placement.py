@@ -2,8 +2,8 @@
 emulated device of its own (host/emulate.py). galaxy-run and galaxy-generate start their ranks
 through the same Placement, so both modes work the same way for both.
 
-    with on_loopback(world_size) as placement:            # or on_emulated_devices(bundle_dir)
-        argv = placement.command(rank, [python, rank_module, *placement.master_args(), ...])
+    with on_loopback() as placement:                      # or on_emulated_devices(bundle_dir)
+        argv = placement.command(rank, [python, rank_module, *placement.master_args(rank), ...])
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def write_manifest(bundle_dir: str | Path, files: Iterable[str] | None = None) -
     bundle_dir = Path(bundle_dir)
     if files is None:
         files = [str(p.relative_to(bundle_dir)) for p in bundle_dir.rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts and p.name != MANIFEST]
+                 if p.is_file() and "__pycache__" not in p.parts and p != bundle_dir / MANIFEST]
     table = {name: sha256_file(bundle_dir / name) for name in sorted(files)}
     text = json.dumps({"format_version": FORMAT_VERSION, "files": table}, indent=2, sort_keys=True)
     (bundle_dir / MANIFEST).write_text(text + "\n")
