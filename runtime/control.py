@@ -33,7 +33,7 @@ WELCOME = "welcome"  # {proof, heartbeat_s, dead_after_s}: the coordinator's ans
 REFUSED = "refused"  # {reason}: the connection is closed after it
 JOIN = "join"  # {epoch, bundle_dir, rank, master, nonce}: load this plan (if new), then answer loaded
 GO = "go"  # {epoch, port}: every rank of the plan loaded it; join the group at master:port
-RUN = "run"  # {id} + inputs: one request
+RUN = "run"  # {epoch, id, stream?} + inputs: one request (stream: rank 0 sends its tokens as made)
 END = "end"  # {}: no request is queued; finish those started (pipelines drain)
 LEAVE = "leave"  # {}: leave the group (the new plan runs without this device); wait for a join
 ABORT = "abort"  # {epoch}: that group lost a device; shut its connections so no wait hangs on it
@@ -43,7 +43,7 @@ HELLO = "hello"  # {rank, world_size, plan, device, nonce, proof}
 LOADED = "loaded"  # {epoch, rank, world_size, plan, proof, port}: rank 0's port serves the store
 JOINED = "joined"  # {epoch, rank, holds, moved?}: in the new group, ready for requests
 RESULT = "result"  # {id} + outputs: rank 0's answer to one request
-TOKEN = "token"  # {epoch, id, index, token}: a generation request's new token, as rank 0 makes it
+TOKEN = "token"  # {epoch, id, index, token}: a new token of a request run with "stream", as rank 0 makes it
 TIMES = "times"  # {epoch, id, rank, wall_s, blocks {block: s}, block_waits {block: s}, sent_bytes}: per request
 FAILED = "failed"  # {epoch, id, error, peer}: a request or a join failed on this rank
 # both ways

@@ -393,6 +393,7 @@ class _Rank:
         """Run requests until `end`: rank 0 of a pipeline overlaps them (its `stream`)."""
         ids: collections.deque = collections.deque()
         taken: dict[int, float] = {}
+        streamed: set[int] = set()  # requests whose tokens the coordinator wants as they are made
         epoch = self.epoch
 
         def requests() -> Iterator[dict]:
@@ -401,6 +402,8 @@ class _Rank:
                 if message.kind == control.RUN:
                     ids.append(message.header["id"])
                     taken[message.header["id"]] = time.perf_counter()
+                    if message.header.get("stream"):
+                        streamed.add(message.header["id"])
                     yield message.tensors
                 elif message.kind == control.END:
                     return
@@ -415,7 +418,8 @@ class _Rank:
                 self.plan.generation = generate.load_generation_rank(self.plan.rank, self.plan.plan,
                                                                      self.plan.bundle_dir, module, self.plan.weights)
             def send_token(index: int, token: int) -> None:  # the request in progress is the oldest taken
-                self.session.send(control.TOKEN, {"epoch": epoch, "id": ids[0], "index": index, "token": token})
+                if ids[0] in streamed:
+                    self.session.send(control.TOKEN, {"epoch": epoch, "id": ids[0], "index": index, "token": token})
             stream = generate.serving_stream(self.plan.generation, send_token if self.plan.rank == 0 else None)
         else:
             stream = self.plan.stream if self.plan.stream is not None else sequential(self.plan.forward)
@@ -424,6 +428,7 @@ class _Rank:
             with torch.inference_mode():
                 for outputs in stream(requests(), self.plan.weights, self.ctx):
                     request_id = ids.popleft()
+                    streamed.discard(request_id)
                     self._answer(request_id, outputs, time.perf_counter() - taken.pop(request_id))
             self.ctx.handoff.flush()
         except Exception as exc:  # a peer, a timeout, or a bug in a block: all reported, none fatal

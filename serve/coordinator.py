@@ -333,7 +333,8 @@ class Coordinator(Recovering):
             pending.dispatched = time.monotonic()
             pending.attempts += 1
             self._in_flight[pending.id] = pending
-            sends += [(link, control.RUN, {"epoch": self._epoch, "id": pending.id}, pending.inputs) for link in links]
+            header = {"epoch": self._epoch, "id": pending.id, **({"stream": True} if pending.on_token else {})}
+            sends += [(link, control.RUN, header, pending.inputs) for link in links]
             self._end_sent = False
             if pending.attempts == 1:  # after its `run` words: fault injection's cue (serve/faults.py)
                 sends.append((None, "started", {"id": pending.id}, None))
