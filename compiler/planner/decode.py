@@ -17,7 +17,8 @@ priced on the decode cost table, at the mean context of a full request ((P + max
 Each must fit: every device holds its prefill share, its decode weights (when the layout splits
 layers differently) and its caches (cost/decode.py generation_memory). The chosen one has the
 least predicted time for a request that fills the context: hand-off + (max_len - P - 1) x time
-per token (the prefill gives the first token; decode_steps); ties go to keep, then single. `Generation.notes` says why, in words.
+per token (the prefill gives the first token; decode_steps); ties go to keep, then single.
+`Generation.notes` says why, in words.
 """
 from __future__ import annotations
 
